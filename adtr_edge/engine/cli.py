@@ -1,0 +1,59 @@
+"""CLI commands of the engine area: ``build-engine`` and ``quantize`` (registered by adtr_edge.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("build-engine")
+    def build_engine(
+        onnx_dir: Path = typer.Argument(..., help="export folder (adtr-edge export) or Q/DQ folder (adtr-edge quantize)"),
+        name: Optional[str] = typer.Option(None, "--name", help="engine folder name (default: the export folder's name)"),
+        out: Path = typer.Option(Path("engines"), "--out", help="parent folder of engine folders"),
+        precision: str = typer.Option("fp16", "--precision", help="fp32 | fp16 | int8 | best (int8/best: INT8 backbone + FP16 transformer)"),
+        backbone_precision: Optional[str] = typer.Option(None, "--backbone-precision", help="override: fp32 | fp16 | int8"),
+        transformer_precision: Optional[str] = typer.Option(None, "--transformer-precision", help="override: fp32 | fp16 | int8"),
+        calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="folder of normal images for INT8 calibration"),
+        calib_batches: int = typer.Option(16, "--calib-batches", help="number of calibration batches (of --opt-batch images)"),
+        calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="calibration cache folder (default calibration/<name>)"),
+        workspace: int = typer.Option(1024, "--workspace", help="builder workspace limit, MiB"),
+        min_batch: int = typer.Option(1, "--min-batch"),
+        opt_batch: int = typer.Option(1, "--opt-batch"),
+        max_batch: int = typer.Option(4, "--max-batch"),
+        dla_core: Optional[int] = typer.Option(None, "--dla-core", help="run the backbone on this DLA core (Jetson), GPU fallback on"),
+        timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (read, then saved back)"),
+        build_log: Optional[Path] = typer.Option(None, "--build-log", help="write TensorRT's verbose build log here"),
+        force: bool = typer.Option(False, "--force", help="rebuild even if an engine with the same key exists"),
+        recalibrate: bool = typer.Option(False, "--recalibrate", help="replace a stale or existing calibration cache"),
+    ):
+        """Build TensorRT engines for the two graphs of an export into OUT/NAME/."""
+        from .builder import BuildOptions, build_engines
+        from .manifest import Profile
+
+        opts = BuildOptions(
+            precision=precision, backbone_precision=backbone_precision, transformer_precision=transformer_precision,
+            calib_images=calib_images, calib_batches=calib_batches, calib_dir=calib_dir, recalibrate=recalibrate,
+            workspace_mb=workspace, profile=Profile(min_batch, opt_batch, max_batch), dla_core=dla_core,
+            timing_cache=timing_cache, build_log=build_log, force=force,
+        )
+        report = build_engines(onnx_dir, out, name, opts, log=typer.echo)
+        typer.echo(f"engines: {report.folder} (built {', '.join(report.built) or 'none'}; up to date {', '.join(report.skipped) or 'none'})")
+
+    @app.command("quantize")
+    def quantize(
+        onnx_dir: Path = typer.Argument(..., help="export folder (adtr-edge export)"),
+        calib_images: Path = typer.Option(..., "--calib-images", help="folder of normal images"),
+        out: Path = typer.Option(..., "--out", help="output folder for the Q/DQ graphs"),
+        graphs: str = typer.Option("backbone", "--graphs", help="backbone | backbone,transformer (transformers lose accuracy under PTQ)"),
+        calib_count: int = typer.Option(64, "--calib-count", help="number of calibration images"),
+        batch_size: int = typer.Option(8, "--batch-size"),
+    ):
+        """Write INT8 Q/DQ copies of the graphs (ONNX Runtime static quantisation, symmetric)."""
+        from ..export.quantize import parse_graphs, quantize_export
+
+        folder = quantize_export(onnx_dir, calib_images, out, parse_graphs(graphs), calib_count, batch_size, log=typer.echo)
+        typer.echo(f"Q/DQ graphs: {folder} (build with: adtr-edge build-engine {folder} --precision int8)")

@@ -1,0 +1,135 @@
+"""Engine folder manifest and the cache key that decides whether an engine may be reused.
+
+An engine runs only on the GPU model and exact TensorRT version that built it, and it embeds the
+precision, calibration and profile it was built with. The key hashes all of those; a matching key
+means a rebuild would produce an equivalent engine, so ``build-engine`` skips it, and a mismatch
+at load time is refused with the command that rebuilds it.
+
+Layout of ``engines/<name>/``: ``backbone.engine``, ``transformer.engine``, ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..errors import AdtrError
+from ..fileio import sha256_file, write_json_atomic
+from ..metadata import GRAPHS, ModelMeta
+
+ENGINE_FORMAT = "adtr-edge-engine/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Batch sizes of the one optimisation profile (the ``batch`` dim of each graph's input)."""
+
+    min: int = 1
+    opt: int = 1
+    max: int = 4
+
+    def __post_init__(self):
+        if not (1 <= self.min <= self.opt <= self.max):
+            raise AdtrError(f"batch profile must satisfy 1 <= min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}")
+
+    def as_list(self) -> list[int]:
+        return [self.min, self.opt, self.max]
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on. ``digest`` is the cache key."""
+
+    graph: str
+    onnx_sha256: str
+    calibration_sha256: str | None
+    trt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    profile: tuple[int, int, int]
+    flags: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["profile"] = list(self.profile)
+        return d
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def engine_path(folder: Path, graph: str) -> Path:
+    return Path(folder) / f"{graph}.engine"
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise AdtrError(f"not an engine folder (no {MANIFEST}): {folder}")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise AdtrError(f"{path}: not valid JSON ({e})") from None
+    if d.get("format") != ENGINE_FORMAT:
+        raise AdtrError(f"{path}: format {d.get('format')!r}, expected {ENGINE_FORMAT!r}")
+    for g in GRAPHS:
+        if g not in d.get("engines", {}):
+            raise AdtrError(f"{path}: no '{g}' engine listed")
+    ModelMeta.validate(d.get("meta"), str(path))
+    return d
+
+
+def write_manifest(folder: Path, *, name: str, source: str, meta: dict, trt_version: str, gpu: dict, engines: dict,
+                   build_command: str) -> Path:
+    doc = {
+        "format": ENGINE_FORMAT,
+        "toolkit_version": __version__,
+        "kind": "tensorrt",
+        "name": name,
+        "source": source,
+        "build_command": build_command,
+        "trt_version": trt_version,
+        "gpu": gpu,
+        "engines": engines,
+        "meta": meta,
+    }
+    return write_json_atomic(Path(folder) / MANIFEST, doc)
+
+
+def existing_entry_matches(folder: Path, graph: str, key: EngineKey) -> bool:
+    """True when ``folder`` already holds an intact engine for ``graph`` built with ``key``."""
+    try:
+        doc = read_manifest(folder)
+    except AdtrError:
+        return False
+    entry = doc["engines"].get(graph, {})
+    path = engine_path(folder, graph)
+    return entry.get("key") == key.digest and path.is_file() and sha256_file(path) == entry.get("sha256")
+
+
+def check_loadable(doc: dict, folder: Path, trt_version: str, gpu_name: str, compute_capability: str) -> None:
+    """Refuse engines built for another TensorRT version or GPU, naming both and the fix."""
+    rebuild = doc.get("build_command") or f"adtr-edge build-engine {doc.get('source', '<export folder>')}"
+    built_v = doc.get("trt_version")
+    if built_v != trt_version:
+        raise AdtrError(f"{folder}: engines were built with TensorRT {built_v}, this is {trt_version}; rebuild with {rebuild}")
+    gpu = doc.get("gpu", {})
+    if gpu.get("name") != gpu_name or gpu.get("compute_capability") != compute_capability:
+        raise AdtrError(
+            f"{folder}: engines were built for {gpu.get('name')} (sm {gpu.get('compute_capability')}), this GPU is "
+            f"{gpu_name} (sm {compute_capability}); rebuild with {rebuild}"
+        )
+    for g in GRAPHS:
+        entry = doc["engines"][g]
+        path = engine_path(folder, g)
+        if not path.is_file():
+            raise AdtrError(f"{path}: engine file missing; rebuild with {rebuild}")
+        if sha256_file(path) != entry.get("sha256"):
+            raise AdtrError(f"{path}: engine file does not match its manifest (modified or half-copied); rebuild with {rebuild}")

@@ -1,0 +1,151 @@
+"""Score an image set with any predictor (PyTorch model, ONNX Runtime, TensorRT) and report.
+
+One scoring loop serves every deployable form, so "PyTorch FP32 vs ONNX vs INT8" comparisons
+differ only in the predictor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .data.datasets import ImageSet, Sample, guard_disjoint, load_batch
+from .errors import AdtrError
+from .fileio import write_json_atomic
+from .metrics import evaluate, roc_curve
+from .postprocessing import Thresholds, label
+from .preprocessing import PreprocessSpec
+from .progress import Task, progress_bar
+
+# uint8 NHWC BGR batch -> (maps (N, H, W) float32, scores (N,) float32)
+Predictor = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+@dataclass
+class Scored:
+    scores: np.ndarray
+    maps: np.ndarray  # (N, H, W) float32 at the model size
+    masks: np.ndarray  # (N, H, W) bool
+    labels: np.ndarray
+    defects: list
+    paths: list
+
+
+def torch_predictor(model, device="cpu") -> Predictor:
+    import torch
+
+    model = model.to(device).eval()
+
+    def predict(batch: np.ndarray):
+        with torch.no_grad():
+            amap, score = model(torch.from_numpy(batch).to(device))
+        return amap[:, 0].float().cpu().numpy(), score.float().cpu().numpy()
+
+    return predict
+
+
+def backend_predictor(backend) -> Predictor:
+    """A runtime backend (``adtr_edge.runtime.backends``) as a predictor."""
+
+    def predict(batch: np.ndarray):
+        result = backend.infer(batch)
+        return result.anomaly_map[:, 0], result.score
+
+    return predict
+
+
+def score_imageset(predict: Predictor, images: ImageSet, spec: PreprocessSpec, *, batch_size: int = 8,
+                   progress: bool = True, description: str = "scoring") -> Scored:
+    n = len(images)
+    if n == 0:
+        raise AdtrError("evaluation set is empty")
+    scores, maps, masks = [], [], []
+    with progress_bar(progress) as bar:
+        task = Task(bar, description, n)
+        for s in range(0, n, batch_size):
+            idx = list(range(s, min(n, s + batch_size)))
+            batch, m = load_batch(images, idx, spec)
+            amap, score = predict(batch)
+            maps.append(amap.astype(np.float32))
+            scores.append(np.asarray(score, np.float32).reshape(-1))
+            masks.append(m)
+            task.advance(len(idx))
+    return Scored(np.concatenate(scores), np.concatenate(maps), np.concatenate(masks), np.asarray(images.labels),
+                  list(images.defects), [str(p) for p in images.paths])
+
+
+def guard_not_trained_on(test: ImageSet, train_paths: list[str]) -> None:
+    """An image used for training may never be scored in evaluation."""
+    if train_paths:
+        guard_disjoint(ImageSet([Sample(Path(p), 0, "good") for p in train_paths if Path(p).exists()]), test)
+
+
+def report_for(scored: Scored, thresholds: Thresholds | None, fpr_limit: float = 0.3) -> dict:
+    pixel = scored.masks.any()
+    report = evaluate(scored.scores, scored.labels, scored.maps if pixel else None, scored.masks if pixel else None,
+                      defects=scored.defects, fpr_limit=fpr_limit)
+    if thresholds is not None:
+        pred = label(scored.scores, thresholds)
+        y = scored.labels.astype(bool)
+        tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+        fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
+        report["at_threshold"] = {
+            "threshold": thresholds.threshold, "method": thresholds.method,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "false_positive_rate": fp / (fp + tn) if fp + tn else None,
+        }
+    return report
+
+
+def write_pictures(scored: Scored, images: ImageSet, spec: PreprocessSpec, thresholds: Thresholds | None,
+                   out_dir: Path, name: str = "model") -> dict:
+    """ROC curve, score histogram and a grid of heat-map overlays; returns {picture: path}."""
+    from . import plots
+    from .preprocessing import resize
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    y = scored.labels.astype(bool)
+    if y.any() and (~y).any():
+        fpr, tpr, _ = roc_curve(scored.scores, y)
+        from .metrics import auroc
+
+        plots.roc_plot({name: (fpr, tpr, auroc(scored.scores, y))}, out_dir / "roc.png")
+        written["roc"] = str(out_dir / "roc.png")
+    thr = thresholds.threshold if thresholds is not None else None
+    plots.score_histogram(scored.scores[~y], scored.scores[y], thr, out_dir / "score_histogram.png")
+    written["histogram"] = str(out_dir / "score_histogram.png")
+    if thresholds is not None:
+        # Most anomalous first, then a few normals, so the grid shows hits, misses and false alarms.
+        order = [int(i) for i in np.argsort(-scored.scores) if y[i]][:12] + [int(i) for i in np.argsort(-scored.scores) if not y[i]][:4]
+        frames = [resize(images.image(i), spec) for i in order]
+        titles = [f"{scored.defects[i]} {scored.scores[i]:.2f}" for i in order]
+        plots.overlay_grid(frames, [scored.maps[i] for i in order], thresholds, titles, out_dir / "overlays.png")
+        written["overlays"] = str(out_dir / "overlays.png")
+    return written
+
+
+def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | Path | None = None, *,
+                        device: str = "auto", batch_size: int = 8, progress: bool = True, pictures: bool = True) -> dict:
+    from .model.adtr import preprocess_spec
+    from .train.checkpoint import load_checkpoint
+    from .train.device import resolve_device
+
+    model, ckpt = load_checkpoint(checkpoint, device="cpu")
+    guard_not_trained_on(test, ckpt.extra.get("train_paths", []))
+    spec = preprocess_spec(ckpt.model_config)
+    scored = score_imageset(torch_predictor(model, resolve_device(device)), test, spec, batch_size=batch_size, progress=progress)
+    report = report_for(scored, ckpt.thresholds)
+    report["checkpoint"] = str(checkpoint)
+    report["dataset"] = test.summary()
+    if out_dir is not None:
+        out = Path(out_dir)
+        if pictures:
+            report["pictures"] = write_pictures(scored, test, spec, ckpt.thresholds, out, name="ADTR")
+        write_json_atomic(out / "report.json", report)
+    return report

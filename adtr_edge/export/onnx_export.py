@@ -1,0 +1,127 @@
+"""Export a checkpoint as ``backbone.onnx`` + ``transformer.onnx`` + ``manifest.json``.
+
+Two graphs because the halves want different things on a Jetson: the CNN quantises well to INT8
+and fits the DLA, the transformer wants FP16 on the GPU, and two engines can overlap across frames.
+
+Choices that matter downstream:
+* the TorchScript exporter (``dynamo=False``) with ``dynamic_axes``: it keeps the batch symbolic
+  whatever the example batch; the example batch is 2 anyway, because the dynamo exporter silently
+  specialises a batch of 1;
+* opset 17 by default, so LayerNorm is one ``LayerNormalization`` node that TensorRT 8.6+ runs in
+  FP32 inside FP16 engines; opset 16 for TensorRT 8.5 (JetPack 5), where it is decomposed;
+* the metadata document (``adtr_edge.metadata``) goes into each graph's ``metadata_props`` and the
+  manifest, with a digest of the graph computed *before* the metadata is attached.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from .. import __version__
+from ..errors import AdtrError, require
+from ..fileio import sha256_bytes, sha256_file, write_json_atomic
+from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, FORMAT, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
+from ..model.adtr import preprocess_spec
+from ..train.checkpoint import load_checkpoint
+
+SUPPORTED_OPSETS = range(13, 21)
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    manifest: dict
+
+
+def graph_digest(model: onnx.ModelProto) -> str:
+    """sha256 of the graph without its metadata (stable across metadata edits)."""
+    clone = onnx.ModelProto()
+    clone.CopyFrom(model)
+    del clone.metadata_props[:]
+    return sha256_bytes(clone.SerializeToString())
+
+
+def _to_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str], opset: int) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    dynamic = {name: {0: "batch"} for name in inputs + outputs}
+    with torch.no_grad():
+        torch.onnx.export(
+            module, (example,), buf, input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+def simplify(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """Constant-fold and clean the graph with onnxsim (checked against ONNX Runtime by onnxsim)."""
+    try:
+        import onnxsim
+    except ImportError:
+        return model
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise AdtrError(f"onnxsim could not validate the simplified {name} graph; export with --no-simplify")
+    return simplified
+
+
+def set_metadata(model: onnx.ModelProto, doc_json: str) -> None:
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, doc_json
+    model.producer_name, model.producer_version = "adtr-edge", __version__
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = 17, force: bool = False,
+                      do_simplify: bool = True) -> ExportResult:
+    out_dir = Path(out_dir)
+    require(opset in SUPPORTED_OPSETS, f"--opset {opset}: supported range is {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (17 default; 16 for TensorRT 8.5)")
+    existing = [p.name for p in (out_dir / "backbone.onnx", out_dir / "transformer.onnx", out_dir / MANIFEST) if p.exists()]
+    require(not existing or force, f"{out_dir} already holds {', '.join(existing)}; pass --force to overwrite")
+    model, ckpt = load_checkpoint(checkpoint, device="cpu")
+    require(ckpt.thresholds is not None, f"checkpoint {checkpoint} has no calibrated threshold (training did not finish); train again or --resume")
+    cfg = ckpt.model_config
+    spec = preprocess_spec(cfg)
+    images = torch.randint(0, 256, (2, spec.height, spec.width, 3), dtype=torch.uint8)
+    features = model.backbone(images)
+
+    graphs = {
+        BACKBONE: _to_onnx(model.backbone, images, [IMAGES], [FEATURES], opset),
+        TRANSFORMER: _to_onnx(model.transformer_graph(), features, [FEATURES], [ANOMALY_MAP, SCORE], opset),
+    }
+    meta = build_metadata(
+        model_config=cfg.to_dict(), preprocess=spec, channels=model.backbone.channels, grid=cfg.grid,
+        stages=list(cfg.stages), thresholds=ckpt.thresholds, pool_kernel=model.head.kernel,
+        data_summary=ckpt.data_summary,
+        extra={"opset": opset, "weights_source": ckpt.extra.get("weights_source"), "checkpoint_files": {"model.safetensors": sha256_file(Path(checkpoint) / "model.safetensors")}},
+    )
+    manifest = {"format": FORMAT, "toolkit_version": __version__, "kind": "onnx", "graphs": {}, "meta": meta.raw}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out_dir))
+    try:
+        for name, proto in graphs.items():
+            if do_simplify:
+                proto = simplify(proto, name)
+            digest = graph_digest(proto)
+            set_metadata(proto, meta.for_graph(name, graph_sha256=digest).to_json())
+            onnx.checker.check_model(proto, full_check=True)
+            path = staging / f"{name}.onnx"
+            onnx.save(proto, str(path))
+            manifest["graphs"][name] = {"file": path.name, "sha256": sha256_file(path), "graph_sha256": digest,
+                                         "bytes": path.stat().st_size, "opset": opset}
+        # Move the finished graphs into place, then the manifest: a folder with a manifest is complete.
+        if (out_dir / MANIFEST).exists():
+            (out_dir / MANIFEST).unlink()
+        for name in graphs:
+            (staging / f"{name}.onnx").replace(out_dir / f"{name}.onnx")
+        write_json_atomic(out_dir / MANIFEST, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(out_dir, manifest)

@@ -1,0 +1,259 @@
+"""ADTR in PyTorch, written so that every forward path exports to ONNX and builds in TensorRT.
+
+Rules that keep it exportable: static shapes except the batch, no Python loops over tokens, no
+data-dependent control flow, no masks and no -inf constants (they turn into NaN in FP16).
+
+    images (N,H,W,3) uint8 BGR
+      -> InGraphPreprocess        cast, BGR->RGB, (x/255 - mean)/std       } backbone graph
+      -> frozen CNN stages -> resize each to one grid -> concat -> standardise }
+    features (N,C,h,w)
+      -> ReconstructionTransformer  1x1 proj, encoder, decoder with learned queries, 1x1 proj } transformer
+      -> AnomalyHead                ||f - f_hat||_2 per location, bilinear up, max of avg-pool } graph
+    anomaly_map (N,1,H,W), score (N,)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..preprocessing import PreprocessSpec
+from .weights import load_backbone_weights
+
+
+def preprocess_spec(cfg: ModelConfig) -> PreprocessSpec:
+    """The model's preprocessing facts, from its config (the single source for training and export)."""
+    return PreprocessSpec(height=cfg.input_size[0], width=cfg.input_size[1], mean=tuple(cfg.mean), std=tuple(cfg.std))
+
+
+class InGraphPreprocess(nn.Module):
+    """The in-graph half of ``adtr_edge.preprocessing``: uint8 NHWC BGR -> normalised float NCHW RGB."""
+
+    def __init__(self, spec: PreprocessSpec):
+        super().__init__()
+        a, b = spec.scale_shift()
+        self.register_buffer("scale", torch.tensor(a).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(b).view(1, 3, 1, 1), persistent=False)
+        # BGR -> RGB as a constant gather: one cheap op that every runtime supports.
+        self.register_buffer("rgb_index", torch.tensor([2, 1, 0]), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32).permute(0, 3, 1, 2)
+        x = torch.index_select(x, 1, self.rgb_index)
+        return x * self.scale + self.shift
+
+
+class Backbone(nn.Module):
+    """Frozen multi-scale CNN: stages resized (bilinear) to one grid, concatenated, standardised.
+
+    ``feature_mean``/``feature_std`` are per-channel statistics of the training features (identity
+    until ``set_feature_stats``). Standardising equalises the stages' very different scales, which
+    is what lets the transformer converge in minutes rather than hundreds of epochs.
+    """
+
+    def __init__(self, cfg: ModelConfig, weights: str | None = None, pretrained: bool = True):
+        super().__init__()
+        import timm
+
+        self.cfg = cfg
+        self.preprocess = InGraphPreprocess(preprocess_spec(cfg))
+        self.cnn = timm.create_model(cfg.backbone, features_only=True, out_indices=tuple(cfg.stages), pretrained=False)
+        self.weights_source = load_backbone_weights(self.cnn, cfg.backbone, weights) if pretrained else "random"
+        self.channels = int(sum(self.cnn.feature_info.channels()))
+        self.grid = cfg.grid
+        self.register_buffer("feature_mean", torch.zeros(1, self.channels, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, self.channels, 1, 1))
+        for p in self.cnn.parameters():
+            p.requires_grad_(False)
+        self.cnn.eval()
+
+    def train(self, mode: bool = True):  # the CNN stays in eval mode (frozen BatchNorm statistics)
+        super().train(mode)
+        self.cnn.eval()
+        return self
+
+    def raw_features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        outs = []
+        for f in self.cnn(x):
+            if tuple(f.shape[-2:]) != self.grid:
+                f = F.interpolate(f, size=self.grid, mode="bilinear", align_corners=False)
+            outs.append(f)
+        return torch.cat(outs, dim=1)
+
+    def standardize(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.feature_mean) / self.feature_std
+
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feature_mean.copy_(mean.reshape(1, -1, 1, 1))
+        self.feature_std.copy_(std.reshape(1, -1, 1, 1).clamp_min(1e-6))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.standardize(self.raw_features(images))
+
+
+class Attention(nn.Module):
+    """Multi-head attention as plain MatMul/Softmax, so ONNX and TensorRT see the simplest graph."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float):
+        super().__init__()
+        self.nhead, self.dh = nhead, d_model // nhead
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # (N,K,D) -> (N,h,K,dh)
+        return x.reshape(x.shape[0], x.shape[1], self.nhead, self.dh).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        qh, kh, vh = self._split(self.q(q)), self._split(self.k(k)), self._split(self.v(v))
+        attn = torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * (1.0 / math.sqrt(self.dh)), dim=-1)
+        out = torch.matmul(self.drop(attn), vh).transpose(1, 2)
+        return self.out(out.reshape(out.shape[0], out.shape[1], -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, dim_ff: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_model, dim_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim_ff, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class EncoderLayer(nn.Module):
+    """Post-norm layer; the positional embedding is added to queries and keys (DETR style)."""
+
+    def __init__(self, d: int, nhead: int, dim_ff: int, dropout: float):
+        super().__init__()
+        self.attn = Attention(d, nhead, dropout)
+        self.ff = FeedForward(d, dim_ff, dropout)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        qk = x + pos
+        x = self.norm1(x + self.drop1(self.attn(qk, qk, x)))
+        return self.norm2(x + self.drop2(self.ff(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention over the queries, cross-attention into the encoder memory, FFN; post-norm."""
+
+    def __init__(self, d: int, nhead: int, dim_ff: int, dropout: float):
+        super().__init__()
+        self.self_attn = Attention(d, nhead, dropout)
+        self.cross_attn = Attention(d, nhead, dropout)
+        self.ff = FeedForward(d, dim_ff, dropout)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        qk = x + pos
+        x = self.norm1(x + self.drop1(self.self_attn(qk, qk, x)))
+        x = self.norm2(x + self.drop2(self.cross_attn(x + pos, memory + pos, memory)))
+        return self.norm3(x + self.drop3(self.ff(x)))
+
+
+class ReconstructionTransformer(nn.Module):
+    """Rebuilds standardised features from themselves through attention with learned queries.
+
+    The decoder's input is a learned query per grid location, not the features: a conv or linear
+    path could learn the identity and reconstruct anomalies too, while queries fitted to normal
+    data, reading the input only through attention, reconstruct anomalies badly (the paper's point).
+    """
+
+    def __init__(self, cfg: ModelConfig, channels: int):
+        super().__init__()
+        d, (gh, gw) = cfg.d_model, cfg.grid
+        self.grid = (gh, gw)
+        self.input_proj = nn.Linear(channels, d)
+        self.output_proj = nn.Linear(d, channels)
+        self.row_embed = nn.Parameter(torch.rand(gh, d // 2))
+        self.col_embed = nn.Parameter(torch.rand(gw, d // 2))
+        self.query = nn.Parameter(torch.randn(gh * gw, d) * 0.02)
+        args = (d, cfg.nhead, cfg.dim_feedforward, cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(*args) for _ in range(cfg.num_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(*args) for _ in range(cfg.num_decoder_layers))
+
+    def position(self) -> torch.Tensor:
+        gh, gw = self.grid
+        rows = self.row_embed.unsqueeze(1).expand(gh, gw, -1)
+        cols = self.col_embed.unsqueeze(0).expand(gh, gw, -1)
+        return torch.cat([rows, cols], dim=-1).reshape(1, gh * gw, -1)
+
+    def forward(self, features: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, gh, gw = features.shape
+        tokens = features.flatten(2).transpose(1, 2)  # (N, K, C)
+        if jitter is not None:  # training only: denoising forces reading the input, not the mean
+            tokens = tokens + jitter
+        pos = self.position()
+        memory = self.input_proj(tokens)
+        for layer in self.encoder:
+            memory = layer(memory, pos)
+        x = self.query.unsqueeze(0).expand(n, -1, -1)
+        for layer in self.decoder:
+            x = layer(x, memory, pos)
+        rec = self.output_proj(x)  # (N, K, C)
+        return rec.transpose(1, 2).reshape(n, c, gh, gw)
+
+
+class AnomalyHead(nn.Module):
+    """Reconstruction error -> anomaly map at input size and image score (max of avg-pooled map)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.size = tuple(cfg.input_size)
+        self.kernel = int(min(cfg.pool_kernel, *cfg.input_size))
+
+    def error_map(self, features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        d = features - reconstruction
+        return torch.sqrt((d * d).sum(dim=1, keepdim=True))  # (N,1,h,w)
+
+    def forward(self, features: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grid_map = self.error_map(features, reconstruction)
+        amap = F.interpolate(grid_map, size=self.size, mode="bilinear", align_corners=False)
+        pooled = F.avg_pool2d(amap, kernel_size=self.kernel, stride=1)
+        score = pooled.flatten(1).amax(dim=1)
+        return amap, score
+
+
+class TransformerGraph(nn.Module):
+    """What the transformer ONNX graph computes: features -> (anomaly_map, score)."""
+
+    def __init__(self, transformer: ReconstructionTransformer, head: AnomalyHead):
+        super().__init__()
+        self.transformer, self.head = transformer, head
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(features, self.transformer(features))
+
+
+class ADTR(nn.Module):
+    def __init__(self, cfg: ModelConfig, weights: str | None = None, pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg, weights=weights, pretrained=pretrained)
+        self.transformer = ReconstructionTransformer(cfg, self.backbone.channels)
+        self.head = AnomalyHead(cfg)
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return preprocess_spec(self.cfg)
+
+    def transformer_graph(self) -> TransformerGraph:
+        return TransformerGraph(self.transformer, self.head)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(images)
+        return self.head(features, self.transformer(features))
+
+
+def build_model(cfg: ModelConfig, weights: str | None = None, pretrained: bool = True) -> ADTR:
+    return ADTR(cfg, weights=weights, pretrained=pretrained)

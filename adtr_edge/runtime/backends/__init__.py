@@ -1,0 +1,1 @@
+"""Inference backends (one module each); see ``base.Backend`` for the contract."""

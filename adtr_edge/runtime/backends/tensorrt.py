@@ -1,0 +1,269 @@
+"""TensorRT backend: the two engines of an ``engines/<name>/`` folder on one GPU.
+
+Buffers are allocated once for the profile's max batch: pinned host memory for what crosses the
+bus (uint8 images in, anomaly map and score out) and device memory for everything. Features never
+leave the device between the stages. Each stage has its own stream; there are two buffer slots, so
+in ``infer_many`` the backbone of batch t+1 runs while the transformer of batch t does, ordered by
+events (transformer waits for "features of slot s ready"; the backbone waits for "slot s consumed"
+before overwriting it). Name-based I/O (``set_input_shape``/``set_tensor_address``/
+``execute_async_v3``) works from TensorRT 8.5 on. Optional CUDA graphs (10+) replay each
+(stage, slot, batch) enqueue.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...engine.manifest import check_loadable, engine_path, read_manifest
+from ...errors import AdtrError
+from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, SCORE, TRANSFORMER, ModelMeta
+from ..cuda import CudaRuntime, gpu_available, stream_handle
+from .base import Backend, InferResult
+
+SLOTS = 2
+
+
+def available() -> tuple[bool, str]:
+    """(True, description) when tensorrt imports and a GPU answers; else (False, why)."""
+    from ...engine.trt_api import trt_available  # noqa: PLC0415
+
+    ok, why = trt_available()
+    if not ok:
+        return False, why
+    ok_gpu, gpu = gpu_available()
+    if not ok_gpu:
+        return False, gpu
+    return True, f"{why} on {gpu}"
+
+
+class _Stage:
+    """One engine, its context and stream, with timing events per slot."""
+
+    def __init__(self, name, api, cuda, runtime, path: Path):
+        self.name, self.api, self.cuda = name, api, cuda
+        self.engine = api.deserialize(runtime, path.read_bytes(), str(path))
+        self.context = self.engine.create_execution_context()
+        self.io = {t["name"]: t for t in api.io_tensors(self.engine)}
+        self.stream = cuda.create_stream()
+        self.start = [cuda.create_event() for _ in range(SLOTS)]  # before H2D
+        self.compute = [cuda.create_event() for _ in range(SLOTS)]  # before enqueue
+        self.done = [cuda.create_event() for _ in range(SLOTS)]  # after enqueue
+        self.end = [cuda.create_event() for _ in range(SLOTS)]  # after D2H
+        self.graphs: dict[tuple[int, int], tuple] = {}
+
+    def inputs(self):
+        return [n for n, t in self.io.items() if t["is_input"]]
+
+    def enqueue(self, slot: int, batch: int, addresses: dict[str, int], use_graphs: bool) -> None:
+        ctx = self.context
+        for name in self.inputs():
+            shape = (batch, *self.io[name]["shape"][1:])
+            if not ctx.set_input_shape(name, shape):
+                raise AdtrError(f"{self.name} engine rejects input shape {shape} for {name!r} (outside its batch profile)")
+        for name, ptr in addresses.items():
+            if not ctx.set_tensor_address(name, ptr):
+                raise AdtrError(f"{self.name} engine: cannot bind tensor {name!r}")
+        handle = stream_handle(self.stream)
+        key = (slot, batch)
+        if use_graphs and key in self.graphs:
+            self.cuda.launch(self.graphs[key][1], self.stream)
+            return
+        if not ctx.execute_async_v3(handle):
+            raise AdtrError(f"{self.name} engine: execute_async_v3 failed")
+        if use_graphs:
+            # TensorRT needs one plain enqueue after a shape change before capture (done above).
+            self.cuda.begin_capture(self.stream)
+            ok = ctx.execute_async_v3(handle)
+            graph = self.cuda.end_capture(self.stream)
+            if not ok:
+                raise AdtrError(f"{self.name} engine: enqueue failed during CUDA graph capture")
+            self.graphs[key] = (graph, self.cuda.instantiate(graph))
+
+    def release(self) -> None:
+        for graph, gexec in self.graphs.values():
+            self.cuda.destroy_graph(graph, gexec)
+        self.graphs.clear()
+        for ev in self.start + self.compute + self.done + self.end:
+            self.cuda.destroy_event(ev)
+        self.cuda.destroy_stream(self.stream)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, engine_dir: str | Path, *, cuda_graphs: bool = False, api=None, cuda: CudaRuntime | None = None):
+        self.folder = Path(engine_dir)
+        self.manifest = read_manifest(self.folder)
+        super().__init__(ModelMeta.validate(self.manifest["meta"], str(self.folder / "manifest.json")))
+        self.cuda_graphs = cuda_graphs
+        self._api, self._cuda = api, cuda
+        self.max_batch = min(int(self.manifest["engines"][g]["profile"][2]) for g in (BACKBONE, TRANSFORMER))
+        self._host: dict[str, list] = {}
+        self._device: dict[str, list] = {}
+        self._pinned_ptrs: list[int] = []
+        self._device_ptrs: list[int] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _activate(self) -> None:
+        from ...engine.trt_api import file_logger, load_api  # noqa: PLC0415
+
+        api = self._api or load_api()
+        cuda = self._cuda or CudaRuntime()
+        gpu = cuda.device_info()
+        check_loadable(self.manifest, self.folder, api.version_string, gpu.name, gpu.compute_capability)
+        if self.cuda_graphs and not api.cuda_graphs_allowed:
+            raise AdtrError(f"--cuda-graphs needs TensorRT 10 or newer, this is {api.version_string}")
+        self.api, self.cuda = api, cuda
+        self._logger = file_logger(api, None)
+        self._runtime = api.trt.Runtime(self._logger)
+        self.stages = {g: _Stage(g, api, cuda, self._runtime, engine_path(self.folder, g)) for g in (BACKBONE, TRANSFORMER)}
+        h, w = self.meta.input_size
+        gh, gw = self.meta.grid
+        c, n = self.meta.channels, self.max_batch
+        shapes = {IMAGES: ((n, h, w, 3), np.uint8), FEATURES: ((n, c, gh, gw), np.float32),
+                  ANOMALY_MAP: ((n, 1, h, w), np.float32), SCORE: ((n,), np.float32)}
+        self._check_io(shapes)
+        for name, (shape, dtype) in shapes.items():
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            self._device[name] = [self._malloc(nbytes) for _ in range(SLOTS)]
+            # Features stay on the device; the host copy serves run_backbone (calibration, benchmarks).
+            self._host[name] = [self._pinned(shape, dtype) for _ in range(SLOTS)]
+
+    def _check_io(self, shapes) -> None:
+        expect = {BACKBONE: {IMAGES: True, FEATURES: False}, TRANSFORMER: {FEATURES: True, ANOMALY_MAP: False, SCORE: False}}
+        for g, names in expect.items():
+            io = self.stages[g].io
+            for name, is_input in names.items():
+                t = io.get(name)
+                if t is None or t["is_input"] != is_input:
+                    raise AdtrError(f"{self.folder}/{g}.engine lacks {'input' if is_input else 'output'} {name!r}; rebuild it")
+                if t["dtype"] != np.dtype(shapes[name][1]) or tuple(t["shape"][1:]) != shapes[name][0][1:]:
+                    raise AdtrError(f"{self.folder}/{g}.engine: tensor {name!r} is {t['dtype']}{t['shape']}, "
+                                    f"metadata says {np.dtype(shapes[name][1])}{shapes[name][0]}")
+
+    def _malloc(self, nbytes):
+        ptr = self.cuda.malloc(nbytes)
+        self._device_ptrs.append(ptr)
+        return ptr
+
+    def _pinned(self, shape, dtype):
+        arr, ptr = self.cuda.pinned_array(shape, dtype)
+        self._pinned_ptrs.append(ptr)
+        return arr
+
+    def _deactivate(self) -> None:
+        for st in getattr(self, "stages", {}).values():
+            self.cuda.synchronize(st.stream)
+            st.release()
+        for p in self._device_ptrs:
+            self.cuda.free(p)
+        for p in self._pinned_ptrs:
+            self.cuda.free_host(p)
+        self._device_ptrs, self._pinned_ptrs, self._host, self._device = [], [], {}, {}
+        self.stages = {}
+
+    # -- the two stages, enqueued ----------------------------------------------------------
+    def _check_batch(self, images: np.ndarray) -> int:
+        h, w = self.meta.input_size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
+            raise AdtrError(f"tensorrt backend expects uint8 (N,{h},{w},3) BGR, got {images.dtype}{images.shape}")
+        n = images.shape[0]
+        if not 1 <= n <= self.max_batch:
+            raise AdtrError(f"batch of {n} is outside the engines' profile (max {self.max_batch}); rebuild with --max-batch")
+        return n
+
+    def _enqueue_backbone(self, images: np.ndarray, slot: int) -> int:
+        n = self._check_batch(images)
+        st, cu = self.stages[BACKBONE], self.cuda
+        host = self._host[IMAGES][slot]
+        # The transformer must be done reading this slot's features before we overwrite them.
+        cu.wait_event(st.stream, self.stages[TRANSFORMER].done[slot])
+        cu.record(st.start[slot], st.stream)
+        host[:n] = images
+        cu.copy_to_device(self._device[IMAGES][slot], host.ctypes.data, images.nbytes, st.stream)
+        cu.record(st.compute[slot], st.stream)
+        st.enqueue(slot, n, {IMAGES: self._device[IMAGES][slot], FEATURES: self._device[FEATURES][slot]}, self.cuda_graphs)
+        cu.record(st.done[slot], st.stream)
+        cu.record(st.end[slot], st.stream)
+        return n
+
+    def _enqueue_transformer(self, n: int, slot: int) -> None:
+        st, cu = self.stages[TRANSFORMER], self.cuda
+        cu.wait_event(st.stream, self.stages[BACKBONE].done[slot])
+        cu.record(st.start[slot], st.stream)
+        cu.record(st.compute[slot], st.stream)
+        st.enqueue(slot, n, {FEATURES: self._device[FEATURES][slot], ANOMALY_MAP: self._device[ANOMALY_MAP][slot],
+                             SCORE: self._device[SCORE][slot]}, self.cuda_graphs)
+        cu.record(st.done[slot], st.stream)
+        for name in (ANOMALY_MAP, SCORE):
+            host = self._host[name][slot]
+            cu.copy_to_host(host.ctypes.data, self._device[name][slot], host[:n].nbytes, st.stream)
+        cu.record(st.end[slot], st.stream)
+
+    def _collect(self, n: int, slot: int) -> InferResult:
+        self.cuda.synchronize(self.stages[TRANSFORMER].stream)
+        b, t = self.stages[BACKBONE], self.stages[TRANSFORMER]
+        el = self.cuda.elapsed_ms
+        timings = {
+            "backbone": el(b.start[slot], b.end[slot]), "transformer": el(t.start[slot], t.end[slot]),
+            "backbone_gpu": el(b.compute[slot], b.done[slot]), "transformer_gpu": el(t.compute[slot], t.done[slot]),
+        }
+        amap = self._host[ANOMALY_MAP][slot][:n].copy()
+        score = self._host[SCORE][slot][:n].copy()
+        return InferResult(amap, score, timings)
+
+    # -- Backend API -----------------------------------------------------------------------
+    def infer(self, images: np.ndarray) -> InferResult:
+        if not self.is_active:
+            self.activate()
+        t0 = time.perf_counter()
+        n = self._enqueue_backbone(images, 0)
+        self.cuda.synchronize(self.stages[BACKBONE].stream)
+        t1 = time.perf_counter()
+        self._enqueue_transformer(n, 0)
+        result = self._collect(n, 0)
+        t2 = time.perf_counter()
+        # Host wall time per stage (copies included); device compute from events.
+        result.timings["backbone"], result.timings["transformer"] = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        return result
+
+    def infer_many(self, batches):
+        """Overlap: enqueue backbone(t+1) before collecting transformer(t). Device-side
+        "backbone"/"transformer" times come from events (host wall time is shared by both)."""
+        if not self.is_active:
+            self.activate()
+        pending = None  # (n, slot) whose backbone is enqueued
+        slot = 0
+        for images in batches:
+            n = self._enqueue_backbone(images, slot)
+            if pending is not None:
+                yield self._collect(*pending)
+            self._enqueue_transformer(n, slot)
+            pending = (n, slot)
+            slot = (slot + 1) % SLOTS
+        if pending is not None:
+            yield self._collect(*pending)
+
+    def _run_backbone(self, images: np.ndarray) -> np.ndarray:
+        n = self._enqueue_backbone(images, 0)
+        st = self.stages[BACKBONE]
+        host = self._host[FEATURES][0]
+        self.cuda.copy_to_host(host.ctypes.data, self._device[FEATURES][0], host[:n].nbytes, st.stream)
+        self.cuda.synchronize(st.stream)
+        return host[:n].copy()
+
+    def _run_transformer(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = features.shape[0]
+        if not 1 <= n <= self.max_batch:
+            raise AdtrError(f"batch of {n} is outside the engines' profile (max {self.max_batch})")
+        f = np.ascontiguousarray(features, dtype=np.float32)
+        st = self.stages[TRANSFORMER]
+        host = self._host[FEATURES][0]
+        host[:n] = f
+        self.cuda.copy_to_device(self._device[FEATURES][0], host.ctypes.data, f.nbytes, st.stream)
+        self._enqueue_transformer(n, 0)
+        r = self._collect(n, 0)
+        return r.anomaly_map, r.score

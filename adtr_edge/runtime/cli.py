@@ -1,0 +1,95 @@
+"""The ``stream`` command: parse options, call ``run_stream``, print the summary.
+
+``register(app)`` adds it to the main typer app; ``python -m adtr_edge.runtime.cli stream ...``
+runs it alone (useful on a device where only the runtime is installed).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import AdtrError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("stream")
+    def stream(
+        model_dir: Path = typer.Argument(..., help="ONNX export folder or TensorRT engine folder (with manifest.json)."),
+        camera: Optional[int] = typer.Option(None, "--camera", help="Camera index, e.g. 0."),
+        source: Optional[str] = typer.Option(
+            None, "--source",
+            help="Video file, folder or glob of images, rtsp://..., csi://N, v4l2:///dev/videoN, file://..., or a GStreamer pipeline.",
+        ),
+        backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt."),
+        events: Optional[str] = typer.Option(None, "--events", help="JSON Lines events to FILE, or '-' for stdout."),
+        save_anomalies: Optional[Path] = typer.Option(None, "--save-anomalies", help="Folder for anomalous frames + overlays (PNG)."),
+        record: Optional[Path] = typer.Option(None, "--record", help="Record the overlay video to FILE (.mp4/.avi)."),
+        show: bool = typer.Option(False, "--show", help="Window: original | heat map | overlay ('q' quits)."),
+        min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Alarm after N anomalous frames in a row."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Raw-score threshold (default: the exported one)."),
+        max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
+        batch: int = typer.Option(1, "--batch", min=1, help="Micro-batch size for files and folders (live sources use 1)."),
+        summary: Optional[Path] = typer.Option(None, "--summary", help="Write the summary JSON to FILE."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads."),
+        reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
+    ) -> None:
+        """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
+        from .pipeline import run_stream
+        from .sources import ReconnectPolicy
+
+        if (camera is None) == (source is None):
+            raise AdtrError("give exactly one of --camera N or --source S")
+        options = {"intra_op_threads": threads} if threads is not None else {}
+        result = run_stream(
+            model_dir,
+            camera if camera is not None else source,
+            backend=backend,
+            threshold=threshold,
+            events=events,
+            save_anomalies=save_anomalies,
+            record=record,
+            show=show,
+            min_consecutive=min_consecutive,
+            max_frames=max_frames,
+            batch=batch,
+            summary_path=summary,
+            reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
+            backend_options=options,
+        )
+        if result["errors"] and result["stopped_by"] in ("source lost", "error", "sink error"):
+            raise AdtrError(result["errors"][-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    app = typer.Typer(add_completion=False, no_args_is_help=True)
+    register(app)
+
+    @app.callback()
+    def _root() -> None:
+        """adtr-edge streaming runtime."""
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except AdtrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:  # --help and friends
+        return e.exit_code
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Device memory, streams, events and CUDA graphs through cuda-python's runtime API.
+
+Two import spellings exist: ``from cuda.bindings import runtime`` (cuda-python 12.x+, the only one
+in 13) and ``from cuda import cudart`` (JetPack 5's cuda-python 11.4). Every call returns a tuple
+whose first item is a ``cudaError_t``; ``CudaRuntime`` checks it and turns failures into one clear
+``AdtrError``. Nothing here imports torch or tensorrt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import AdtrError
+
+
+def import_cudart():
+    """Return cuda-python's runtime module under whichever name this install has."""
+    try:
+        from cuda.bindings import runtime as cudart  # noqa: PLC0415
+
+        return cudart
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart  # noqa: PLC0415  (cuda-python < 12.6 / JetPack 5)
+
+        return cudart
+    except ImportError as e:
+        raise AdtrError(f"cuda-python is not installed ({e}); install it with 'pip install cuda-python'") from None
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    compute_capability: str  # "8.7"
+
+
+class CudaRuntime:
+    """Thin checked wrapper over a cudart module (real or a test stand-in)."""
+
+    def __init__(self, cudart: Any | None = None):
+        self.rt = cudart if cudart is not None else import_cudart()
+        self._success = self.rt.cudaError_t.cudaSuccess
+
+    def check(self, result, what: str):
+        """Unpack (err, *values); raise on error; return None, the value or a tuple of values."""
+        if isinstance(result, tuple):
+            err, values = result[0], result[1:]
+        else:
+            err, values = result, ()
+        if err != self._success:
+            name = err
+            try:
+                name = self.rt.cudaGetErrorName(err)[1].decode()
+            except Exception:  # a name lookup must not hide the original error
+                pass
+            raise AdtrError(f"CUDA call {what} failed: {name}")
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else values
+
+    # -- device ----------------------------------------------------------------------------
+    def device_count(self) -> int:
+        return int(self.check(self.rt.cudaGetDeviceCount(), "cudaGetDeviceCount"))
+
+    def device_info(self, index: int | None = None) -> DeviceInfo:
+        if index is None:
+            index = int(self.check(self.rt.cudaGetDevice(), "cudaGetDevice"))
+        props = self.check(self.rt.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
+        name = props.name
+        if isinstance(name, (bytes, bytearray)):
+            name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
+        return DeviceInfo(index, str(name).strip(), f"{int(props.major)}.{int(props.minor)}")
+
+    # -- memory ----------------------------------------------------------------------------
+    def malloc(self, nbytes: int) -> int:
+        return int(self.check(self.rt.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc"))
+
+    def free(self, ptr: int) -> None:
+        self.check(self.rt.cudaFree(ptr), "cudaFree")
+
+    def pinned_array(self, shape: tuple[int, ...], dtype) -> tuple[np.ndarray, int]:
+        """Page-locked host memory viewed as a numpy array (async copies need pinned memory)."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        ptr = int(self.check(self.rt.cudaMallocHost(max(nbytes, 1)), "cudaMallocHost"))
+        raw = (ctypes.c_byte * max(nbytes, 1)).from_address(ptr)
+        arr = np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
+        return arr, ptr
+
+    def free_host(self, ptr: int) -> None:
+        self.check(self.rt.cudaFreeHost(ptr), "cudaFreeHost")
+
+    def copy_to_device(self, dst: int, src: int, nbytes: int, stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self.check(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync(H2D)")
+
+    def copy_to_host(self, dst: int, src: int, nbytes: int, stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self.check(self.rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync(D2H)")
+
+    # -- streams and events ----------------------------------------------------------------
+    def create_stream(self):
+        # Non-blocking: must not serialise with the legacy default stream other libraries use.
+        return self.check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+
+    def destroy_stream(self, stream) -> None:
+        self.check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
+
+    def synchronize(self, stream) -> None:
+        self.check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+    def create_event(self):
+        return self.check(self.rt.cudaEventCreate(), "cudaEventCreate")
+
+    def destroy_event(self, event) -> None:
+        self.check(self.rt.cudaEventDestroy(event), "cudaEventDestroy")
+
+    def record(self, event, stream) -> None:
+        self.check(self.rt.cudaEventRecord(event, stream), "cudaEventRecord")
+
+    def wait_event(self, stream, event) -> None:
+        self.check(self.rt.cudaStreamWaitEvent(stream, event, 0), "cudaStreamWaitEvent")
+
+    def elapsed_ms(self, start, end) -> float:
+        return float(self.check(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+
+    # -- CUDA graphs -----------------------------------------------------------------------
+    def begin_capture(self, stream) -> None:
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self.check(self.rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+
+    def end_capture(self, stream):
+        return self.check(self.rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+
+    def instantiate(self, graph):
+        return self.check(self.rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+
+    def launch(self, graph_exec, stream) -> None:
+        self.check(self.rt.cudaGraphLaunch(graph_exec, stream), "cudaGraphLaunch")
+
+    def destroy_graph(self, graph, graph_exec) -> None:
+        self.check(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
+        self.check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+
+def stream_handle(stream) -> int:
+    """TensorRT's execute_async_v3 takes the stream as an integer handle."""
+    return int(stream)
+
+
+def gpu_available() -> tuple[bool, str]:
+    """Whether cuda-python imports and at least one GPU answers."""
+    try:
+        rt = CudaRuntime()
+        n = rt.device_count()
+    except AdtrError as e:
+        return False, str(e)
+    except Exception as e:  # a broken driver install raises from the bindings themselves
+        return False, f"CUDA is not usable: {e}"
+    if n < 1:
+        return False, "no CUDA GPU found"
+    return True, rt.device_info(0).name

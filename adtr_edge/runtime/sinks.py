@@ -1,0 +1,250 @@
+"""Where results go: JSON Lines events, saved anomalous frames, a recording, a live window.
+
+Every sink gets ``on_frame`` for each processed frame, ``on_alarm`` for debounced alarm starts and
+ends, and ``close`` exactly once (also after Ctrl-C), which flushes what it holds.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+import cv2
+import numpy as np
+
+from ..errors import AdtrError
+from ..fileio import write_bytes_atomic
+from .detector import Detection
+from .sources import Frame
+
+log = logging.getLogger(__name__)
+
+
+def iso_utc(epoch_s: float) -> str:
+    """ISO-8601 UTC with milliseconds and a Z: 2024-05-01T12:00:00.123Z."""
+    t = _dt.datetime.fromtimestamp(epoch_s, tz=_dt.timezone.utc)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class FrameResult:
+    """One processed frame as the sinks see it."""
+
+    frame: Frame
+    detection: Detection
+    source: str
+    alarm: bool = False  # a debounced alarm is active at this frame
+    fps: float | None = None  # smoothed current rate, for display
+    alarm_events: list = field(default_factory=list)  # AlarmEvents this frame caused, sent right after it
+
+
+@dataclass
+class AlarmEvent:
+    kind: str  # "alarm_start" | "alarm_end"
+    source: str
+    frame: int  # frame index where it started / ended
+    timestamp: float
+    score: float
+    normalized_score: float
+    start_frame: int | None = None
+    frames: int | None = None  # anomalous frames in the alarm (end events)
+    peak_score: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {"event": self.kind, "time": iso_utc(self.timestamp), "source": self.source, "frame": self.frame,
+             "score": round(self.score, 6), "normalized_score": round(self.normalized_score, 6)}
+        if self.kind == "alarm_end":
+            d.update(start_frame=self.start_frame, frames=self.frames, peak_score=round(float(self.peak_score), 6))
+        d.update(self.extra)
+        return d
+
+
+class Sink:
+    """Base: ignore everything."""
+
+    def on_frame(self, result: FrameResult) -> None:
+        pass
+
+    def on_alarm(self, event: AlarmEvent) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def frame_event(r: FrameResult) -> dict:
+    d = r.detection
+    event = {
+        "event": "frame",
+        "time": iso_utc(r.frame.timestamp),
+        "source": r.source,
+        "frame": r.frame.index,
+        "score": round(d.score, 6),
+        "normalized_score": round(d.normalized_score, 6),
+        "label": d.label,
+        "alarm": r.alarm,
+        "ms": {k: round(v, 3) for k, v in d.timings.items()},
+    }
+    if r.frame.name is not None:
+        event["name"] = r.frame.name
+    return event
+
+
+class JsonlSink(Sink):
+    """One JSON object per line to stdout ("-") or a file, flushed per line so a tail -f or a
+    crash never sees half an event."""
+
+    def __init__(self, target: str | os.PathLike | TextIO = "-"):
+        if hasattr(target, "write"):
+            self.stream, self.owned = target, False
+        elif str(target) == "-":
+            self.stream, self.owned = sys.stdout, False
+        else:
+            p = Path(target)
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                self.stream = open(p, "w", encoding="utf-8")
+            except OSError as e:
+                raise AdtrError(f"--events {p}: cannot open for writing ({e.strerror})") from None
+            self.owned = True
+
+    def _write(self, obj: dict) -> None:
+        self.stream.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self.stream.flush()
+
+    def on_frame(self, result: FrameResult) -> None:
+        self._write(frame_event(result))
+
+    def on_alarm(self, event: AlarmEvent) -> None:
+        self._write(event.to_dict())
+
+    def close(self) -> None:
+        if self.owned:
+            self.stream.close()
+        else:
+            self.stream.flush()
+
+
+def _visualize():
+    try:
+        from .. import visualize
+    except ImportError as e:
+        raise AdtrError(f"visualisation module unavailable ({e})") from None
+    return visualize
+
+
+def _encode_png(image: np.ndarray, what: str) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise AdtrError(f"cannot encode {what} as PNG")
+    return buf.tobytes()
+
+
+class AnomalySaver(Sink):
+    """For each anomalous frame: ``<stem>_frame.png`` and ``<stem>_overlay.png`` in ``folder``,
+    written atomically (a reader polling the folder never sees a partial PNG)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AdtrError(f"--save-anomalies {self.folder}: cannot create folder ({e.strerror})") from None
+        self.vis = _visualize()
+        self.saved = 0
+
+    def on_frame(self, r: FrameResult) -> None:
+        if not r.detection.label:
+            return
+        stem = f"{r.frame.index:08d}"
+        if r.frame.name:
+            stem += "_" + Path(r.frame.name).stem
+        over = self.vis.overlay(r.frame.image, r.detection.anomaly_map, r.detection.thresholds)
+        write_bytes_atomic(self.folder / f"{stem}_frame.png", _encode_png(r.frame.image, "frame"))
+        write_bytes_atomic(self.folder / f"{stem}_overlay.png", _encode_png(over, "overlay"))
+        self.saved += 1
+
+
+class VideoRecorder(Sink):
+    """Overlay video of every frame. Written under a temporary name and renamed on close, so the
+    final file is always a finished, playable recording."""
+
+    FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+
+    def __init__(self, path: str | os.PathLike, fps: float | None, opener=cv2.VideoWriter):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in self.FOURCC:
+            raise AdtrError(f"--record {self.path}: use one of {sorted(self.FOURCC)}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AdtrError(f"--record {self.path}: cannot create folder ({e.strerror})") from None
+        # CAP_PROP_FPS of 0 means "unknown": record at 10 FPS rather than failing.
+        self.fps = float(fps) if fps and fps > 0 else 10.0
+        self.tmp = self.path.with_name(f".tmp-{self.path.stem}-{os.getpid()}{self.path.suffix}")
+        self.opener = opener
+        self.writer = None
+        self.size: tuple[int, int] | None = None
+        self.vis = _visualize()
+        self.written = 0
+
+    def on_frame(self, r: FrameResult) -> None:
+        image = self.vis.overlay(r.frame.image, r.detection.anomaly_map, r.detection.thresholds)
+        if self.writer is None:
+            h, w = image.shape[:2]
+            self.size = (w, h)
+            fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
+            self.writer = self.opener(str(self.tmp), fourcc, self.fps, self.size)
+            if not self.writer.isOpened():
+                raise AdtrError(f"--record {self.path}: OpenCV cannot write this format here")
+        if (image.shape[1], image.shape[0]) != self.size:  # mixed-size folders: fit the first frame
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(image)
+        self.written += 1
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.release()
+        self.writer = None
+        if self.written:
+            os.replace(self.tmp, self.path)
+        elif self.tmp.exists():
+            self.tmp.unlink()
+
+
+class WindowSink(Sink):
+    """Three panes (original | heat map | overlay with score and FPS) in an OpenCV window;
+    'q' or Esc asks the pipeline to stop."""
+
+    TITLE = "adtr-edge"
+
+    def __init__(self, request_stop: Callable[[], None]):
+        self.vis = _visualize()
+        try:
+            cv2.namedWindow(self.TITLE, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise AdtrError(
+                "--show needs OpenCV with GUI support (opencv-python-headless has none; use opencv-python or JetPack's OpenCV)"
+            ) from None
+        self.request_stop = request_stop
+
+    def on_frame(self, r: FrameResult) -> None:
+        d = r.detection
+        pane = self.vis.three_pane(r.frame.image, d.anomaly_map, d.thresholds, d.score, d.normalized_score, d.label, fps=r.fps)
+        cv2.imshow(self.TITLE, pane)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.request_stop()
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.TITLE)
+        except cv2.error:
+            pass

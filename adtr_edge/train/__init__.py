@@ -1,0 +1,1 @@
+"""Training: feature cache, the training loop, checkpoints and threshold calibration."""

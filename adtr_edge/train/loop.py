@@ -1,0 +1,268 @@
+"""The training loop on cached features.
+
+Normal-only by default (feature MSE). With anomalies (ADTR+), a fixed pool of anomalous images
+(synthetic, external or labelled) is pushed through the frozen backbone once as well, and every
+step mixes a normal batch with an anomalous one under the FCDD-style losses.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from ..config import ModelConfig, TrainConfig
+from ..errors import AdtrError, require
+from ..model import build_model
+from ..model.adtr import preprocess_spec
+from ..model.losses import image_loss, normal_loss, pixel_loss, pseudo_huber
+from ..progress import Task, progress_bar
+from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from .device import resolve_device
+from .features import channel_stats, extract_raw_features
+
+
+@dataclass
+class AnomalyPool:
+    """Anomalous training examples, fixed for the whole run so their features are computed once.
+
+    ``images``: BGR uint8 frames of any size; ``masks``: bool masks at each image's size, or None for
+    image-level labels only; ``kind``: a name for logs ("confetti", "external", ...).
+    """
+
+    images: list
+    masks: list | None
+    kind: str
+
+    @property
+    def pixel_labelled(self) -> bool:
+        return self.masks is not None
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    checkpoint: Checkpoint
+    folder: Path
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step`` of ``total``."""
+    if cfg.schedule == "step":
+        return 0.1 if step >= cfg.step_at * total else 1.0
+    warm = max(1, int(cfg.warmup_fraction * total))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def grid_masks(masks: list, spec, grid: tuple[int, int]) -> torch.Tensor:
+    """Masks at image size -> anomalous fraction of each grid cell, (M, h, w) in [0, 1]."""
+    out = []
+    for m in masks:
+        m = cv2.resize(m.astype(np.float32), (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
+        out.append(cv2.resize(m, (grid[1], grid[0]), interpolation=cv2.INTER_AREA))
+    return torch.from_numpy(np.stack(out)).float()
+
+
+def choose_loss(cfg: TrainConfig, pool: AnomalyPool | None) -> str:
+    if cfg.loss != "auto":
+        require(cfg.loss in ("normal", "pixel", "image"), f"--loss {cfg.loss}: use auto, normal, pixel or image")
+        require(cfg.loss == "normal" or pool is not None, f"--loss {cfg.loss} needs anomalies (synthetic, external or labelled)")
+        require(cfg.loss != "pixel" or (pool is not None and pool.pixel_labelled), "--loss pixel needs pixel-labelled anomalies")
+        return cfg.loss
+    if pool is None:
+        return "normal"
+    return "pixel" if pool.pixel_labelled else "image"
+
+
+@torch.no_grad()
+def score_features(model, features: torch.Tensor, device, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores and model-size maps for standardised features (eval mode)."""
+    model.eval()
+    scores, maps = [], []
+    for s in range(0, len(features), batch_size):
+        f = features[s:s + batch_size].to(device)
+        amap, score = model.head(f, model.transformer(f))
+        scores.append(score.float().cpu().numpy())
+        maps.append(amap[:, 0].float().cpu().numpy())
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros((0,) + tuple(model.cfg.input_size), np.float32)
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def train_model(
+    train_set,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    weights: str | None = None,
+    anomalies: AnomalyPool | None = None,
+    init_from: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> TrainResult:
+    """Train ADTR on the normal images of ``train_set`` (an ``adtr_edge.data`` ImageSet).
+
+    ``init_from``: fine-tune a normal-only checkpoint (the paper's ADTR+ schedule). ``resume``:
+    continue an interrupted run in ``out_dir``. ``on_epoch_end(epoch, model, seconds, val_features)``
+    lets benchmarks record accuracy against training time.
+    """
+    out_dir = Path(out_dir)
+    seed_everything(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    normals = [i for i in range(len(train_set)) if int(train_set.labels[i]) == 0]
+    require(len(normals) > 0, f"training set {train_set.summary().get('root', '')}: no normal images")
+    rng = np.random.default_rng(train_cfg.seed)
+    order = rng.permutation(normals).tolist()
+    n_val = int(round(train_cfg.val_fraction * len(order))) if len(order) >= 10 else 0
+    val_idx, fit_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    require(len(fit_idx) >= 2, f"training set too small: {len(fit_idx)} images left after holding out {n_val} for the threshold")
+
+    if init_from is not None:
+        model, base = load_checkpoint(init_from, device="cpu")
+        model_cfg = base.model_config
+        log(f"fine-tuning {init_from}")
+    else:
+        model = build_model(model_cfg, weights=weights)
+    model = model.to(device)
+    spec = preprocess_spec(model_cfg)
+    loss_kind = choose_loss(train_cfg, anomalies)
+    t_start = time.perf_counter()
+
+    with progress_bar(progress) as bar:
+        raw_fit = extract_raw_features(model.backbone, train_set.image, fit_idx, spec, device=device, progress=bar, description="features (train)")
+        raw_val = extract_raw_features(model.backbone, train_set.image, val_idx, spec, device=device, progress=bar, description="features (val)")
+        if init_from is None:
+            if train_cfg.standardize_features:
+                mean, std = channel_stats(raw_fit)
+                model.backbone.set_feature_stats(mean.to(device), std.to(device))
+        fmean, fstd = model.backbone.feature_mean.cpu(), model.backbone.feature_std.cpu()
+        feats = (raw_fit - fmean) / fstd
+        val_feats = (raw_val - fmean) / fstd
+
+        pool_feats = pool_targets = None
+        if anomalies is not None and loss_kind != "normal":
+            require(len(anomalies.images) > 0, f"anomaly source {anomalies.kind}: no images")
+            raw_pool = extract_raw_features(model.backbone, lambda i: anomalies.images[i], list(range(len(anomalies.images))), spec,
+                                            device=device, progress=bar, description=f"features ({anomalies.kind})")
+            pool_feats = (raw_pool - fmean) / fstd
+            if loss_kind == "pixel":
+                pool_targets = grid_masks(anomalies.masks, spec, model_cfg.grid)
+            else:
+                pool_targets = torch.ones(len(pool_feats))
+
+        params = [p for p in model.transformer.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        start_epoch, history = 0, []
+        if resume:
+            start_epoch, extra = load_train_state(out_dir, opt)
+            state, _ = load_checkpoint(out_dir, device="cpu")
+            model.load_state_dict(state.state_dict())
+            history = extra.get("history", [])
+            log(f"resuming at epoch {start_epoch}")
+
+        bs = min(train_cfg.batch_size, len(feats))
+        steps_per_epoch = max(1, len(feats) // bs)
+        total = steps_per_epoch * train_cfg.epochs
+        task = Task(bar, "train", train_cfg.epochs)
+        task.advance(start_epoch)
+        g = torch.Generator().manual_seed(train_cfg.seed)
+        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train_cfg.bf16)
+        for epoch in range(start_epoch, train_cfg.epochs):
+            model.train()
+            perm = torch.randperm(len(feats), generator=g)
+            total_loss = 0.0
+            for s in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + s
+                for group in opt.param_groups:
+                    group["lr"] = train_cfg.lr * lr_factor(step, total, train_cfg)
+                f = feats[perm[s * bs:(s + 1) * bs]].to(device)
+                jitter = None
+                if train_cfg.feature_jitter > 0:
+                    jitter = torch.randn(f.shape[0], f.shape[2] * f.shape[3], f.shape[1], generator=g).to(device) * train_cfg.feature_jitter
+                with autocast:
+                    if loss_kind == "normal":
+                        loss = normal_loss(f, model.transformer(f, jitter)).float()
+                    else:
+                        pick = torch.randint(0, len(pool_feats), (max(1, bs // 2),), generator=g)
+                        both = torch.cat([f, pool_feats[pick].to(device)])
+                        phi = pseudo_huber(both, model.transformer(both)).float()
+                        if loss_kind == "pixel":
+                            y = torch.cat([torch.zeros(f.shape[0], *model_cfg.grid), pool_targets[pick]]).to(device)
+                            loss = pixel_loss(phi, y, train_cfg.alpha)
+                        else:
+                            y = torch.cat([torch.zeros(f.shape[0]), pool_targets[pick]]).to(device)
+                            loss = image_loss(phi, y, train_cfg.alpha, train_cfg.top_k)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if train_cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+                opt.step()
+                total_loss += loss.item()
+            if not math.isfinite(total_loss):
+                raise AdtrError(f"training diverged at epoch {epoch + 1} (loss {total_loss}); lower --lr or raise --grad-clip")
+            val_loss = None
+            if len(val_feats):
+                model.eval()
+                with torch.no_grad():
+                    vf = val_feats.to(device)
+                    val_loss = float(normal_loss(vf, model.transformer(vf)))
+            elapsed = time.perf_counter() - t_start
+            history.append({"epoch": epoch + 1, "seconds": round(elapsed, 2), "loss": total_loss / steps_per_epoch, "val_loss": val_loss, "loss_kind": loss_kind})
+            task.advance(1, info=f"loss {total_loss / steps_per_epoch:.4f}" + (f" val {val_loss:.4f}" if val_loss is not None else ""))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, model, elapsed)
+            save_train_state(out_dir, opt, epoch + 1, {"history": history})
+            save_checkpoint(out_dir, model, Checkpoint(model_cfg, train_cfg, None, train_set.summary(), history))
+
+    thresholds = calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
+    seconds = time.perf_counter() - t_start
+    extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
+             "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
+             "anomalies": anomalies.kind if anomalies is not None else None,
+             "train_paths": [str(train_set.samples[i].path) for i in fit_idx]}
+    ckpt = Checkpoint(model_cfg, train_cfg, thresholds, train_set.summary(), history, extra)
+    save_checkpoint(out_dir, model.cpu(), ckpt)
+    return TrainResult(model.eval(), ckpt, out_dir, seconds)
+
+
+def calibrate_on(model, features: torch.Tensor, device, quantile: float, anomalous_features: torch.Tensor | None = None):
+    """Threshold from held-out normal features (a high quantile), F1-optimal when anomalies are given."""
+    from ..metrics import calibrate_threshold
+
+    normal_scores, _ = score_features(model, features, device)
+    anomalous_scores = score_features(model, anomalous_features, device)[0] if anomalous_features is not None else None
+    return calibrate_threshold(normal_scores, anomalous_scores, quantile=quantile)
+
+
+def apply_preset(preset: str, model_overrides: dict, train_overrides: dict) -> tuple[dict, dict]:
+    """Merge a named preset under explicit overrides (explicit options win)."""
+    from ..config import PRESETS
+
+    if preset not in PRESETS:
+        raise AdtrError(f"--preset {preset}: choose one of {sorted(PRESETS)}")
+    m = dict(PRESETS[preset].get("model", {}))
+    t = dict(PRESETS[preset].get("train", {}))
+    m.update({k: v for k, v in model_overrides.items() if v is not None})
+    t.update({k: v for k, v in train_overrides.items() if v is not None})
+    t["preset"] = preset
+    return m, t

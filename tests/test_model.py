@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from adtr_edge.config import ModelConfig
+from adtr_edge.errors import AdtrError
+from adtr_edge.model import build_model
+from adtr_edge.model.adtr import InGraphPreprocess, preprocess_spec
+from adtr_edge.model.weights import bundled_lite0_path, lukemelas_to_timm, read_state_dict
+from adtr_edge.postprocessing import pooled_max_score
+from adtr_edge.preprocessing import normalize_numpy
+
+from conftest import tiny_model_config
+
+
+def test_lite0_weights_map_key_for_key():
+    import timm
+
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    renamed = lukemelas_to_timm(read_state_dict(bundled_lite0_path()))
+    assert set(renamed) == set(full.state_dict())
+    full.load_state_dict(renamed, strict=True)  # shapes agree too
+
+
+def test_pretrained_backbone_differs_from_random_and_is_frozen():
+    cfg = tiny_model_config()
+    m = build_model(cfg)
+    r = build_model(cfg, pretrained=False)
+    key = "cnn.conv_stem.weight"
+    assert not torch.equal(m.backbone.state_dict()[key], r.backbone.state_dict()[key])
+    assert all(not p.requires_grad for p in m.backbone.parameters())
+    m.train()
+    assert not m.backbone.cnn.training  # frozen BatchNorm statistics
+
+
+def test_in_graph_preprocess_matches_numpy_reference():
+    spec = preprocess_spec(ModelConfig(input_size=(32, 48)))
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
+    ours = InGraphPreprocess(spec)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, normalize_numpy(x, spec), atol=1e-6)
+    # Lite0 weights want [-1, 1]: a white BGR pixel is +1 in every channel, black is -1.
+    assert ours.max() <= 1.0 + 1e-6 and ours.min() >= -1.0 - 1e-6
+
+
+def test_shapes_and_score_is_max_of_pooled_map():
+    cfg = tiny_model_config()
+    m = build_model(cfg).eval()
+    x = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        amap, score = m(x)
+        feats = m.backbone(x)
+    assert feats.shape == (2, m.backbone.channels, 8, 8)
+    assert amap.shape == (2, 1, 64, 64) and score.shape == (2,)
+    np.testing.assert_allclose(score.numpy(), pooled_max_score(amap.numpy(), cfg.pool_kernel), rtol=1e-5)
+
+
+def test_reconstruction_depends_on_input_not_only_queries():
+    m = build_model(tiny_model_config(), pretrained=False).eval()
+    f1, f2 = torch.randn(1, m.backbone.channels, 8, 8), torch.randn(1, m.backbone.channels, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(m.transformer(f1), m.transformer(f2))
+
+
+def test_bad_configs_are_one_line_errors():
+    with pytest.raises(AdtrError, match="multiple of feature_stride"):
+        ModelConfig(input_size=(100, 100))
+    with pytest.raises(AdtrError, match="divisible by nhead"):
+        ModelConfig(d_model=100, nhead=8)
+    with pytest.raises(AdtrError, match="unknown backbone"):
+        ModelConfig.for_backbone("resnet9000")
+
+
+def test_b4_without_weights_is_a_clear_error():
+    with pytest.raises(AdtrError, match="--weights"):
+        build_model(ModelConfig.for_backbone("efficientnet_b4", input_size=(64, 64)))
+
+
+def test_weights_file_errors(tmp_path):
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(b"not a pickle")
+    with pytest.raises(AdtrError, match="w.pth"):
+        read_state_dict(bad)
+    with pytest.raises(AdtrError, match="not found"):
+        read_state_dict(tmp_path / "missing.pth")

@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adtr_edge.config import TrainConfig
+from adtr_edge.data.datasets import load_dataset
+from adtr_edge.errors import AdtrError
+from adtr_edge.train.checkpoint import load_checkpoint, read_checkpoint_meta
+from adtr_edge.train.loop import AnomalyPool, lr_factor, train_model
+
+from conftest import tiny_model_config
+
+
+def test_trained_checkpoint_roundtrip(trained_checkpoint):
+    model, ckpt = load_checkpoint(trained_checkpoint)
+    meta = json.loads((trained_checkpoint / "checkpoint.json").read_text())
+    assert meta["format"] == "adtr-edge-checkpoint/1"
+    assert ckpt.thresholds is not None and ckpt.thresholds.score_min <= ckpt.thresholds.threshold <= ckpt.thresholds.score_max + 1e-6
+    assert len(ckpt.history) == 4
+    # the loss went down over training
+    assert ckpt.history[-1]["loss"] < ckpt.history[0]["loss"]
+    # features are standardised with training statistics (not identity)
+    assert not torch.allclose(model.backbone.feature_std, torch.ones_like(model.backbone.feature_std))
+    assert ckpt.extra["train_paths"] and ckpt.data_summary["n_images"] == 24
+
+
+def test_no_pickles_in_checkpoint(trained_checkpoint):
+    files = sorted(p.name for p in trained_checkpoint.iterdir())
+    assert "model.safetensors" in files and not any(f.endswith((".pt", ".pth", ".pkl")) for f in files)
+
+
+def test_resume_continues_from_saved_epoch(tmp_path, sample_dataset):
+    ds = load_dataset(sample_dataset, "train")
+    cfg = TrainConfig(epochs=1, batch_size=8, device="cpu")
+    train_model(ds, tiny_model_config(), cfg, tmp_path / "run", progress=False)
+    more = TrainConfig(epochs=2, batch_size=8, device="cpu")
+    result = train_model(ds, tiny_model_config(), more, tmp_path / "run", resume=True, progress=False)
+    assert [h["epoch"] for h in result.checkpoint.history] == [1, 2]
+
+
+def test_anomaly_pool_trains_with_pixel_loss(tmp_path, sample_dataset):
+    from adtr_edge.data.anomalies import SyntheticAnomalies
+
+    ds = load_dataset(sample_dataset, "train")
+    maker = SyntheticAnomalies("confetti", probability=1.0, seed=0)
+    rng = np.random.default_rng(0)
+    imgs, masks = zip(*[maker(ds.image(i), rng)[:2] for i in range(8)])
+    pool = AnomalyPool(list(imgs), list(masks), "confetti")
+    cfg = TrainConfig(epochs=3, batch_size=8, device="cpu", lr=2e-3)
+    result = train_model(ds, tiny_model_config(), cfg, tmp_path / "plus", anomalies=pool, progress=False)
+    hist = result.checkpoint.history
+    assert all(h["loss_kind"] == "pixel" for h in hist)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+
+
+def test_lr_schedules():
+    cos = TrainConfig(schedule="cosine", warmup_fraction=0.1)
+    assert lr_factor(0, 100, cos) == pytest.approx(0.1)
+    assert lr_factor(10, 100, cos) == pytest.approx(1.0)
+    assert lr_factor(99, 100, cos) < 0.01
+    step = TrainConfig(schedule="step", step_at=0.8)
+    assert lr_factor(79, 100, step) == 1.0 and lr_factor(80, 100, step) == 0.1
+
+
+def test_checkpoint_errors(tmp_path, trained_checkpoint):
+    with pytest.raises(AdtrError, match="not found"):
+        read_checkpoint_meta(tmp_path / "nope")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(AdtrError, match="corrupt checkpoint metadata"):
+        read_checkpoint_meta(broken)
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "checkpoint.json").write_text((trained_checkpoint / "checkpoint.json").read_text())
+    (truncated / "model.safetensors").write_bytes((trained_checkpoint / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(AdtrError, match="corrupt checkpoint weights"):
+        load_checkpoint(truncated)
+
+
+def test_loss_needs_anomalies(tmp_path, sample_dataset):
+    ds = load_dataset(sample_dataset, "train")
+    with pytest.raises(AdtrError, match="needs anomalies"):
+        train_model(ds, tiny_model_config(), TrainConfig(epochs=1, loss="pixel", device="cpu"), tmp_path / "x", progress=False)

@@ -1,0 +1,785 @@
+"""Strict stand-ins for ``tensorrt`` (8.5, 8.6, 10.x, 11.x) and cuda-python's ``cudart``.
+
+Each simulated version exposes ONLY the names its real bindings have (see
+adtr_edge/engine/API_NOTES.md for where each was checked): a removed or misspelt name raises
+AttributeError, as on a real device. Calls are recorded in ``module._calls``. The "GPU" is host
+memory: cudaMalloc returns the address of a ctypes buffer and memcpy is ``ctypes.memmove``, so data
+really flows through the buffers the code under test manages; an engine "runs" the ONNX graph it
+was built from with ONNX Runtime, reading and writing those addresses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import time
+import types
+
+import numpy as np
+import onnx
+
+# -- strictness helpers ---------------------------------------------------------------------------
+
+
+class Strict:
+    """Public attributes outside ``_api`` raise AttributeError (reads and writes)."""
+
+    _api: frozenset = frozenset()
+
+    def __getattribute__(self, name):
+        if not name.startswith("_") and name not in object.__getattribute__(self, "_api"):
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r} in this TensorRT version")
+        return object.__getattribute__(self, name)
+
+    def __setattr__(self, name, value):
+        if not name.startswith("_") and name not in object.__getattribute__(self, "_api"):
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r} in this TensorRT version")
+        object.__setattr__(self, name, value)
+
+
+class EnumValue:
+    def __init__(self, enum, name, value):
+        self.enum, self.name, self.value = enum, name, value
+
+    def __int__(self):
+        return self.value
+
+    def __index__(self):
+        return self.value
+
+    def __eq__(self, other):
+        return isinstance(other, EnumValue) and other.enum == self.enum and other.value == self.value
+
+    def __hash__(self):
+        return hash((self.enum, self.value))
+
+    def __repr__(self):
+        return f"{self.enum}.{self.name}"
+
+    __str__ = __repr__
+
+
+def make_enum(name, members):
+    ns = types.SimpleNamespace()
+    for i, m in enumerate(members):
+        setattr(ns, m, EnumValue(name, m, i))
+    return ns
+
+
+# -- version tables (names verified on NVIDIA/TensorRT release branches) ---------------------------
+
+V85, V86, V10, V11 = "8.5.2.2", "8.6.2.3", "10.3.0.30", "11.1.0.7"
+VERSIONS = (V85, V86, V10, V11)
+
+
+def _major_minor(v):
+    a, b = v.split(".")[:2]
+    return int(a), int(b)
+
+
+def tables(version):
+    mm = _major_minor(version)
+    weak = mm[0] < 11
+    t = {}
+    t["BuilderFlag"] = (["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"] if weak else []) + [
+        "GPU_FALLBACK", "DEBUG", "REFIT", "TF32", "DISABLE_TIMING_CACHE", "SPARSE_WEIGHTS", "DIRECT_IO"] + (
+        ["STRICT_TYPES"] if mm[0] == 8 else []) + (["BF16", "FP8", "VERSION_COMPATIBLE"] if mm[0] >= 10 and weak else [])
+    t["NetworkDefinitionCreationFlag"] = (["EXPLICIT_BATCH"] if mm[0] < 11 else []) + (["STRONGLY_TYPED"] if mm[0] >= 9 else [])
+    layer_types = ["CONVOLUTION", "ACTIVATION", "POOLING", "SCALE", "SOFTMAX", "CONCATENATION", "ELEMENTWISE", "UNARY",
+                   "SHUFFLE", "REDUCE", "GATHER", "MATRIX_MULTIPLY", "CONSTANT", "IDENTITY", "SLICE", "SHAPE", "RESIZE",
+                   "QUANTIZE", "DEQUANTIZE", "SELECT", "FILL"]
+    if mm >= (8, 6):
+        layer_types += ["NORMALIZATION", "CAST"]
+    t["LayerType"] = layer_types
+    t["DataType"] = ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8"] + (["INT64", "BF16"] if mm[0] >= 10 else [])
+    t["builder"] = {"create_network", "create_builder_config", "create_optimization_profile", "build_serialized_network",
+                    "num_DLA_cores", "logger"} | ({"build_engine", "max_batch_size"} if mm[0] == 8 else set())
+    t["config"] = {"set_memory_pool_limit", "get_memory_pool_limit", "set_flag", "get_flag", "clear_flag",
+                   "add_optimization_profile", "default_device_type", "DLA_core", "create_timing_cache",
+                   "set_timing_cache", "get_timing_cache", "profiling_verbosity"} | (
+        {"int8_calibrator", "set_calibration_profile"} if weak else set()) | ({"max_workspace_size"} if mm[0] == 8 else set())
+    t["layer"] = {"name", "type", "num_inputs", "num_outputs", "get_input", "get_output", "get_output_type"} | (
+        {"precision", "precision_is_set", "set_output_type", "reset_precision", "output_type_is_set"} if weak else set())
+    t["engine"] = {"num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_shape", "get_tensor_dtype",
+                   "get_tensor_profile_shape", "create_execution_context", "num_optimization_profiles", "name"} | (
+        {"num_bindings", "binding_is_input", "get_binding_shape", "get_profile_shape", "max_batch_size"} if mm[0] == 8 else set())
+    t["context"] = {"set_input_shape", "set_tensor_address", "execute_async_v3", "get_tensor_shape", "engine"} | (
+        {"execute_async_v2", "execute_async", "set_binding_shape"} if mm[0] == 8 else set())
+    t["parser_error"] = {"code", "desc", "node"} | ({"file", "line", "func"} if mm[0] == 8 else {"node_name", "node_operator"} if mm[0] >= 11 else set())
+    return t
+
+
+ONNX_TO_LAYER = {"Conv": "CONVOLUTION", "Relu": "ACTIVATION", "AveragePool": "POOLING", "MaxPool": "POOLING",
+                 "Softmax": "SOFTMAX", "Concat": "CONCATENATION", "Add": "ELEMENTWISE", "Sub": "ELEMENTWISE",
+                 "Mul": "ELEMENTWISE", "Div": "ELEMENTWISE", "Pow": "ELEMENTWISE", "Sqrt": "UNARY",
+                 "Transpose": "SHUFFLE", "Reshape": "SHUFFLE", "ReduceMean": "REDUCE", "ReduceMax": "REDUCE",
+                 "Gather": "GATHER", "MatMul": "MATRIX_MULTIPLY", "Resize": "RESIZE", "Cast": "IDENTITY",
+                 "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "LayerNormalization": "NORMALIZATION",
+                 "Constant": "CONSTANT", "Identity": "IDENTITY"}
+# Further standard ONNX ops real exports contain (the real parser imports all of them).
+for _op, _lt in {"Clip": "ACTIVATION", "Sigmoid": "ACTIVATION", "HardSigmoid": "ACTIVATION", "Tanh": "ACTIVATION",
+                 "Erf": "UNARY", "Neg": "UNARY", "Exp": "UNARY", "Abs": "UNARY", "Reciprocal": "UNARY",
+                 "Slice": "SLICE", "Split": "SLICE", "Shape": "SHAPE", "Unsqueeze": "SHUFFLE", "Squeeze": "SHUFFLE",
+                 "Flatten": "SHUFFLE", "Expand": "SLICE", "Tile": "SLICE", "Where": "SELECT", "Equal": "ELEMENTWISE",
+                 "Max": "ELEMENTWISE", "Min": "ELEMENTWISE", "Gemm": "MATRIX_MULTIPLY", "ReduceSum": "REDUCE",
+                 "GlobalAveragePool": "REDUCE", "ConstantOfShape": "FILL", "Range": "FILL", "Einsum": "MATRIX_MULTIPLY",
+                 "BatchNormalization": "SCALE", "Pad": "SLICE", "HardSwish": "ACTIVATION", "ReduceL2": "REDUCE"}.items():
+    ONNX_TO_LAYER.setdefault(_op, _lt)
+
+_ONNX_DT = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.UINT8: "UINT8",
+            onnx.TensorProto.INT8: "INT8", onnx.TensorProto.INT32: "INT32", onnx.TensorProto.INT64: "INT64",
+            onnx.TensorProto.BOOL: "BOOL"}
+_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "BOOL": np.bool_, "UINT8": np.uint8,
+       "INT64": np.int64}
+
+
+# -- fake cudart ---------------------------------------------------------------------------------
+
+class _Handle:
+    _next = 0x1000
+
+    def __init__(self, kind):
+        _Handle._next += 16
+        self.kind, self.id = kind, _Handle._next
+        self.time = None
+        self.capturing = None  # list of recorded ops while a capture is open
+
+    def __int__(self):
+        return self.id
+
+
+def make_cudart(gpu_name="NVIDIA Fake Orin", cc=(8, 7), devices=1):
+    """cuda-python runtime stand-in with only names the real ``cuda.bindings.runtime`` has."""
+    rt = types.ModuleType("cudart_standin")
+    err = types.SimpleNamespace(cudaSuccess=EnumValue("cudaError_t", "cudaSuccess", 0),
+                                cudaErrorInvalidValue=EnumValue("cudaError_t", "cudaErrorInvalidValue", 1),
+                                cudaErrorNoDevice=EnumValue("cudaError_t", "cudaErrorNoDevice", 100))
+    ok = err.cudaSuccess
+    rt.cudaError_t = err
+    rt.cudaMemcpyKind = make_enum("cudaMemcpyKind", ["cudaMemcpyHostToHost", "cudaMemcpyHostToDevice",
+                                                      "cudaMemcpyDeviceToHost", "cudaMemcpyDeviceToDevice"])
+    rt.cudaStreamCaptureMode = make_enum("cudaStreamCaptureMode", ["cudaStreamCaptureModeGlobal",
+                                                                    "cudaStreamCaptureModeThreadLocal"])
+    rt.cudaStreamNonBlocking = 1
+    rt._device = {}  # ptr -> buffer (device allocations)
+    rt._host = {}  # ptr -> buffer (pinned host allocations)
+    rt._calls = []
+    rt._streams = {}
+
+    def alloc(table, n):
+        buf = (ctypes.c_byte * n)()
+        ptr = ctypes.addressof(buf)
+        table[ptr] = buf
+        return ptr
+
+    def call(name, fn):
+        def wrapper(*a):
+            rt._calls.append(name)
+            return fn(*a)
+        setattr(rt, name, wrapper)
+
+    call("cudaGetDeviceCount", lambda: (ok, devices) if devices else (err.cudaErrorNoDevice, 0))
+    call("cudaGetDevice", lambda: (ok, 0))
+    call("cudaGetDeviceProperties", lambda i: (ok, types.SimpleNamespace(name=gpu_name.encode() + b"\0" * 4, major=cc[0], minor=cc[1])))
+    call("cudaGetErrorName", lambda e: (ok, str(e.name if isinstance(e, EnumValue) else e).encode()))
+    call("cudaMalloc", lambda n: (ok, alloc(rt._device, n)))
+    call("cudaFree", lambda p: (ok,) if rt._device.pop(p, None) is not None else (err.cudaErrorInvalidValue,))
+    call("cudaMallocHost", lambda n: (ok, alloc(rt._host, n)))
+    call("cudaFreeHost", lambda p: (ok,) if rt._host.pop(p, None) is not None else (err.cudaErrorInvalidValue,))
+
+    def memcpy(dst, src, n, kind, stream):
+        if not isinstance(kind, EnumValue) or kind.enum != "cudaMemcpyKind":
+            return (err.cudaErrorInvalidValue,)
+        op = lambda: ctypes.memmove(int(dst), int(src), int(n))  # noqa: E731
+        s = rt._streams.get(int(stream))
+        if s is not None and s.capturing is not None:
+            s.capturing.append(op)
+        else:
+            op()
+        return (ok,)
+
+    call("cudaMemcpyAsync", memcpy)
+
+    def stream_create(flags=0):
+        s = _Handle("stream")
+        rt._streams[int(s)] = s
+        return (ok, s)
+
+    call("cudaStreamCreateWithFlags", stream_create)
+    call("cudaStreamCreate", lambda: stream_create(0))
+    call("cudaStreamDestroy", lambda s: (ok,) if rt._streams.pop(int(s), None) else (err.cudaErrorInvalidValue,))
+    call("cudaStreamSynchronize", lambda s: (ok,))
+    call("cudaEventCreate", lambda: (ok, _Handle("event")))
+    call("cudaEventDestroy", lambda e: (ok,))
+
+    def record(e, s):
+        e.time = time.perf_counter()
+        return (ok,)
+
+    call("cudaEventRecord", record)
+    call("cudaEventSynchronize", lambda e: (ok,))
+    call("cudaStreamWaitEvent", lambda s, e, f: (ok,))
+    call("cudaEventElapsedTime", lambda a, b: (ok, (b.time - a.time) * 1e3) if a.time and b.time else (err.cudaErrorInvalidValue, 0.0))
+
+    def begin(s, mode):
+        rt._streams[int(s)].capturing = []
+        return (ok,)
+
+    def end(s):
+        st = rt._streams[int(s)]
+        g, st.capturing = list(st.capturing), None
+        return (ok, g)
+
+    call("cudaStreamBeginCapture", begin)
+    call("cudaStreamEndCapture", end)
+    call("cudaGraphInstantiate", lambda g, flags: (ok, list(g)))
+
+    def launch(gexec, s):
+        for op in gexec:
+            op()
+        return (ok,)
+
+    call("cudaGraphLaunch", launch)
+    call("cudaGraphExecDestroy", lambda g: (ok,))
+    call("cudaGraphDestroy", lambda g: (ok,))
+    return rt
+
+
+# -- fake tensorrt -------------------------------------------------------------------------------
+
+
+def make_tensorrt(version, cudart=None):
+    """A fake ``tensorrt`` module for ``version`` (one of VERSIONS)."""
+    mm = _major_minor(version)
+    weak = mm[0] < 11
+    tab = tables(version)
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt._calls = []
+    trt._cudart = cudart
+    trt._built = []  # (network flags, config state) per build
+    for enum_name in ("BuilderFlag", "NetworkDefinitionCreationFlag", "LayerType", "DataType"):
+        setattr(trt, enum_name, make_enum(enum_name, tab[enum_name]))
+    trt.MemoryPoolType = make_enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM", "DLA_LOCAL_DRAM", "DLA_GLOBAL_DRAM"])
+    trt.DeviceType = make_enum("DeviceType", ["GPU", "DLA"])
+    trt.TensorIOMode = make_enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+    trt.ProfilingVerbosity = make_enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "DETAILED", "NONE"])
+    DT = trt.DataType
+
+    def nptype(dt):
+        return _NP[dt.name]
+
+    trt.nptype = nptype
+
+    sev = make_enum("Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"])
+
+    class ILogger:
+        Severity = sev
+
+        def __init__(self):
+            pass
+
+        def log(self, severity, msg):
+            raise NotImplementedError  # pure virtual in the real binding too
+
+    for s in ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"):
+        setattr(ILogger, s, getattr(sev, s))
+
+    class Logger(ILogger):
+        def __init__(self, min_severity=sev.WARNING):
+            self.min_severity = min_severity
+
+        def log(self, severity, msg):
+            pass
+
+    trt.ILogger, trt.Logger = ILogger, Logger
+
+    def _log(logger, severity, msg):
+        logger.log(severity, msg)
+
+    # tensors and layers
+    class Tensor(Strict):
+        _api = frozenset({"name", "shape", "dtype"})
+
+        def __init__(self, name, shape, dtype):
+            self._set(name, shape, dtype)
+
+        def _set(self, name, shape, dtype):
+            object.__setattr__(self, "name", name)
+            object.__setattr__(self, "shape", shape)
+            object.__setattr__(self, "dtype", dtype)
+
+    class Layer(Strict):
+        _api = frozenset(tab["layer"])
+
+        def __init__(self, name, ltype, inputs, outputs):
+            object.__setattr__(self, "name", name)
+            object.__setattr__(self, "type", ltype)
+            object.__setattr__(self, "_inputs", inputs)
+            object.__setattr__(self, "_outputs", outputs)
+            object.__setattr__(self, "_precision", DT.FLOAT)
+            object.__setattr__(self, "_precision_set", False)
+            object.__setattr__(self, "_output_types", {})
+
+        num_inputs = property(lambda self: len(self._inputs))
+        num_outputs = property(lambda self: len(self._outputs))
+
+        def get_input(self, i):
+            return self._inputs[i]
+
+        def get_output(self, i):
+            return self._outputs[i]
+
+        def _get_precision(self):
+            return self._precision
+
+        def _set_precision(self, dt):
+            object.__setattr__(self, "_precision", dt)
+            object.__setattr__(self, "_precision_set", True)
+
+        precision = property(_get_precision, _set_precision)
+        precision_is_set = property(lambda self: self._precision_set)
+
+        def set_output_type(self, i, dt):
+            if not 0 <= i < len(self._outputs):
+                raise IndexError(i)
+            self._output_types[i] = dt
+
+        def get_output_type(self, i):
+            return self._output_types.get(i, DT.FLOAT)
+
+    class Network(Strict):
+        _api = frozenset({"num_layers", "get_layer", "num_inputs", "get_input", "num_outputs", "get_output", "name"})
+
+        def __init__(self, flags):
+            object.__setattr__(self, "_flags", flags)
+            object.__setattr__(self, "_layers", [])
+            object.__setattr__(self, "_inputs", [])
+            object.__setattr__(self, "_outputs", [])
+            object.__setattr__(self, "_onnx", None)
+            object.__setattr__(self, "name", "network")
+
+        num_layers = property(lambda self: len(self._layers))
+        num_inputs = property(lambda self: len(self._inputs))
+        num_outputs = property(lambda self: len(self._outputs))
+
+        def get_layer(self, i):
+            return self._layers[i]
+
+        def get_input(self, i):
+            return self._inputs[i]
+
+        def get_output(self, i):
+            return self._outputs[i]
+
+    def _flag_set(flags, member_name):
+        member = getattr(trt.NetworkDefinitionCreationFlag, member_name, None)
+        return member is not None and bool(flags & (1 << int(member)))
+
+    class ParserError(Strict):
+        _api = frozenset(tab["parser_error"])
+
+        def __init__(self, node, desc):
+            object.__setattr__(self, "_node", node)
+            object.__setattr__(self, "_desc", desc)
+
+        def code(self):
+            return 8
+
+        def desc(self):
+            return self._desc
+
+        def node(self):
+            return self._node
+
+        def file(self):
+            return "ModelImporter.cpp"
+
+        def line(self):
+            return 0
+
+        def func(self):
+            return "parse"
+
+        def node_name(self):
+            return ""
+
+        def node_operator(self):
+            return ""
+
+    class OnnxParser(Strict):
+        _api = frozenset({"parse", "parse_from_file", "num_errors", "get_error", "clear_errors", "supports_model"})
+
+        def __init__(self, network, logger):
+            object.__setattr__(self, "_network", network)
+            object.__setattr__(self, "_logger", logger)
+            object.__setattr__(self, "_errors", [])
+
+        num_errors = property(lambda self: len(self._errors))
+
+        def get_error(self, i):
+            return self._errors[i]
+
+        def clear_errors(self):
+            self._errors.clear()
+
+        def parse(self, model, path=None):
+            return self._parse_model(onnx.load_from_string(model))
+
+        def parse_from_file(self, path):
+            trt._calls.append(("parse_from_file", path))
+            try:
+                model = onnx.load(path)
+            except Exception as e:
+                self._errors.append(ParserError(-1, f"cannot read {path}: {e}"))
+                return False
+            return self._parse_model(model)
+
+        def _parse_model(self, model):
+            net = self._network
+            if mm[0] < 10 and not _flag_set(net._flags, "EXPLICIT_BATCH"):
+                self._errors.append(ParserError(-1, "network must have explicit batch dimensions (EXPLICIT_BATCH)"))
+                return False
+            for k, node in enumerate(model.graph.node):
+                if node.op_type == "LayerNormalization" and mm < (8, 6):
+                    self._errors.append(ParserError(k, "No importer registered for op: LayerNormalization"))
+                    return False
+                if node.op_type not in ONNX_TO_LAYER:
+                    self._errors.append(ParserError(k, f"No importer registered for op: {node.op_type}"))
+                    return False
+            for vi in model.graph.input:
+                tt = vi.type.tensor_type
+                shape = tuple(d.dim_value if d.dim_value else -1 for d in tt.shape.dim)
+                net._inputs.append(Tensor(vi.name, shape, getattr(DT, _ONNX_DT[tt.elem_type])))
+            for vi in model.graph.output:
+                tt = vi.type.tensor_type
+                shape = tuple(d.dim_value if d.dim_value else -1 for d in tt.shape.dim)
+                net._outputs.append(Tensor(vi.name, shape, getattr(DT, _ONNX_DT[tt.elem_type])))
+            for k, node in enumerate(model.graph.node):
+                lt = getattr(trt.LayerType, ONNX_TO_LAYER[node.op_type])
+                outs = [Tensor(o, (), DT.FLOAT) for o in node.output]
+                net._layers.append(Layer(node.name or f"node_{k}", lt, [Tensor(i, (), DT.FLOAT) for i in node.input], outs))
+                if node.op_type == "Resize":  # the parser adds helper layers named <node>_<n>
+                    net._layers.append(Layer(f"{node.name}_1", trt.LayerType.SHAPE, [], [Tensor(f"{node.name}_shape", (), DT.INT32)]))
+            object.__setattr__(net, "_onnx", model.SerializeToString())
+            return True
+
+    trt.OnnxParser = OnnxParser
+
+    class Profile(Strict):
+        _api = frozenset({"set_shape", "get_shape"})
+
+        def __init__(self):
+            object.__setattr__(self, "_shapes", {})
+
+        def set_shape(self, name, min, opt, max):  # noqa: A002 (real keyword names)
+            self._shapes[name] = (tuple(min), tuple(opt), tuple(max))
+
+        def get_shape(self, name):
+            return self._shapes[name]
+
+    class TimingCache(Strict):
+        _api = frozenset({"serialize", "combine", "reset"})
+
+        def __init__(self, data):
+            object.__setattr__(self, "_data", data)
+
+        def serialize(self):
+            return f"FAKE-TIMING-CACHE {version} {len(trt._built)}".encode()
+
+    class Config(Strict):
+        _api = frozenset(tab["config"])
+
+        def __init__(self):
+            d = object.__setattr__
+            d(self, "_flags", set())
+            d(self, "_pools", {})
+            d(self, "_profiles", [])
+            d(self, "_calib_profile", None)
+            d(self, "_calibrator", None)
+            d(self, "_timing_cache", None)
+            d(self, "default_device_type", trt.DeviceType.GPU)
+            d(self, "DLA_core", -1)
+            d(self, "profiling_verbosity", trt.ProfilingVerbosity.LAYER_NAMES_ONLY)
+
+        def set_memory_pool_limit(self, pool, size):
+            self._pools[pool] = size
+
+        def get_memory_pool_limit(self, pool):
+            return self._pools.get(pool, 0)
+
+        def set_flag(self, f):
+            assert isinstance(f, EnumValue) and f.enum == "BuilderFlag"
+            self._flags.add(f.name)
+
+        def clear_flag(self, f):
+            self._flags.discard(f.name)
+
+        def get_flag(self, f):
+            return f.name in self._flags
+
+        def add_optimization_profile(self, p):
+            self._profiles.append(p)
+            return len(self._profiles) - 1
+
+        def _get_cal(self):
+            return self._calibrator
+
+        def _set_cal(self, c):
+            object.__setattr__(self, "_calibrator", c)
+
+        int8_calibrator = property(_get_cal, _set_cal)
+
+        def set_calibration_profile(self, p):
+            object.__setattr__(self, "_calib_profile", p)
+            return True
+
+        def create_timing_cache(self, data):
+            return TimingCache(bytes(data))
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            if cache._data and not cache._data.startswith(f"FAKE-TIMING-CACHE {version} ".encode()) and not ignore_mismatch:
+                return False
+            object.__setattr__(self, "_timing_cache", cache)
+            return True
+
+        def get_timing_cache(self):
+            return self._timing_cache
+
+    class Builder(Strict):
+        _api = frozenset(tab["builder"])
+
+        def __init__(self, logger):
+            assert isinstance(logger, ILogger), "Builder needs an ILogger"
+            object.__setattr__(self, "logger", logger)
+
+        num_DLA_cores = property(lambda self: 2)
+
+        def create_network(self, flags=0):
+            trt._calls.append(("create_network", flags))
+            return Network(flags)
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_engine(self, network, config):  # 8.x only (name hidden elsewhere)
+            raise RuntimeError("stand-in: build_engine is deprecated; use build_serialized_network")
+
+        def build_serialized_network(self, network, config):
+            return _build(self, network, config)
+
+    def _build(builder, network, config):
+        log = builder.logger
+        strongly = (not weak) or _flag_set(network._flags, "STRONGLY_TYPED")
+        model = onnx.load_from_string(network._onnx)
+        has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+        if strongly and config._flags & {"FP16", "INT8"}:
+            _log(log, ILogger.ERROR, "precision flags are not allowed on strongly typed networks")
+            return None
+        if strongly and any(layer._precision_set for layer in network._layers):
+            _log(log, ILogger.ERROR, "layer precision is not allowed on strongly typed networks")
+            return None
+        if not config._profiles:
+            _log(log, ILogger.ERROR, "network has dynamic shapes but no optimization profile")
+            return None
+        prof = config._profiles[0]
+        for t in network._inputs:
+            if t.name not in prof._shapes:
+                _log(log, ILogger.ERROR, f"no profile shape for input {t.name}")
+                return None
+            for s in prof._shapes[t.name]:
+                if len(s) != len(t.shape) or any(d >= 0 and d != x for d, x in zip(t.shape, s)):
+                    _log(log, ILogger.ERROR, f"profile shape {s} does not fit {t.name}{t.shape}")
+                    return None
+        calib_info = None
+        if "INT8" in config._flags and not has_qdq:
+            cal = config._calibrator
+            if cal is None:
+                _log(log, ILogger.ERROR, "INT8 without calibrator or Q/DQ: missing dynamic ranges")
+                return None
+            calib_info = _calibrate(cal, network, config, log)
+            if calib_info is None:
+                return None
+        if config.default_device_type == trt.DeviceType.DLA and "GPU_FALLBACK" not in config._flags:
+            _log(log, ILogger.ERROR, "DLA without GPU_FALLBACK: unsupported layers")
+            return None
+        header = {
+            "version": version, "flags": sorted(config._flags), "net_flags": network._flags, "strongly_typed": strongly,
+            "profile": {k: [list(x) for x in v] for k, v in prof._shapes.items()},
+            "pinned": [layer.name for layer in network._layers if layer._precision_set],
+            "output_types": {layer.name: sorted(layer._output_types) for layer in network._layers if layer._output_types},
+            "dla": config.DLA_core if config.default_device_type == trt.DeviceType.DLA else None,
+            "workspace": config._pools.get(trt.MemoryPoolType.WORKSPACE), "calibration": calib_info,
+            "qdq": has_qdq, "timing_cache": config._timing_cache is not None,
+            "inputs": [(t.name, list(t.shape), t.dtype.name) for t in network._inputs],
+            "outputs": [(t.name, list(t.shape), t.dtype.name) for t in network._outputs],
+        }
+        trt._built.append(header)
+        return b"FAKEPLAN\n" + json.dumps(header).encode() + b"\n" + network._onnx
+
+    def _calibrate(cal, network, config, log):
+        inp = network._inputs[0]
+        cached = cal.read_calibration_cache()
+        if cached:
+            return {"from_cache": True, "batches": 0}
+        shape = config._calib_profile._shapes[inp.name][1] if config._calib_profile else None
+        if shape is None:
+            _log(log, ILogger.ERROR, "explicit batch calibration needs a calibration profile")
+            return None
+        count, amax = 0, 0.0
+        n = int(np.prod(shape))
+        dtype = _NP[inp.dtype.name]
+        while True:
+            ptrs = cal.get_batch([inp.name])
+            if ptrs is None:
+                break
+            buf = (ctypes.c_byte * (n * np.dtype(dtype).itemsize)).from_address(int(ptrs[0]))
+            data = np.frombuffer(buf, dtype=dtype).astype(np.float64)
+            amax = max(amax, float(np.abs(data).max()))
+            count += 1
+        if count == 0:
+            _log(log, ILogger.ERROR, "calibrator gave no batches")
+            return None
+        scale = np.float32(amax / 127.0)
+        bits = np.frombuffer(scale.tobytes(), dtype=np.uint32)[0]
+        text = f"TRT-{mm[0]}{mm[1]:01d}01-EntropyCalibration2\n{inp.name}: {bits:x}\n"
+        cal.write_calibration_cache(text.encode())
+        return {"from_cache": False, "batches": count, "amax": amax}
+
+    trt.Builder = Builder
+
+    class Engine(Strict):
+        _api = frozenset(tab["engine"])
+
+        def __init__(self, header, onnx_bytes):
+            object.__setattr__(self, "_h", header)
+            object.__setattr__(self, "_onnx", onnx_bytes)
+            io = [(n, s, d, True) for n, s, d in header["inputs"]] + [(n, s, d, False) for n, s, d in header["outputs"]]
+            object.__setattr__(self, "_io", io)
+            object.__setattr__(self, "name", "engine")
+
+        num_io_tensors = property(lambda self: len(self._io))
+        num_optimization_profiles = property(lambda self: 1)
+
+        def get_tensor_name(self, i):
+            return self._io[i][0]
+
+        def _find(self, name):
+            for e in self._io:
+                if e[0] == name:
+                    return e
+            raise KeyError(name)
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if self._find(name)[3] else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_shape(self, name):
+            return tuple(self._find(name)[1])
+
+        def get_tensor_dtype(self, name):
+            return getattr(DT, self._find(name)[2])
+
+        def get_tensor_profile_shape(self, name, profile_index):
+            return [tuple(s) for s in self._h["profile"][name]]
+
+        def create_execution_context(self):
+            return Context(self)
+
+    class Context(Strict):
+        _api = frozenset(tab["context"])
+
+        def __init__(self, engine):
+            object.__setattr__(self, "engine", engine)
+            object.__setattr__(self, "_shapes", {})
+            object.__setattr__(self, "_addr", {})
+            object.__setattr__(self, "_session", None)
+            object.__setattr__(self, "_runs", 0)
+
+        def set_input_shape(self, name, shape):
+            mn, _, mx = self.engine.get_tensor_profile_shape(name, 0)
+            shape = tuple(int(x) for x in shape)
+            if len(shape) != len(mn) or any(not (a <= s <= b) for a, s, b in zip(mn, shape, mx)):
+                return False
+            self._shapes[name] = shape
+            return True
+
+        def set_tensor_address(self, name, ptr):
+            self.engine._find(name)
+            self._addr[name] = int(ptr)
+            return True
+
+        def get_tensor_shape(self, name):
+            e = self.engine._find(name)
+            if e[3]:
+                return self._shapes.get(name, tuple(e[1]))
+            batch = next(iter(self._shapes.values()))[0] if self._shapes else -1
+            return tuple(batch if d < 0 else d for d in e[1])
+
+        def execute_async_v3(self, stream_handle):
+            assert isinstance(stream_handle, int) and stream_handle != 0, "use a non-default stream handle (int)"
+            for n, _, _, is_in in self.engine._io:
+                if n not in self._addr:
+                    return False
+                if is_in and n not in self._shapes:
+                    return False
+            op = self._run
+            s = cudart._streams.get(stream_handle) if cudart is not None else None
+            if s is not None and s.capturing is not None:
+                s.capturing.append(op)
+            else:
+                op()
+            return True
+
+        def _run(self):
+            import onnxruntime as ort
+
+            if self._session is None:
+                object.__setattr__(self, "_session", ort.InferenceSession(self.engine._onnx, providers=["CPUExecutionProvider"]))
+            feeds = {}
+            for n, _, d, is_in in self.engine._io:
+                if is_in:
+                    shape = self._shapes[n]
+                    dt = np.dtype(_NP[d])
+                    buf = (ctypes.c_byte * (int(np.prod(shape)) * dt.itemsize)).from_address(self._addr[n])
+                    feeds[n] = np.frombuffer(buf, dtype=dt).reshape(shape).copy()
+            outs = self._session.run(None, feeds)
+            for (n, _, d, is_in), val in zip([e for e in self.engine._io if not e[3]], outs):
+                val = np.ascontiguousarray(val.astype(_NP[d]))
+                ctypes.memmove(self._addr[n], val.ctypes.data, val.nbytes)
+            object.__setattr__(self, "_runs", self._runs + 1)
+
+    class Runtime(Strict):
+        _api = frozenset({"deserialize_cuda_engine", "DLA_core", "num_DLA_cores", "engine_host_code_allowed"} if mm >= (8, 6)
+                         else {"deserialize_cuda_engine", "DLA_core", "num_DLA_cores"})
+
+        def __init__(self, logger):
+            assert isinstance(logger, ILogger)
+
+        def deserialize_cuda_engine(self, data):
+            data = bytes(data)
+            if not data.startswith(b"FAKEPLAN\n"):
+                return None
+            _, header, rest = data.split(b"\n", 2)
+            h = json.loads(header)
+            if h["version"] != version:
+                return None  # real TensorRT refuses plans from other versions
+            return Engine(h, rest)
+
+    trt.Runtime = Runtime
+
+    if weak:
+        class IInt8Calibrator:
+            def __init__(self):
+                pass
+
+        class IInt8EntropyCalibrator2(IInt8Calibrator):
+            def get_algorithm(self):
+                return "ENTROPY_CALIBRATION_2"
+
+        trt.IInt8Calibrator = IInt8Calibrator
+        trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+        trt.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (IInt8Calibrator,), {})
+    return trt
