@@ -10,7 +10,7 @@ from adtr_edge.model.weights import bundled_lite0_path, lukemelas_to_timm, read_
 from adtr_edge.postprocessing import pooled_max_score
 from adtr_edge.preprocessing import normalize_numpy
 
-from conftest import tiny_model_config
+from tests.conftest import tiny_model_config
 
 
 def test_lite0_weights_map_key_for_key():

@@ -10,7 +10,7 @@ from adtr_edge.errors import AdtrError
 from adtr_edge.train.checkpoint import load_checkpoint, read_checkpoint_meta
 from adtr_edge.train.loop import AnomalyPool, lr_factor, train_model
 
-from conftest import tiny_model_config
+from tests.conftest import tiny_model_config
 
 
 def test_trained_checkpoint_roundtrip(trained_checkpoint):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def graph_digest(model: onnx.ModelProto) -> str:
 def _to_onnx(module: torch.nn.Module, example: torch.Tensor, inputs: list[str], outputs: list[str], opset: int) -> onnx.ModelProto:
     buf = io.BytesIO()
     dynamic = {name: {0: "batch"} for name in inputs + outputs}
-    with torch.no_grad():
+    # The tracer warns about shape comparisons that are static by construction (fixed input size).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             module, (example,), buf, input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
             opset_version=opset, do_constant_folding=True, dynamo=False,
@@ -72,11 +75,28 @@ def simplify(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return simplified
 
 
+def pin_output_shapes(model: onnx.ModelProto, shapes: dict) -> None:
+    """Declare the static output dims that shape inference cannot see through Resize.
+
+    TensorRT and users read these declarations; ``batch`` stays symbolic.
+    """
+    for out in model.graph.output:
+        if out.name not in shapes:
+            continue
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[out.name]:
+            dim = dims.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = int(d)
+
+
 def set_metadata(model: onnx.ModelProto, doc_json: str) -> None:
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, doc_json
-    model.producer_name, model.producer_version = "adtr-edge", __version__
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = 17, force: bool = False,
@@ -109,6 +129,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
         for name, proto in graphs.items():
             if do_simplify:
                 proto = simplify(proto, name)
+            pin_output_shapes(proto, meta.raw["tensors"][name]["outputs"])
+            proto.producer_name, proto.producer_version = "adtr-edge", __version__
             digest = graph_digest(proto)
             set_metadata(proto, meta.for_graph(name, graph_sha256=digest).to_json())
             onnx.checker.check_model(proto, full_check=True)

@@ -451,7 +451,8 @@ def make_tensorrt(version, cudart=None):
                 tt = vi.type.tensor_type
                 shape = tuple(d.dim_value if d.dim_value else -1 for d in tt.shape.dim)
                 net._inputs.append(Tensor(vi.name, shape, getattr(DT, _ONNX_DT[tt.elem_type])))
-            for vi in model.graph.output:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            for vi in inferred.graph.output:
                 tt = vi.type.tensor_type
                 shape = tuple(d.dim_value if d.dim_value else -1 for d in tt.shape.dim)
                 net._outputs.append(Tensor(vi.name, shape, getattr(DT, _ONNX_DT[tt.elem_type])))

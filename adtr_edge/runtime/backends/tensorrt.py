@@ -140,7 +140,9 @@ class TensorRTBackend(Backend):
                 t = io.get(name)
                 if t is None or t["is_input"] != is_input:
                     raise AdtrError(f"{self.folder}/{g}.engine lacks {'input' if is_input else 'output'} {name!r}; rebuild it")
-                if t["dtype"] != np.dtype(shapes[name][1]) or tuple(t["shape"][1:]) != shapes[name][0][1:]:
+                dims_ok = len(t["shape"]) == len(shapes[name][0]) and all(
+                    d < 0 or d == e for d, e in zip(t["shape"][1:], shapes[name][0][1:]))  # -1: decided at run time
+                if t["dtype"] != np.dtype(shapes[name][1]) or not dims_ok:
                     raise AdtrError(f"{self.folder}/{g}.engine: tensor {name!r} is {t['dtype']}{t['shape']}, "
                                     f"metadata says {np.dtype(shapes[name][1])}{shapes[name][0]}")
 
