@@ -39,7 +39,7 @@ import onnx
 
 from .errors import AdtrError
 from .fileio import write_json_atomic, write_text_atomic
-from .metadata import BACKBONE, GRAPHS, TRANSFORMER, ModelMeta
+from .metadata import BACKBONE, GRAPHS, TRANSFORMER
 from .postprocessing import Thresholds, label, map_to_frame, normalize_score
 from .preprocessing import PreprocessSpec, prepare_batch
 from .runtime.backends.base import Backend, InferResult
@@ -144,19 +144,124 @@ def _node_flops(node, shapes: dict[str, tuple[int, ...]]) -> int | None:
     return 2 * int(np.prod(out, dtype=np.int64)) * int(k)
 
 
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _eval_shape_op(node, args: list, shapes: dict) -> np.ndarray | None:
+    """numpy value of a small integer op on constant inputs (the shape arithmetic of a graph)."""
+    op = node.op_type
+    if op == "Shape":
+        shape = shapes.get(node.input[0])
+        if shape is None:
+            return None
+        return np.asarray(shape[_attr(node, "start", 0):_attr(node, "end", None)], dtype=np.int64)
+    if any(a is None for a in args):
+        return None
+    if op == "Identity":
+        return args[0]
+    if op == "Gather":
+        return np.take(args[0], args[1], axis=_attr(node, "axis", 0))
+    if op == "Unsqueeze":
+        axes = args[1] if len(args) > 1 else _attr(node, "axes")
+        out = args[0]
+        for ax in sorted(int(a) % (out.ndim + len(axes)) for a in np.atleast_1d(axes)):
+            out = np.expand_dims(out, ax)
+        return out
+    if op == "Squeeze":
+        axes = args[1] if len(args) > 1 else _attr(node, "axes")
+        return np.squeeze(args[0], axis=None if axes is None else tuple(int(a) for a in np.atleast_1d(axes)))
+    if op == "Concat":
+        return np.concatenate([np.atleast_1d(a) for a in args], axis=_attr(node, "axis", 0))
+    if op == "Slice":
+        data, starts, ends = args[0], args[1], args[2]
+        axes = args[3] if len(args) > 3 else range(len(starts))
+        steps = args[4] if len(args) > 4 else [1] * len(starts)
+        index = [slice(None)] * data.ndim
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            index[int(ax)] = slice(int(st), int(en), int(sp))
+        return data[tuple(index)]
+    if op == "Cast":
+        return args[0].astype(onnx.helper.tensor_dtype_to_np_dtype(_attr(node, "to")))
+    binary = {"Equal": np.equal, "Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
+    if op in binary:
+        return binary[op](args[0], args[1])
+    if op == "Div" and np.issubdtype(args[0].dtype, np.integer):
+        return args[0] // args[1]
+    if op == "Where":
+        return np.where(args[0], args[1], args[2])
+    if op == "ConstantOfShape":
+        value = _attr(node, "value")
+        fill = onnx.numpy_helper.to_array(value).reshape(-1)[0] if value is not None else np.float32(0)
+        return np.full(tuple(int(d) for d in args[0]), fill)
+    return None
+
+
+_SHAPE_OPS = ("Shape", "Identity", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Equal", "Add", "Sub",
+              "Mul", "Div", "Where", "ConstantOfShape")
+_MAX_FOLDED = 64  # elements: shape tensors are tiny; anything bigger is data, not shape arithmetic
+
+
+def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict) -> int:
+    """Evaluate integer shape computations (Shape -> Gather -> Concat -> Where -> ...) that ONNX's
+    data propagation leaves open, and pin their results as initializers so a second shape-inference
+    pass resolves Reshape/Expand outputs. Returns how many tensors were pinned."""
+    values: dict[str, np.ndarray] = {}
+    for t in model.graph.initializer:
+        if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(t.dims) <= _MAX_FOLDED:
+            values[t.name] = onnx.numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = _attr(node, "value")
+            if value is not None and np.prod(value.dims) <= _MAX_FOLDED:
+                values[node.output[0]] = onnx.numpy_helper.to_array(value)
+            continue
+        if node.op_type not in _SHAPE_OPS:
+            continue
+        args = [values.get(i) if i else None for i in node.input]
+        try:
+            out = _eval_shape_op(node, args, shapes)
+        except (ValueError, IndexError, TypeError):
+            out = None
+        if out is not None and np.asarray(out).size <= _MAX_FOLDED:
+            values[node.output[0]] = np.asarray(out)
+    existing = {t.name for t in model.graph.initializer}
+    consumed = {i for n in model.graph.node if n.op_type not in _SHAPE_OPS + ("Constant",) for i in n.input}
+    pinned = 0
+    for name, value in values.items():
+        if name in consumed and name not in existing:
+            model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+            pinned += 1
+    return pinned
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as e:  # onnx raises InferenceError and friends for inconsistent graphs
+        raise AdtrError(f"ONNX shape inference failed, cannot count FLOPs: {str(e).splitlines()[0]}") from None
+
+
 def count_flops(model: onnx.ModelProto, batch: int = 1) -> FlopCount:
     """FLOPs of ``model`` for a batch of ``batch`` (see ``FLOPS_NOTE`` for what is counted).
 
-    Pure: shapes come from ONNX shape inference on a copy whose symbolic batch dim is fixed.
+    Pure: shapes come from ONNX shape inference on a copy whose symbolic batch dim is fixed, helped
+    by folding the integer shape arithmetic that the inference alone does not evaluate.
     """
     if batch < 1:
         raise AdtrError(f"batch must be >= 1 to count FLOPs, got {batch}")
     fixed = _fix_batch(model, batch)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
-    except Exception as e:  # onnx raises InferenceError and friends for inconsistent graphs
-        raise AdtrError(f"ONNX shape inference failed, cannot count FLOPs: {str(e).splitlines()[0]}") from None
+    inferred = _infer(fixed)
     shapes = _known_shapes(inferred)
+    for _ in range(3):  # each pass can expose shapes that feed further Shape ops
+        if not _fold_shape_arithmetic(fixed, shapes):
+            break
+        del fixed.graph.value_info[:]
+        inferred = _infer(fixed)
+        shapes = _known_shapes(inferred)
     result = FlopCount(total=0, batch=batch)
     for node in inferred.graph.node:
         if node.op_type not in COUNTED_OPS:
@@ -418,10 +523,18 @@ def resolve_targets(model_dirs: Sequence[str | Path], backend: str = "all") -> l
         if backend != "all" and backend != natural:
             raise AdtrError(f"{path}: a {kind} folder runs on {natural}, not --backend {backend}")
         ok, why = _backend_available(natural)
+        if ok and kind not in _runtime_kinds() and natural != "torch":
+            ok, why = False, f"this build's runtime (adtr_edge.runtime.loading) does not load {kind!r} folders"
         if not ok and backend != "all":
             raise AdtrError(f"{path}: --backend {backend} cannot run here: {why}")
         targets.append(Target(path, kind, natural, _precision(kind, manifest), ok, "" if ok else why))
     return targets
+
+
+def _runtime_kinds() -> tuple[str, ...]:
+    from .runtime.loading import KINDS  # noqa: PLC0415
+
+    return tuple(KINDS)
 
 
 def _backend_available(name: str) -> tuple[bool, str]:
@@ -456,6 +569,8 @@ class TorchBackend(Backend):
             torch.set_num_threads(int(threads))
         self.torch, self.device = torch, torch.device(device)
         model, ckpt = load_checkpoint(checkpoint, device=self.device)
+        for p in model.parameters():  # inference only (and torch's FLOP counter trips on grad-less views)
+            p.requires_grad_(False)
         cfg = ckpt.model_config
         thresholds = ckpt.thresholds or Thresholds(1.0, 0.0, 2.0, "uncalibrated")
         meta = build_metadata(model_config=cfg.to_dict(), preprocess=preprocess_spec(cfg), channels=model.backbone.channels,
@@ -485,7 +600,8 @@ class TorchBackend(Backend):
         h, w = self.meta.input_size
         images = self.torch.zeros((1, h, w, 3), dtype=self.torch.uint8, device=self.device)
         out = {}
-        with self.torch.inference_mode():
+        # no_grad, not inference_mode: the counter hooks autograd, which inference tensors lack.
+        with self.torch.no_grad():
             with FlopCounterMode(display=False) as fc:
                 features = self.model.backbone(images)
             out[BACKBONE] = int(fc.get_total_flops())
@@ -592,6 +708,24 @@ def achieved(flops: dict | None, stages_ms: dict, batch: int, peak_gflops: float
     if peak_gflops and out["model"] is not None:
         out["fraction_of_gemm_peak"] = round(out["model"] / peak_gflops, 4)
     return out
+
+
+def interleaved(variants: dict[str, Callable[[], object]], rounds: int, iters: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time several callables A, B, C, A, B, C, ... so that machine noise (other processes, clock
+    changes) hits every variant alike; returns the milliseconds of each call per variant."""
+    if rounds < 1 or iters < 1:
+        raise AdtrError(f"rounds and iters must be >= 1, got {rounds}, {iters}")
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return samples
 
 
 @dataclass
@@ -771,5 +905,5 @@ def register(app) -> None:
 
 
 __all__ = ["count_flops", "count_graph_flops", "FlopCount", "measure_gemm_peak", "machine_info", "header_lines",
-           "run_bench", "bench_target", "resolve_targets", "BenchSettings", "TorchBackend", "time_batches",
-           "to_markdown", "write_reports", "register", "ModelMeta"]
+           "run_bench", "bench_target", "interleaved", "resolve_targets", "BenchSettings", "TorchBackend", "time_batches",
+           "to_markdown", "write_reports", "register"]

@@ -83,6 +83,7 @@ def train(
     loss: str = typer.Option("auto", help="auto (from the data), normal, pixel or image."),
     alpha: Optional[float] = typer.Option(None, help="Weight of the anomaly term (paper: 0.003)."),
     init_from: Optional[Path] = typer.Option(None, help="Fine-tune this normal-only checkpoint with the anomaly losses (the paper's ADTR+ schedule)."),
+    feature_cache: Optional[Path] = typer.Option(None, help="Folder to cache backbone features in (reused across runs on the same data)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Train ADTR on normal images (and optionally on anomalies, ADTR+). Writes a checkpoint folder."""
@@ -105,7 +106,8 @@ def train(
                f"{model_cfg.input_size[0]}x{model_cfg.input_size[1]}, {train_cfg.epochs} epochs"
                + (f", anomalies: {pool.kind} x{len(pool.images)}" if pool else "") + ")")
     result = train_model(train_set, model_cfg, train_cfg, out, weights=str(weights) if weights else None, anomalies=pool,
-                         init_from=init_from, resume=resume, progress=progress, log=typer.echo)
+                         init_from=init_from, resume=resume, progress=progress, log=typer.echo,
+                         feature_cache=feature_cache)
     t = result.checkpoint.thresholds
     typer.echo(f"done in {result.seconds:.0f} s: threshold {t.threshold:.4f} ({t.method}), checkpoint {out}")
 

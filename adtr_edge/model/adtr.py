@@ -217,7 +217,10 @@ class AnomalyHead(nn.Module):
         return torch.sqrt((d * d).sum(dim=1, keepdim=True))  # (N,1,h,w)
 
     def forward(self, features: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        grid_map = self.error_map(features, reconstruction)
+        return self.from_grid_map(self.error_map(features, reconstruction))
+
+    def from_grid_map(self, grid_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Any per-location score map (N,1,h,w) -> (map at input size, image score); baselines use it too."""
         amap = F.interpolate(grid_map, size=self.size, mode="bilinear", align_corners=False)
         pooled = F.avg_pool2d(amap, kernel_size=self.kernel, stride=1)
         score = pooled.flatten(1).amax(dim=1)

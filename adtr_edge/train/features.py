@@ -7,6 +7,9 @@ on a CPU for Lite0 at 256 px).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -51,3 +54,42 @@ def channel_stats(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std over images and locations."""
     flat = raw.transpose(0, 1).reshape(raw.shape[1], -1).double()
     return flat.mean(dim=1).float(), flat.std(dim=1).float()
+
+
+def feature_cache_key(cfg, weights_source: str | None, paths: Sequence[Path]) -> str:
+    """What the raw features depend on: backbone, stages, size, weights and the exact files."""
+    files = []
+    for p in paths:
+        st = Path(p).stat()
+        files.append([str(Path(p).resolve()), st.st_size, int(st.st_mtime)])
+    doc = {"backbone": cfg.backbone, "stages": list(cfg.stages), "input_size": list(cfg.input_size),
+           "feature_stride": cfg.feature_stride, "mean": list(cfg.mean), "std": list(cfg.std),
+           "weights": weights_source, "files": files}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_raw_features(backbone, imageset, indices: Sequence[int], spec: PreprocessSpec, cfg, *,
+                        cache_dir: str | Path | None, device, progress=None, description: str = "features") -> torch.Tensor:
+    """``extract_raw_features`` with an optional disk cache (safetensors, keyed by ``feature_cache_key``).
+
+    Benchmarks and repeated training runs on the same data skip the backbone entirely.
+    """
+    def compute():
+        return extract_raw_features(backbone, imageset.image, list(indices), spec, device=device, progress=progress,
+                                    description=description)
+
+    if cache_dir is None or len(indices) == 0:
+        return compute()
+    from safetensors.torch import load_file, save_file
+
+    from ..fileio import atomic_path
+
+    key = feature_cache_key(cfg, getattr(backbone, "weights_source", None), [imageset.paths[i] for i in indices])
+    path = Path(cache_dir) / f"features-{key}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["features"]
+    raw = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"features": raw.contiguous()}, str(tmp))
+    return raw

@@ -26,7 +26,7 @@ from ..model.losses import image_loss, normal_loss, pixel_loss, pseudo_huber
 from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
-from .features import channel_stats, extract_raw_features
+from .features import cached_raw_features, channel_stats, extract_raw_features
 
 
 @dataclass
@@ -106,6 +106,17 @@ def score_features(model, features: torch.Tensor, device, batch_size: int = 32) 
     return np.concatenate(scores), np.concatenate(maps)
 
 
+def split_normals(train_set, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """(fit, held-out) indices of the normal images; the held-out part calibrates the threshold."""
+    normals = [i for i in range(len(train_set)) if int(train_set.labels[i]) == 0]
+    require(len(normals) > 0, f"training set {train_set.summary().get('root', '')}: no normal images")
+    order = np.random.default_rng(cfg.seed).permutation(normals).tolist()
+    n_val = int(round(cfg.val_fraction * len(order))) if len(order) >= 10 else 0
+    val_idx, fit_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    require(len(fit_idx) >= 2, f"training set too small: {len(fit_idx)} images left after holding out {n_val} for the threshold")
+    return fit_idx, val_idx
+
+
 def train_model(
     train_set,
     model_cfg: ModelConfig,
@@ -119,6 +130,7 @@ def train_model(
     progress: bool = True,
     on_epoch_end: Callable | None = None,
     log: Callable[[str], None] = lambda s: None,
+    feature_cache: str | Path | None = None,
 ) -> TrainResult:
     """Train ADTR on the normal images of ``train_set`` (an ``adtr_edge.data`` ImageSet).
 
@@ -129,13 +141,7 @@ def train_model(
     out_dir = Path(out_dir)
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
-    normals = [i for i in range(len(train_set)) if int(train_set.labels[i]) == 0]
-    require(len(normals) > 0, f"training set {train_set.summary().get('root', '')}: no normal images")
-    rng = np.random.default_rng(train_cfg.seed)
-    order = rng.permutation(normals).tolist()
-    n_val = int(round(train_cfg.val_fraction * len(order))) if len(order) >= 10 else 0
-    val_idx, fit_idx = sorted(order[:n_val]), sorted(order[n_val:])
-    require(len(fit_idx) >= 2, f"training set too small: {len(fit_idx)} images left after holding out {n_val} for the threshold")
+    fit_idx, val_idx = split_normals(train_set, train_cfg)
 
     if init_from is not None:
         model, base = load_checkpoint(init_from, device="cpu")
@@ -149,8 +155,10 @@ def train_model(
     t_start = time.perf_counter()
 
     with progress_bar(progress) as bar:
-        raw_fit = extract_raw_features(model.backbone, train_set.image, fit_idx, spec, device=device, progress=bar, description="features (train)")
-        raw_val = extract_raw_features(model.backbone, train_set.image, val_idx, spec, device=device, progress=bar, description="features (val)")
+        raw_fit = cached_raw_features(model.backbone, train_set, fit_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
+                                      progress=bar, description="features (train)")
+        raw_val = cached_raw_features(model.backbone, train_set, val_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
+                                      progress=bar, description="features (val)")
         if init_from is None:
             if train_cfg.standardize_features:
                 mean, std = channel_stats(raw_fit)
@@ -228,7 +236,10 @@ def train_model(
                     val_loss = float(normal_loss(vf, model.transformer(vf)))
             elapsed = time.perf_counter() - t_start
             history.append({"epoch": epoch + 1, "seconds": round(elapsed, 2), "loss": total_loss / steps_per_epoch, "val_loss": val_loss, "loss_kind": loss_kind})
-            task.advance(1, info=f"loss {total_loss / steps_per_epoch:.4f}" + (f" val {val_loss:.4f}" if val_loss is not None else ""))
+            info = f"loss {total_loss / steps_per_epoch:.4f}" + (f" val {val_loss:.4f}" if val_loss is not None else "")
+            task.advance(1, info=info)
+            if not progress:
+                log(f"epoch {epoch + 1}/{train_cfg.epochs} {elapsed:.0f} s {info}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model, elapsed)
             save_train_state(out_dir, opt, epoch + 1, {"history": history})

@@ -1,0 +1,79 @@
+"""Untrained-but-real models for the speed benchmarks (shared by the scripts in this folder).
+
+Speed does not depend on training: the graphs of an untrained model have the same operators,
+shapes and weights layout as a trained one. So each script builds ``build_model(cfg)`` with the
+bundled ImageNet Lite0 weights, saves a checkpoint with placeholder thresholds, and exports it with
+the real exporter. Results are cached in a work folder keyed by the config, so reruns are quick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+from adtr_edge.config import ModelConfig, TrainConfig  # noqa: E402
+from adtr_edge.postprocessing import Thresholds  # noqa: E402
+
+DEFAULT_WORK = REPO / "runs" / "bench-models"
+
+
+def config_key(cfg: ModelConfig) -> str:
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def make_checkpoint(cfg: ModelConfig, work: Path = DEFAULT_WORK) -> Path:
+    """A checkpoint folder of an untrained model with Lite0 ImageNet weights (cached)."""
+    from adtr_edge.model import build_model
+    from adtr_edge.train.checkpoint import META_FILE, Checkpoint, save_checkpoint
+
+    folder = Path(work) / f"ckpt-{config_key(cfg)}"
+    if (folder / META_FILE).is_file():
+        return folder
+    model = build_model(cfg).eval()
+    ckpt = Checkpoint(model_config=cfg, train_config=TrainConfig(), thresholds=Thresholds(1.0, 0.0, 2.0, "placeholder"),
+                      extra={"weights_source": model.backbone.weights_source, "purpose": "speed benchmark, untrained"})
+    return save_checkpoint(folder, model, ckpt)
+
+
+def make_export(cfg: ModelConfig, work: Path = DEFAULT_WORK) -> tuple[Path, Path]:
+    """(checkpoint folder, ONNX export folder) for ``cfg`` (cached)."""
+    from adtr_edge.export.onnx_export import export_checkpoint
+
+    ckpt = make_checkpoint(cfg, work)
+    out = Path(work) / f"export-{config_key(cfg)}"
+    if not (out / "manifest.json").is_file():
+        export_checkpoint(ckpt, out, opset=17, force=True)
+    return ckpt, out
+
+
+def quantize_available() -> bool:
+    try:
+        from adtr_edge.export import quantize  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(quantize, "quantize_export")
+
+
+def make_int8(export: Path, work: Path = DEFAULT_WORK, calib_count: int = 32) -> Path | None:
+    """Q/DQ INT8 sibling of ``export`` (calibrated on generated texture images), or None when
+    ``adtr_edge.export.quantize`` is not in this build."""
+    if not quantize_available():
+        return None
+    from adtr_edge.data.generate import generate_sample_dataset
+    from adtr_edge.export.quantize import quantize_export
+
+    out = Path(work) / f"{export.name}-int8"
+    if (out / "manifest.json").is_file():
+        return out
+    category = Path(work) / "calib-data" / "tiles"
+    if not (category / "train" / "good").is_dir():
+        category = generate_sample_dataset(category.parent, n_train=calib_count, n_test_good=1, n_test_defect=1,
+                                           size=(256, 256), seed=1)
+    quantize_export(export, category / "train" / "good", out, calib_count=calib_count, batch_size=8, log=lambda m: None)
+    return out

@@ -1,0 +1,220 @@
+"""Accuracy of ADTR next to the training-free baselines on the same features, against training time.
+
+    python benchmarks/accuracy.py --data ../shared/data/magnetic_tile --out runs/bench-mt \
+        --recipes default,fast --anomalies none,confetti,patch,external,labelled
+
+Features are computed once per image set (disk cache in --out/.features), so baselines and every
+recipe see identical inputs. Each ADTR recipe is scored on the test set every --eval-every epochs;
+evaluation time is excluded from the training-time axis. Writes results.json, results.md and
+accuracy_vs_time.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from adtr_edge.baselines import BASELINES  # noqa: E402
+from adtr_edge.config import PRESETS, ModelConfig, TrainConfig  # noqa: E402
+from adtr_edge.data.datasets import ImageSet, load_dataset  # noqa: E402
+from adtr_edge.evaluate import Scored, report_for  # noqa: E402
+from adtr_edge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from adtr_edge.metrics import auroc, pixel_auroc  # noqa: E402
+from adtr_edge.model import build_model  # noqa: E402
+from adtr_edge.model.adtr import preprocess_spec  # noqa: E402
+from adtr_edge.preprocessing import resize_mask  # noqa: E402
+from adtr_edge.train.features import cached_raw_features  # noqa: E402
+from adtr_edge.train.loop import score_features, split_normals, train_model  # noqa: E402
+from adtr_edge.train.sources import build_anomaly_pool  # noqa: E402
+
+
+def masks_at(images: ImageSet, spec) -> np.ndarray:
+    return np.stack([resize_mask(images.mask(i), spec) for i in range(len(images))])
+
+
+def scored_from(maps: torch.Tensor, scores: torch.Tensor, test: ImageSet, masks: np.ndarray) -> Scored:
+    return Scored(scores.numpy(), maps[:, 0].numpy(), masks, np.asarray(test.labels), list(test.defects), [str(p) for p in test.paths])
+
+
+def summarise(report: dict) -> dict:
+    return {k: report.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--input-size", type=int, default=256)
+    ap.add_argument("--recipes", default="default,fast", help=f"comma list of presets {sorted(PRESETS)} (paper is slow)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--jitter", type=float, default=None)
+    ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--anomalies", default="none", help="comma list: none,confetti,patch,external,labelled")
+    ap.add_argument("--external-dir", default=None, help="folder of unrelated images for 'external' (default: generated textures)")
+    ap.add_argument("--labelled-fraction", type=float, default=0.2, help="share of each defect type moved from test to training for 'labelled'")
+    ap.add_argument("--finetune-epochs", type=int, default=10, help="ADTR+ epochs on top of the normal-only model")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / ".features"
+    torch.manual_seed(0)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    header = {"command": " ".join(sys.argv), "date": started, "machine": f"{platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} torch threads, python {platform.python_version()}, torch {torch.__version__}"}
+    print(json.dumps(header))
+
+    cfg = ModelConfig(input_size=(args.input_size, args.input_size))
+    spec = preprocess_spec(cfg)
+    train_set = load_dataset(args.data, "train")
+    test_full = load_dataset(args.data, "test")
+    anomalies = [a for a in args.anomalies.split(",") if a]
+    labelled_set = None
+    test = test_full
+    if "labelled" in anomalies:
+        # Move a share of each defect type to training; every row is evaluated on the rest.
+        idx_anom = [i for i in range(len(test_full)) if test_full.labels[i] == 1]
+        rng = np.random.default_rng(0)
+        by_defect: dict = {}
+        for i in idx_anom:
+            by_defect.setdefault(test_full.defects[i], []).append(i)
+        moved = sorted(j for d, ids in by_defect.items() for j in rng.permutation(ids)[: max(1, int(len(ids) * args.labelled_fraction))])
+        labelled_set = test_full.subset(moved)
+        test = test_full.subset([i for i in range(len(test_full)) if i not in set(moved)])
+    base_train = TrainConfig(seed=0)
+    fit_idx, val_idx = split_normals(train_set, base_train)
+    model = build_model(cfg)
+    t0 = time.perf_counter()
+    raw_fit = cached_raw_features(model.backbone, train_set, fit_idx, spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
+    raw_test = cached_raw_features(model.backbone, test, list(range(len(test))), spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
+    feature_seconds = time.perf_counter() - t0
+    mean = raw_fit.transpose(0, 1).reshape(raw_fit.shape[1], -1).mean(1).reshape(1, -1, 1, 1)
+    std = raw_fit.transpose(0, 1).reshape(raw_fit.shape[1], -1).std(1).reshape(1, -1, 1, 1).clamp_min(1e-6)
+    fit_feats, test_feats = (raw_fit - mean) / std, (raw_test - mean) / std
+    masks = masks_at(test, spec)
+    rows, curves = [], {}
+
+    for name, fn in BASELINES.items():
+        t = time.perf_counter()
+        with torch.no_grad():
+            grid = fn(fit_feats, test_feats)
+            maps, scores = model.head.from_grid_map(grid)
+        rep = report_for(scored_from(maps, scores, test, masks), None)
+        rows.append({"method": name, "train_seconds": round(time.perf_counter() - t, 1), **summarise(rep), "per_defect": rep["per_defect"]})
+        print(json.dumps(rows[-1] | {"per_defect": None}))
+
+    def curve_callback(series, eval_seconds):
+        def cb(epoch, m, elapsed):
+            if epoch % args.eval_every and epoch != 0:
+                return
+            t = time.perf_counter()
+            scores, maps = score_features(m, test_feats, torch.device("cpu"))
+            series.append({"epoch": epoch, "seconds": round(elapsed - eval_seconds[0], 1),
+                           "image_auroc": auroc(scores, test.labels), "pixel_auroc": pixel_auroc(maps, masks)})
+            eval_seconds[0] += time.perf_counter() - t
+            print(json.dumps({"curve": series[-1]}), flush=True)
+        return cb
+
+    checkpoints = {}
+    for recipe in [r for r in args.recipes.split(",") if r]:
+        m_over = dict(PRESETS[recipe].get("model", {}))
+        t_over = dict(PRESETS[recipe].get("train", {}))
+        if args.epochs:
+            t_over["epochs"] = args.epochs
+        if args.bf16:
+            t_over["bf16"] = True
+        if args.jitter is not None:
+            t_over["feature_jitter"] = args.jitter
+        rcfg = replace(cfg, **m_over)
+        tcfg = TrainConfig(**{**t_over, "preset": recipe, "device": "cpu"})
+        series, eval_seconds = [], [0.0]
+        result = train_model(train_set, rcfg, tcfg, out / f"adtr-{recipe}", progress=False, feature_cache=cache,
+                             on_epoch_end=curve_callback(series, eval_seconds))
+        curves[f"ADTR {recipe}"] = series
+        scores, maps = score_features(result.model, test_feats, torch.device("cpu"))
+        rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), result.checkpoint.thresholds)
+        rows.append({"method": f"ADTR {recipe} ({rcfg.num_encoder_layers}+{rcfg.num_decoder_layers}, {tcfg.epochs} ep)",
+                     "train_seconds": round(result.seconds - eval_seconds[0], 1), **summarise(rep), "per_defect": rep["per_defect"],
+                     "at_threshold": rep.get("at_threshold")})
+        checkpoints[recipe] = out / f"adtr-{recipe}"
+        print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
+
+    base_recipe = next(iter(checkpoints), None)
+    for source in [a for a in anomalies if a != "none"]:
+        if base_recipe is None:
+            break
+        kwargs = {"synthetic": source} if source in ("confetti", "patch") else {}
+        if source == "external":
+            ext = args.external_dir
+            if ext is None:
+                from adtr_edge.data.generate import generate_sample_dataset
+
+                gen = generate_sample_dataset(out / "external", n_train=200, n_test_good=0, n_test_defect=0, size=(256, 256), seed=7,
+                                              overwrite=True)
+                ext = gen / "train" / "good"
+            kwargs = {"external": Path(ext)}
+        if source == "labelled":
+            lab_dir = out / "labelled"
+            _write_labelled(labelled_set, lab_dir)
+            kwargs = {"labelled": lab_dir / "images", "labelled_masks": lab_dir / "masks"}
+        pool = build_anomaly_pool(train_set, count=200 if source in ("confetti", "patch") else 0, seed=0, **kwargs)
+        tcfg = TrainConfig(epochs=args.finetune_epochs, lr=2e-4, device="cpu", bf16=args.bf16, preset=f"adtr+{source}")
+        series, eval_seconds = [], [0.0]
+        result = train_model(train_set, cfg, tcfg, out / f"adtr-plus-{source}", anomalies=pool, init_from=checkpoints[base_recipe],
+                             progress=False, feature_cache=cache, on_epoch_end=curve_callback(series, eval_seconds))
+        scores, maps = score_features(result.model, test_feats, torch.device("cpu"))
+        rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), result.checkpoint.thresholds)
+        rows.append({"method": f"ADTR+ {source} (from {base_recipe}, +{tcfg.epochs} ep, loss {result.checkpoint.extra['loss_kind']})",
+                     "train_seconds": round(result.seconds - eval_seconds[0], 1), **summarise(rep), "per_defect": rep["per_defect"]})
+        print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
+
+    results = {**header, "data": str(args.data), "input_size": args.input_size, "stages": list(cfg.stages),
+               "backbone": cfg.backbone, "feature_seconds": round(feature_seconds, 1), "n_fit": len(fit_idx), "n_test": len(test),
+               "rows": rows, "curves": curves}
+    write_json_atomic(out / "results.json", results)
+    write_text_atomic(out / "results.md", to_markdown(results))
+    from adtr_edge.plots import accuracy_vs_time_plot
+
+    accuracy_vs_time_plot({k: [(p["seconds"], p["image_auroc"]) for p in v] for k, v in curves.items()},
+                          {r["method"]: r["image_auroc"] for r in rows if not r["method"].startswith("ADTR")}, out / "accuracy_vs_time.png")
+    print(to_markdown(results))
+
+
+def _write_labelled(images: ImageSet, folder: Path) -> None:
+    import cv2
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(len(images)):
+        stem = f"{images.defects[i]}_{Path(images.paths[i]).stem}"
+        cv2.imwrite(str(folder / "images" / f"{stem}.png"), images.image(i))
+        cv2.imwrite(str(folder / "masks" / f"{stem}_mask.png"), images.mask(i).astype(np.uint8) * 255)
+
+
+def to_markdown(results: dict) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"Data `{results['data']}`, {results['backbone']} stages {results['stages']} at {results['input_size']} px, "
+             f"{results['n_fit']} training images, {results['n_test']} test images; features once: {results['feature_seconds']} s.",
+             "", "| method | train s (CPU) | image AUROC | pixel AUROC | AUPRO | F1-max |", "|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(f"| {r['method']} | {r['train_seconds']} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | {f(r['aupro'])} | {f(r['f1_max'])} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
