@@ -62,6 +62,9 @@ FLOPS_NOTE = ("FLOPs = 2 x multiply-accumulates of Conv/Gemm/MatMul (and their i
               "element-wise ops, activations, Softmax, LayerNormalization, Resize, pooling, reductions and "
               "Q/DQ nodes are ignored (a few percent of the total for this model)")
 
+TORCH_FLOPS_NOTE = ("torch.utils.flop_counter on the eager model: timm's features_only backbone runs every block, "
+                    "also those after the last stage used, which the exported graph drops")
+
 
 @dataclass
 class FlopCount:
@@ -764,7 +767,7 @@ def bench_target(target: Target, settings: BenchSettings, peak_gflops: float | N
             entry["providers"] = list(getattr(backend, "providers", []) or [])
             if entry["flops"] is None and isinstance(backend, TorchBackend):
                 counted = backend.count_flops()
-                entry["flops"] = {g: {"total": counted[g], "note": "torch.utils.flop_counter"} for g in GRAPHS}
+                entry["flops"] = {g: {"total": counted[g], "note": TORCH_FLOPS_NOTE} for g in GRAPHS}
                 entry["flops"]["per_frame"] = sum(counted.values())
             gpu_active = gpu_memory_used_mb()
             results = []

@@ -32,7 +32,10 @@ def print_table(report: dict) -> None:
         table.add_column(h, justify="left" if h == "model" else "right")
     for row in table_rows(report):
         table.add_row(*row)
-    Console().print(table)
+    import sys
+
+    # A pipe or a log file gets the full table, not one squeezed to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def register(app: typer.Typer) -> None:

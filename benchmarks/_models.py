@@ -77,3 +77,32 @@ def make_int8(export: Path, work: Path = DEFAULT_WORK, calib_count: int = 32) ->
                                            size=(256, 256), seed=1)
     quantize_export(export, category / "train" / "good", out, calib_count=calib_count, batch_size=8, log=lambda m: None)
     return out
+
+
+def start(argv: list[str]) -> None:
+    """Print the command line, machine and date: the first lines of every benchmark's output."""
+    from adtr_edge.bench import header_lines
+
+    for line in header_lines(["python", *argv]):
+        print(line)
+    print(flush=True)
+
+
+def ort_session(path: Path, threads: int | None, providers=("CPUExecutionProvider",)):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+
+
+def stats_row(name: str, samples: list[float], batch: int) -> str:
+    import numpy as np
+
+    a = np.asarray(samples)
+    return (f"| {name} | {batch} | {a.mean():.2f} | {np.percentile(a, 50):.2f} | {np.percentile(a, 95):.2f} | "
+            f"{batch * 1e3 / np.median(a):.1f} |")
+
+
+STATS_HEADER = "| variant | batch | mean ms | p50 ms | p95 ms | img/s (from p50) |\n|---|---|---|---|---|---|"

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--input-size", type=int, default=256)
-    ap.add_argument("--recipes", default="default,fast", help=f"comma list of presets {sorted(PRESETS)} (paper is slow)")
+    ap.add_argument("--recipes", default="default,fast", help=f"comma list of presets {sorted(PRESETS)}, each optionally :EPOCHS (paper is slow)")
     ap.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--jitter", type=float, default=None)
@@ -129,11 +129,12 @@ def main() -> None:
         return cb
 
     checkpoints = {}
-    for recipe in [r for r in args.recipes.split(",") if r]:
+    for item in [r for r in args.recipes.split(",") if r]:
+        recipe, _, epochs = item.partition(":")  # "fast:12" = preset fast, 12 epochs
         m_over = dict(PRESETS[recipe].get("model", {}))
         t_over = dict(PRESETS[recipe].get("train", {}))
-        if args.epochs:
-            t_over["epochs"] = args.epochs
+        if epochs or args.epochs:
+            t_over["epochs"] = int(epochs or args.epochs)
         if args.bf16:
             t_over["bf16"] = True
         if args.jitter is not None:

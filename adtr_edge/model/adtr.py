@@ -47,6 +47,16 @@ class InGraphPreprocess(nn.Module):
         return x * self.scale + self.shift
 
 
+def _drop_unused_blocks(cnn: nn.Module) -> None:
+    """timm's EfficientNet feature extractor runs every block even when the last requested stage
+    ends earlier (a third of Lite0's FLOPs at stages 1-3). ONNX export prunes them anyway; eager
+    PyTorch (training, feature caching) would not, so cut them here."""
+    names = cnn.feature_info.module_name()
+    if hasattr(cnn, "blocks") and names and all(n.startswith("blocks.") for n in names):
+        last = max(int(n.split(".")[1]) for n in names)
+        cnn.blocks = cnn.blocks[: last + 1]
+
+
 class Backbone(nn.Module):
     """Frozen multi-scale CNN: stages resized (bilinear) to one grid, concatenated, standardised.
 
@@ -62,6 +72,7 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.preprocess = InGraphPreprocess(preprocess_spec(cfg))
         self.cnn = timm.create_model(cfg.backbone, features_only=True, out_indices=tuple(cfg.stages), pretrained=False)
+        _drop_unused_blocks(self.cnn)
         self.weights_source = load_backbone_weights(self.cnn, cfg.backbone, weights) if pretrained else "random"
         self.channels = int(sum(self.cnn.feature_info.channels()))
         self.grid = cfg.grid

@@ -14,12 +14,38 @@ from typing import Optional
 import typer
 
 from ..errors import AdtrError
+from .cuda import CUDA_BINDINGS
+from .loading import default_model_dir, read_model_folder
+
+
+def tensorrt_options(model_dir: Path, backend: str, cuda_graphs: bool, cuda_binding: str) -> dict:
+    """Backend options from --cuda-graphs / --cuda-binding; refused where they cannot apply."""
+    if cuda_binding not in CUDA_BINDINGS:
+        raise AdtrError(f"--cuda-binding {cuda_binding!r}: choose one of {', '.join(CUDA_BINDINGS)}")
+    asked = [flag for flag, on in (("--cuda-graphs", cuda_graphs), ("--cuda-binding", cuda_binding != "auto")) if on]
+    if not asked:
+        return {}
+    what = " and ".join(asked) + (" apply" if len(asked) > 1 else " applies")
+    if backend == "onnxruntime":
+        raise AdtrError(f"{what} to the TensorRT backend only, not --backend onnxruntime")
+    folder = read_model_folder(model_dir)
+    if folder.kind != "tensorrt":
+        raise AdtrError(f"{what} to the TensorRT backend only; {folder.path} is an ONNX export "
+                        "(build engines from it with 'adtr-edge build-engine')")
+    options: dict = {"cuda_binding": cuda_binding}
+    if cuda_graphs:
+        options["cuda_graphs"] = True
+    return options
 
 
 def register(app: typer.Typer) -> None:
     @app.command("stream")
     def stream(
-        model_dir: Path = typer.Argument(..., help="ONNX export folder or TensorRT engine folder (with manifest.json)."),
+        model_dir: Optional[Path] = typer.Argument(
+            None, show_default=False,
+            help="ONNX export folder or TensorRT engine folder (with manifest.json). "
+                 "Default: the only folder under ./engines/, else ./adtr-demo/onnx.",
+        ),
         camera: Optional[int] = typer.Option(None, "--camera", help="Camera index, e.g. 0."),
         source: Optional[str] = typer.Option(
             None, "--source",
@@ -37,6 +63,8 @@ def register(app: typer.Typer) -> None:
         summary: Optional[Path] = typer.Option(None, "--summary", help="Write the summary JSON to FILE."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads."),
         reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
+        cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
+        cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
@@ -44,7 +72,11 @@ def register(app: typer.Typer) -> None:
 
         if (camera is None) == (source is None):
             raise AdtrError("give exactly one of --camera N or --source S")
+        if model_dir is None:
+            model_dir = default_model_dir()
+            typer.echo(f"model: {model_dir}", err=True)
         options = {"intra_op_threads": threads} if threads is not None else {}
+        options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
         result = run_stream(
             model_dir,
             camera if camera is not None else source,

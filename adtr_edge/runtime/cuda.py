@@ -3,7 +3,8 @@
 Two import spellings exist: ``from cuda.bindings import runtime`` (cuda-python 12.x+, the only one
 in 13) and ``from cuda import cudart`` (JetPack 5's cuda-python 11.4). Every call returns a tuple
 whose first item is a ``cudaError_t``; ``CudaRuntime`` checks it and turns failures into one clear
-``AdtrError``. Nothing here imports torch or tensorrt.
+``AdtrError``. Where pycuda is the binding a device has, ``cuda_pycuda.PycudaRuntime`` offers the
+same methods; ``make_cuda_runtime`` picks one. Nothing here imports torch or tensorrt.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class DeviceInfo:
 
 class CudaRuntime:
     """Thin checked wrapper over a cudart module (real or a test stand-in)."""
+
+    name = "cuda-python"
+    supports_graphs = True
 
     def __init__(self, cudart: Any | None = None):
         self.rt = cudart if cudart is not None else import_cudart()
@@ -112,6 +116,9 @@ class CudaRuntime:
     def destroy_stream(self, stream) -> None:
         self.check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
+    def stream_handle(self, stream) -> int:
+        return stream_handle(stream)
+
     def synchronize(self, stream) -> None:
         self.check(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
@@ -154,10 +161,36 @@ def stream_handle(stream) -> int:
     return int(stream)
 
 
-def gpu_available() -> tuple[bool, str]:
-    """Whether cuda-python imports and at least one GPU answers."""
+CUDA_BINDINGS = ("auto", "cuda-python", "pycuda")
+
+
+def make_cuda_runtime(prefer: str = "auto"):
+    """A ``CudaRuntime`` (cuda-python) or ``PycudaRuntime``: ``auto`` tries cuda-python, then pycuda."""
+    if prefer not in CUDA_BINDINGS:
+        raise AdtrError(f"--cuda-binding {prefer!r}: choose one of {', '.join(CUDA_BINDINGS)}")
+    from . import cuda_pycuda  # noqa: PLC0415  (imports pycuda itself only when asked to)
+
+    if prefer == "cuda-python":
+        return CudaRuntime()
+    if prefer == "pycuda":
+        return cuda_pycuda.PycudaRuntime()
     try:
-        rt = CudaRuntime()
+        cudart = import_cudart()
+    except AdtrError as e:
+        why_cuda_python = str(e)
+    else:
+        return CudaRuntime(cudart)
+    try:
+        driver, context = cuda_pycuda.import_pycuda()
+    except AdtrError as e:
+        raise AdtrError(f"no CUDA binding for Python: {why_cuda_python}; and {e}") from None
+    return cuda_pycuda.PycudaRuntime(driver, context)
+
+
+def gpu_available(prefer: str = "auto") -> tuple[bool, str]:
+    """Whether a CUDA binding (cuda-python or pycuda) imports and at least one GPU answers."""
+    try:
+        rt = make_cuda_runtime(prefer)
         n = rt.device_count()
     except AdtrError as e:
         return False, str(e)

@@ -72,6 +72,8 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     if not isinstance(manifest, dict):
         raise AdtrError(f"{manifest_path}: not an adtr-edge manifest (a JSON object is expected)")
     kind = manifest.get("kind")
+    if kind == "onnx-qdq":  # Q/DQ INT8 graphs (adtr-edge quantize) are ONNX graphs to every runtime
+        kind = "onnx"
     if kind not in KINDS:
         raise AdtrError(f"{manifest_path}: kind {kind!r}, expected one of {list(KINDS)}")
     # Engine folders have their own format and layout, checked by the TensorRT backend itself.
@@ -82,6 +84,29 @@ def read_model_folder(path: str | Path) -> ModelFolder:
         raise AdtrError(f"{manifest_path}: lacks 'graphs'")
     meta = ModelMeta.validate(manifest.get("meta"), str(manifest_path))
     return ModelFolder(p, kind, manifest, meta)
+
+
+ENGINES_DIR = Path("engines")  # where 'adtr-edge build-engine' writes engine folders by default
+DEMO_EXPORT = Path("adtr-demo") / "onnx"  # what 'adtr-edge demo' exports
+
+
+def default_model_dir(cwd: str | Path | None = None) -> Path:
+    """The model folder to use when none is given: the only engine folder under ./engines/,
+    else ./adtr-demo/onnx. Relative to ``cwd`` (default: the current directory)."""
+    root = Path(cwd) if cwd is not None else Path()
+    engines_dir = root / ENGINES_DIR
+    found = sorted(d for d in engines_dir.iterdir() if (d / MANIFEST).is_file()) if engines_dir.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        names = ", ".join(str(d) for d in found)
+        raise AdtrError(f"several engine folders under {engines_dir}/ ({names}); pass the one to run as MODEL_DIR")
+    if (root / DEMO_EXPORT).is_dir():
+        return root / DEMO_EXPORT
+    raise AdtrError(
+        f"no model folder given and none found ({engines_dir}/<name>/ with {MANIFEST}, or {root / DEMO_EXPORT}); "
+        "pass MODEL_DIR (make one with 'adtr-edge demo' or 'adtr-edge build-engine')"
+    )
 
 
 def verify_graph_files(folder: ModelFolder) -> None:

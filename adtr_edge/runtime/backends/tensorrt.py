@@ -6,12 +6,14 @@ leave the device between the stages. Each stage has its own stream; there are tw
 in ``infer_many`` the backbone of batch t+1 runs while the transformer of batch t does, ordered by
 events (transformer waits for "features of slot s ready"; the backbone waits for "slot s consumed"
 before overwriting it). Name-based I/O (``set_input_shape``/``set_tensor_address``/
-``execute_async_v3``) works from TensorRT 8.5 on. Optional CUDA graphs (10+) replay each
-(stage, slot, batch) enqueue.
+``execute_async_v3``) works from TensorRT 8.5 on. Optional CUDA graphs (10+, cuda-python binding)
+replay each (stage, slot, batch) enqueue. Device buffers go through cuda-python or pycuda
+(``cuda_binding``; see ``runtime.cuda.make_cuda_runtime``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,8 +22,10 @@ import numpy as np
 from ...engine.manifest import check_loadable, engine_path, read_manifest
 from ...errors import AdtrError
 from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, SCORE, TRANSFORMER, ModelMeta
-from ..cuda import CudaRuntime, gpu_available, stream_handle
+from ..cuda import CUDA_BINDINGS, CudaRuntime, gpu_available, make_cuda_runtime
 from .base import Backend, InferResult
+
+log = logging.getLogger(__name__)
 
 SLOTS = 2
 
@@ -66,7 +70,7 @@ class _Stage:
         for name, ptr in addresses.items():
             if not ctx.set_tensor_address(name, ptr):
                 raise AdtrError(f"{self.name} engine: cannot bind tensor {name!r}")
-        handle = stream_handle(self.stream)
+        handle = self.cuda.stream_handle(self.stream)
         key = (slot, batch)
         if use_graphs and key in self.graphs:
             self.cuda.launch(self.graphs[key][1], self.stream)
@@ -94,11 +98,16 @@ class _Stage:
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, engine_dir: str | Path, *, cuda_graphs: bool = False, api=None, cuda: CudaRuntime | None = None):
+    def __init__(self, engine_dir: str | Path, *, cuda_graphs: bool = False, cuda_binding: str = "auto", api=None,
+                 cuda: CudaRuntime | None = None):
+        if cuda_binding not in CUDA_BINDINGS:
+            raise AdtrError(f"--cuda-binding {cuda_binding!r}: choose one of {', '.join(CUDA_BINDINGS)}")
         self.folder = Path(engine_dir)
         self.manifest = read_manifest(self.folder)
         super().__init__(ModelMeta.validate(self.manifest["meta"], str(self.folder / "manifest.json")))
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs = cuda_graphs  # as asked; graphs_active: as run (the binding may lack capture)
+        self.graphs_active = False
+        self.cuda_binding = cuda_binding
         self._api, self._cuda = api, cuda
         self.max_batch = min(int(self.manifest["engines"][g]["profile"][2]) for g in (BACKBONE, TRANSFORMER))
         self._host: dict[str, list] = {}
@@ -111,11 +120,14 @@ class TensorRTBackend(Backend):
         from ...engine.trt_api import file_logger, load_api  # noqa: PLC0415
 
         api = self._api or load_api()
-        cuda = self._cuda or CudaRuntime()
+        cuda = self._cuda or make_cuda_runtime(self.cuda_binding)
         gpu = cuda.device_info()
         check_loadable(self.manifest, self.folder, api.version_string, gpu.name, gpu.compute_capability)
         if self.cuda_graphs and not api.cuda_graphs_allowed:
             raise AdtrError(f"--cuda-graphs needs TensorRT 10 or newer, this is {api.version_string}")
+        self.graphs_active = self.cuda_graphs and cuda.supports_graphs
+        if self.cuda_graphs and not self.graphs_active:
+            log.warning("CUDA graphs off: %s (the %s binding); running plain enqueues", cuda.graphs_unsupported_reason, cuda.name)
         self.api, self.cuda = api, cuda
         self._logger = file_logger(api, None)
         self._runtime = api.trt.Runtime(self._logger)
@@ -187,7 +199,7 @@ class TensorRTBackend(Backend):
         host[:n] = images
         cu.copy_to_device(self._device[IMAGES][slot], host.ctypes.data, images.nbytes, st.stream)
         cu.record(st.compute[slot], st.stream)
-        st.enqueue(slot, n, {IMAGES: self._device[IMAGES][slot], FEATURES: self._device[FEATURES][slot]}, self.cuda_graphs)
+        st.enqueue(slot, n, {IMAGES: self._device[IMAGES][slot], FEATURES: self._device[FEATURES][slot]}, self.graphs_active)
         cu.record(st.done[slot], st.stream)
         cu.record(st.end[slot], st.stream)
         return n
@@ -198,7 +210,7 @@ class TensorRTBackend(Backend):
         cu.record(st.start[slot], st.stream)
         cu.record(st.compute[slot], st.stream)
         st.enqueue(slot, n, {FEATURES: self._device[FEATURES][slot], ANOMALY_MAP: self._device[ANOMALY_MAP][slot],
-                             SCORE: self._device[SCORE][slot]}, self.cuda_graphs)
+                             SCORE: self._device[SCORE][slot]}, self.graphs_active)
         cu.record(st.done[slot], st.stream)
         for name in (ANOMALY_MAP, SCORE):
             host = self._host[name][slot]
