@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 
 from .errors import AdtrError
-from .fileio import write_json_atomic, write_text_atomic
+from .fileio import read_json, write_json_atomic, write_text_atomic
 from .metadata import BACKBONE, GRAPHS, TRANSFORMER
 from .postprocessing import Thresholds, label, map_to_frame, normalize_score
 from .preprocessing import PreprocessSpec, prepare_batch
@@ -484,16 +484,11 @@ def _read_kind(path: Path) -> tuple[str, dict]:
         raise AdtrError(f"not a model folder: {path} (give an export, engine or checkpoint folder)")
     if (path / "checkpoint.json").is_file():
         return "checkpoint", {}
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
-        raise AdtrError(f"{path}: neither manifest.json (export/engine folder) nor checkpoint.json (checkpoint folder)")
-    try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdtrError(f"{manifest}: not valid JSON ({e})") from None
+    doc = read_json(path / "manifest.json",
+                    missing=f"{path}: neither manifest.json (export/engine folder) nor checkpoint.json (checkpoint folder)")
     kind = doc.get("kind") if isinstance(doc, dict) else None
     if kind not in ("onnx", "onnx-qdq", "tensorrt"):
-        raise AdtrError(f"{manifest}: kind {kind!r}; expected an ONNX export, a Q/DQ export or a TensorRT engine folder")
+        raise AdtrError(f"{path}/manifest.json: kind {kind!r}; expected an ONNX export, a Q/DQ export or a TensorRT engine folder")
     return kind, doc
 
 

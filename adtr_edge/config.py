@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 from .errors import AdtrError
 
@@ -148,11 +147,3 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def load_json(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise AdtrError(f"file not found: {p}")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdtrError(f"not valid JSON: {p} ({e})") from None

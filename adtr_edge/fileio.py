@@ -57,3 +57,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, missing: str | None = None):
+    """Parse a JSON file; a missing or malformed file is one ``AdtrError`` naming it.
+
+    ``missing`` replaces the default "file not found" message (e.g. to say which folder was expected).
+    """
+    from .errors import AdtrError
+
+    p = Path(path)
+    if not p.is_file():
+        raise AdtrError(missing or f"file not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdtrError(f"{p}: not valid JSON ({e})") from None

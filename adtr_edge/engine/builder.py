@@ -23,7 +23,7 @@ from typing import Callable
 import onnx
 
 from ..errors import AdtrError
-from ..fileio import sha256_bytes, sha256_file, write_bytes_atomic
+from ..fileio import read_json, sha256_bytes, sha256_file, write_bytes_atomic
 from ..metadata import BACKBONE, GRAPHS, TRANSFORMER, ModelMeta
 from . import calibration as calib
 from . import onnx_tools
@@ -241,12 +241,7 @@ def read_export(folder: Path) -> tuple[dict, ModelMeta]:
     """Read and verify an export (or quantize) folder: manifest, both graphs, their sha256s."""
     folder = Path(folder)
     path = folder / "manifest.json"
-    if not path.is_file():
-        raise AdtrError(f"not an export folder (no manifest.json): {folder}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise AdtrError(f"{path}: not valid JSON ({e})") from None
+    doc = read_json(path, missing=f"not an export folder (no manifest.json): {folder}")
     meta = ModelMeta.validate(doc.get("meta"), str(path))
     for g in GRAPHS:
         entry = doc.get("graphs", {}).get(g)

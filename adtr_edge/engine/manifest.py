@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import AdtrError
-from ..fileio import sha256_file, write_json_atomic
+from ..fileio import read_json, sha256_file, write_json_atomic
 from ..metadata import GRAPHS, ModelMeta
 
 ENGINE_FORMAT = "adtr-edge-engine/1"
@@ -71,12 +71,7 @@ def engine_path(folder: Path, graph: str) -> Path:
 
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise AdtrError(f"not an engine folder (no {MANIFEST}): {folder}")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise AdtrError(f"{path}: not valid JSON ({e})") from None
+    d = read_json(path, missing=f"not an engine folder (no {MANIFEST}): {folder}")
     if d.get("format") != ENGINE_FORMAT:
         raise AdtrError(f"{path}: format {d.get('format')!r}, expected {ENGINE_FORMAT!r}")
     for g in GRAPHS:

@@ -24,7 +24,10 @@ from ..fileio import atomic_path, sha256_file, write_json_atomic
 from ..metadata import BACKBONE, FEATURES, GRAPHS, IMAGES, METADATA_KEY, TRANSFORMER
 
 QUANT_SETTINGS = {"format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
-                  "activation_symmetric": True, "weight_symmetric": True, "method": "MinMax"}
+                  "activation_symmetric": True, "weight_symmetric": True, "method": "Percentile", "percentile": 99.99}
+# Only the compute-heavy ops get Q/DQ: that is where INT8 pays on TensorRT, and quantising the
+# cheap glue (preprocessing scale, Resize, Concat, the feature standardisation) only adds error.
+OPS_TO_QUANTIZE = {BACKBONE: ["Conv"], TRANSFORMER: ["MatMul", "Gemm"]}
 
 
 class _Batches:
@@ -103,8 +106,10 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
                     onnx.save(model, str(tmp_in))
                     quantize_static(str(tmp_in), str(tmp), _reader(name, batches), quant_format=QuantFormat.QDQ,
                                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                                    nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
-                                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                                    nodes_to_exclude=exclude, op_types_to_quantize=OPS_TO_QUANTIZE[g],
+                                    calibrate_method=CalibrationMethod.Percentile,
+                                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                                   "CalibPercentile": QUANT_SETTINGS["percentile"]})
                 finally:
                     tmp_in.unlink(missing_ok=True)
                 qmodel = onnx.load(str(tmp))

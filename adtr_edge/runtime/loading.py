@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdtrError
-from ..fileio import sha256_file
+from ..fileio import read_json, sha256_file
 from ..metadata import FORMAT, GRAPHS, ModelMeta
 from .backends.base import Backend
 
@@ -63,12 +62,7 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     if not p.is_dir():
         raise AdtrError(f"not a model folder (expected a folder with {MANIFEST}): {p}")
     manifest_path = p / MANIFEST
-    if not manifest_path.is_file():
-        raise AdtrError(f"{p}: no {MANIFEST} (is this a folder written by 'adtr-edge export'?)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdtrError(f"{manifest_path}: not valid JSON ({e})") from None
+    manifest = read_json(manifest_path, missing=f"{p}: no {MANIFEST} (is this a folder written by 'adtr-edge export'?)")
     if not isinstance(manifest, dict):
         raise AdtrError(f"{manifest_path}: not an adtr-edge manifest (a JSON object is expected)")
     kind = manifest.get("kind")

@@ -96,6 +96,9 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
         state = load_file(str(folder / MODEL_FILE), device="cpu")
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise AdtrError(f"corrupt checkpoint weights {folder / MODEL_FILE}: {e}") from None
+    # Checkpoints from before unused backbone blocks were pruned carry their weights: ignore them.
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own or not k.startswith("backbone.cnn.")}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
