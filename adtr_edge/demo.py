@@ -65,7 +65,7 @@ def run_demo(out: Path, *, epochs: int = 15, frames: int = 120, force: bool = Fa
     export_checkpoint(out / "model", out / "onnx")
 
     log(f"5/5 streaming a generated video ({frames} frames) through ONNX Runtime")
-    defect_frames = {i for i in range(frames) if (i // 10) % 4 == 3}  # 10-frame bursts of defects
+    defect_frames = {i for i in range(frames) if (i // 5) % 4 == 3}  # 5-frame bursts of defects, every 20 frames
     video = generate_video(out / "line.mp4", n_frames=frames, defect_frames=defect_frames, size=(160, 160), seed=1)
     summary = run_stream(out / "onnx", str(video.path), backend="onnxruntime", events=out / "events.jsonl",
                          record=out / "overlay.mp4", save_anomalies=out / "anomalies", min_consecutive=2,

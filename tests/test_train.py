@@ -85,3 +85,37 @@ def test_loss_needs_anomalies(tmp_path, sample_dataset):
     ds = load_dataset(sample_dataset, "train")
     with pytest.raises(AdtrError, match="needs anomalies"):
         train_model(ds, tiny_model_config(), TrainConfig(epochs=1, loss="pixel", device="cpu"), tmp_path / "x", progress=False)
+
+
+@pytest.mark.parametrize("source", ["external", "labelled-image", "labelled-pixel"])
+def test_each_anomaly_source_trains_and_lowers_its_loss(tmp_path, sample_dataset, source):
+    """External images -> image-label loss; labelled anomalies with masks -> pixel loss, without -> image loss."""
+    import shutil
+
+    from adtr_edge.train.sources import build_anomaly_pool
+
+    ds = load_dataset(sample_dataset, "train")
+    if source == "external":
+        pool = build_anomaly_pool(ds, external=sample_dataset / "test" / "good")
+    else:
+        lab = tmp_path / "lab"
+        defect = sorted(p for p in (sample_dataset / "test").iterdir() if p.name != "good")[0]
+        shutil.copytree(defect, lab / "images")
+        masks = None
+        if source == "labelled-pixel":
+            masks = sample_dataset / "ground_truth" / defect.name
+        pool = build_anomaly_pool(ds, labelled=lab / "images", labelled_masks=masks)
+    expected = "pixel" if source == "labelled-pixel" else "image"
+    assert pool.pixel_labelled == (expected == "pixel")
+    cfg = TrainConfig(epochs=3, batch_size=8, device="cpu", lr=2e-3)
+    hist = train_model(ds, tiny_model_config(), cfg, tmp_path / "run", anomalies=pool, progress=False).checkpoint.history
+    assert {h["loss_kind"] for h in hist} == {expected}
+    assert hist[-1]["loss"] < hist[0]["loss"]
+
+
+def test_one_anomaly_source_per_run(sample_dataset):
+    from adtr_edge.train.sources import build_anomaly_pool
+
+    ds = load_dataset(sample_dataset, "train")
+    with pytest.raises(AdtrError, match="one anomaly source"):
+        build_anomaly_pool(ds, synthetic="confetti", external=sample_dataset / "test" / "good")

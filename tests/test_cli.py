@@ -1,0 +1,54 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from adtr_edge.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_train_eval_export_through_the_cli(tmp_path, sample_dataset, capsys):
+    ckpt, ev, onnx_dir = tmp_path / "ckpt", tmp_path / "eval", tmp_path / "onnx"
+    args = ["train", str(sample_dataset), "--out", str(ckpt), "--input-size", "64", "--encoder-layers", "1",
+            "--decoder-layers", "1", "--d-model", "64", "--epochs", "2", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    assert (ckpt / "checkpoint.json").is_file()
+    assert main(["eval", str(ckpt), str(sample_dataset), "--out", str(ev), "--no-progress", "--device", "cpu"]) == 0
+    report = json.loads((ev / "report.json").read_text())
+    assert 0.0 <= report["image_auroc"] <= 1.0 and report["pixel_auroc"] is not None
+    for pic in ("roc.png", "score_histogram.png", "overlays.png"):
+        assert (ev / pic).stat().st_size > 1000
+    assert main(["export", str(ckpt), "--out", str(onnx_dir)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--out", str(onnx_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--force" in err and len(err.splitlines()) == 1
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing" in err and len(err.splitlines()) == 1
+    assert main(["train", str(tmp_path), "--input-size", "banana"]) == 2
+    assert "--input-size" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_eval_refuses_images_used_for_training(tmp_path, sample_dataset, trained_checkpoint, capsys):
+    # A "test" set that is really the training set must not be scored.
+    import shutil
+
+    fake = tmp_path / "leaky"
+    shutil.copytree(sample_dataset, fake)
+    shutil.rmtree(fake / "test" / "good")
+    shutil.copytree(sample_dataset / "train" / "good", fake / "test" / "good")
+    assert main(["eval", str(trained_checkpoint), str(fake), "--out", str(tmp_path / "ev"), "--no-progress"]) == 2
+    assert "share" in capsys.readouterr().err
+
+
+def test_launcher_in_checkout():
+    out = subprocess.run([sys.executable, str(REPO / "cli.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for cmd in ("train", "eval", "export", "inspect", "quantize", "build-engine", "stream", "bench", "demo"):
+        assert cmd in out.stdout
