@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--input-size", type=int, default=256)
+    ap.add_argument("--feature-stride", type=int, default=16, help="grid = input size / stride (16: 16x16 at 256 px)")
     ap.add_argument("--recipes", default="default,fast", help=f"comma list of presets {sorted(PRESETS)}, each optionally :EPOCHS (paper is slow)")
     ap.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
     ap.add_argument("--bf16", action="store_true")
@@ -77,7 +78,7 @@ def main() -> None:
               f"{torch.get_num_threads()} torch threads, python {platform.python_version()}, torch {torch.__version__}"}
     print(json.dumps(header))
 
-    cfg = ModelConfig(input_size=(args.input_size, args.input_size))
+    cfg = ModelConfig(input_size=(args.input_size, args.input_size), feature_stride=args.feature_stride)
     spec = preprocess_spec(cfg)
     train_set = load_dataset(args.data, "train")
     test_full = load_dataset(args.data, "test")
