@@ -66,6 +66,10 @@ def main() -> None:
     ap.add_argument("--anomalies", default="none", help="comma list: none,confetti,patch,external,labelled")
     ap.add_argument("--external-dir", default=None, help="folder of unrelated images for 'external' (default: generated textures)")
     ap.add_argument("--labelled-fraction", type=float, default=0.2, help="share of each defect type moved from test to training for 'labelled'")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the training-free baselines")
+    ap.add_argument("--base-checkpoint", default=None, help="normal-only checkpoint to fine-tune for ADTR+ (skips --recipes)")
+    ap.add_argument("--finetune-lr", type=float, default=1e-3)
+    ap.add_argument("--alpha", type=float, default=0.003, help="weight of the anomaly term (paper: 0.003)")
     ap.add_argument("--finetune-epochs", type=int, default=10, help="ADTR+ epochs on top of the normal-only model")
     args = ap.parse_args()
 
@@ -108,7 +112,7 @@ def main() -> None:
     masks = masks_at(test, spec)
     rows, curves = [], {}
 
-    for name, fn in BASELINES.items():
+    for name, fn in ({} if args.no_baselines else BASELINES).items():
         t = time.perf_counter()
         with torch.no_grad():
             grid = fn(fit_feats, test_feats)
@@ -129,8 +133,8 @@ def main() -> None:
             print(json.dumps({"curve": series[-1]}), flush=True)
         return cb
 
-    checkpoints = {}
-    for item in [r for r in args.recipes.split(",") if r]:
+    checkpoints = {"base": Path(args.base_checkpoint)} if args.base_checkpoint else {}
+    for item in [r for r in args.recipes.split(",") if r and not args.base_checkpoint]:
         recipe, _, epochs = item.partition(":")  # "fast:12" = preset fast, 12 epochs
         m_over = dict(PRESETS[recipe].get("model", {}))
         t_over = dict(PRESETS[recipe].get("train", {}))
@@ -173,13 +177,15 @@ def main() -> None:
             _write_labelled(labelled_set, lab_dir)
             kwargs = {"labelled": lab_dir / "images", "labelled_masks": lab_dir / "masks"}
         pool = build_anomaly_pool(train_set, count=200 if source in ("confetti", "patch") else 0, seed=0, **kwargs)
-        tcfg = TrainConfig(epochs=args.finetune_epochs, lr=2e-4, device="cpu", bf16=args.bf16, preset=f"adtr+{source}")
+        tcfg = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, alpha=args.alpha, device="cpu", bf16=args.bf16,
+                           preset=f"adtr+{source}")
         series, eval_seconds = [], [0.0]
         result = train_model(train_set, cfg, tcfg, out / f"adtr-plus-{source}", anomalies=pool, init_from=checkpoints[base_recipe],
                              progress=False, feature_cache=cache, on_epoch_end=curve_callback(series, eval_seconds))
         scores, maps = score_features(result.model, test_feats, torch.device("cpu"))
         rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), result.checkpoint.thresholds)
-        rows.append({"method": f"ADTR+ {source} (from {base_recipe}, +{tcfg.epochs} ep, loss {result.checkpoint.extra['loss_kind']})",
+        rows.append({"method": f"ADTR+ {source} (from {base_recipe}, +{tcfg.epochs} ep, lr {tcfg.lr:g}, alpha {tcfg.alpha:g}, "
+                               f"loss {result.checkpoint.extra['loss_kind']})",
                      "train_seconds": round(result.seconds - eval_seconds[0], 1), **summarise(rep), "per_defect": rep["per_defect"]})
         print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
 
