@@ -79,6 +79,32 @@ def make_int8(export: Path, work: Path = DEFAULT_WORK, calib_count: int = 32) ->
     return out
 
 
+def add_common_args(ap) -> None:
+    """--threads / --work / --json: the options every speed benchmark shares."""
+    ap.add_argument("--threads", type=int, default=None, help="default: all usable cores")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--json", type=Path, default=None)
+
+
+def parse_and_start(ap, argv: list[str]):
+    """Parse the options, print the header; returns (args, threads)."""
+    import os
+
+    args = ap.parse_args(argv[1:])
+    start(argv)
+    return args, args.threads or len(os.sched_getaffinity(0))
+
+
+def finish(args, results: dict) -> int:
+    """Write the results JSON when --json was given."""
+    if args.json:
+        from adtr_edge.fileio import write_json_atomic
+
+        write_json_atomic(args.json, results)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def start(argv: list[str]) -> None:
     """Print the command line, machine and date: the first lines of every benchmark's output."""
     from adtr_edge.bench import header_lines

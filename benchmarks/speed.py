@@ -22,7 +22,6 @@ import numpy as np  # noqa: E402
 
 from adtr_edge.bench import camera_frame, count_graph_flops, interleaved, measure_gemm_peak  # noqa: E402
 from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.metadata import BACKBONE, GRAPHS, TRANSFORMER  # noqa: E402
 from adtr_edge.preprocessing import PreprocessSpec, prepare_batch  # noqa: E402
 
@@ -67,14 +66,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="default: all usable cores")
-    ap.add_argument("--work", type=Path, default=_models.DEFAULT_WORK)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args(argv[1:])
-    _models.start(argv)
-    import os
-
-    threads = args.threads or len(os.sched_getaffinity(0))
+    _models.add_common_args(ap)
+    args, threads = _models.parse_and_start(ap, argv)
     cfg = ModelConfig()
     ckpt, export = _models.make_export(cfg, args.work)
     int8 = _models.make_int8(export, args.work)
@@ -135,10 +128,7 @@ def main(argv: list[str]) -> int:
           f"{peak_after['gflops']} after the run (a large gap means the machine was busy)")
     print("FLOPs: 2 x MACs of Conv/MatMul/Gemm counted from the ONNX graphs; element-wise ops, Softmax, LayerNorm, "
           "Resize, pooling ignored. INT8 graphs count the same MACs (done in int8 where quantised).")
-    if args.json:
-        write_json_atomic(args.json, results)
-        print(f"wrote {args.json}")
-    return 0
+    return _models.finish(args, results)
 
 
 if __name__ == "__main__":

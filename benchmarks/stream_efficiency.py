@@ -12,7 +12,6 @@ and at the end of the stream to show memory stays flat.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -26,7 +25,6 @@ import cv2  # noqa: E402
 from adtr_edge.bench import camera_frame, rss_mb, summarize  # noqa: E402
 from adtr_edge.config import ModelConfig  # noqa: E402
 from adtr_edge.data.generate import generate_video  # noqa: E402
-from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.preprocessing import prepare_batch  # noqa: E402
 from adtr_edge.runtime.loading import load_backend  # noqa: E402
 from adtr_edge.runtime.pipeline import run_stream  # noqa: E402
@@ -90,12 +88,8 @@ def pure_inference(export: Path, threads: int, seconds: float) -> list[float]:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=600)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--work", type=Path, default=_models.DEFAULT_WORK)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args(argv[1:])
-    _models.start(argv)
-    threads = args.threads or len(os.sched_getaffinity(0))
+    _models.add_common_args(ap)
+    args, threads = _models.parse_and_start(ap, argv)
     _, export = _models.make_export(ModelConfig(), args.work)
     video = args.work / "stream-640x480.avi"
     if not video.is_file():
@@ -136,10 +130,7 @@ def main(argv: list[str]) -> int:
     result = {"frames": n, "threads": threads, "stream_summary": summary, "inference_ms": infer, "inference_fps": infer_fps,
               "stream_fps": stream_fps, "efficiency": stream_fps / infer_fps,
               "rss_mb": {"before": rss_start, "frames": sampler.samples, "after": rss_end}}
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
+    return _models.finish(args, result)
 
 
 if __name__ == "__main__":

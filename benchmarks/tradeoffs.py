@@ -11,7 +11,6 @@ configurations.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import onnx  # noqa: E402
 
 from adtr_edge.bench import camera_frame, count_graph_flops, interleaved  # noqa: E402
 from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.metadata import GRAPHS  # noqa: E402
 from adtr_edge.preprocessing import PreprocessSpec, prepare_batch  # noqa: E402
 
@@ -45,12 +43,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--work", type=Path, default=_models.DEFAULT_WORK)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args(argv[1:])
-    _models.start(argv)
-    threads = args.threads or len(os.sched_getaffinity(0))
+    _models.add_common_args(ap)
+    args, threads = _models.parse_and_start(ap, argv)
     rows, runners = {}, {}
     for name, cfg in CONFIGS.items():
         print(f"exporting {name} ...", flush=True)
@@ -75,10 +69,7 @@ def main(argv: list[str]) -> int:
         p, f = r["params"], r["gflops"]
         print(f"| {name} | {r['channels']} | {r['grid'][0]}x{r['grid'][1]} | {p['backbone'] / 1e6:.2f} / {p['transformer'] / 1e6:.2f} | "
               f"{f['backbone']:.3f} / {f['transformer']:.3f} | {r['ms']['p50']:.1f} ({r['ms']['p95']:.1f}) | {1e3 / r['ms']['p50']:.2f} |")
-    if args.json:
-        write_json_atomic(args.json, {"threads": threads, "configs": rows})
-        print(f"wrote {args.json}")
-    return 0
+    return _models.finish(args, {"threads": threads, "configs": rows})
 
 
 if __name__ == "__main__":
