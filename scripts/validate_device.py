@@ -3,6 +3,7 @@
 ONNX Runtime (anomaly map and score, max abs / rel diff), time them, write a JSON report.
 
     python scripts/validate_device.py EXPORT_DIR --calib-images DIR [--out report.json] [--batch 4]
+    python scripts/validate_device.py            # no export: trains a small model on generated data first
 
 Needs a CUDA GPU, tensorrt, cuda-python and onnxruntime. INT8 uses the calibrator on 8.x-10.x and a
 Q/DQ copy made with ``adtr-edge quantize`` (backbone only) on 11.x.
@@ -83,10 +84,27 @@ def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Pat
     return report
 
 
+def small_model(work: Path) -> tuple[Path, Path]:
+    """Generate the sample dataset, train the demo-sized model briefly (GPU if torch sees one), export it."""
+    from adtr_edge.config import ModelConfig, TrainConfig
+    from adtr_edge.data.datasets import load_dataset
+    from adtr_edge.data.generate import generate_sample_dataset
+    from adtr_edge.demo import DEMO_MODEL
+    from adtr_edge.export.onnx_export import export_checkpoint
+    from adtr_edge.train.loop import train_model
+
+    data = generate_sample_dataset(work / "data", n_train=60, n_test_good=10, n_test_defect=10, size=(160, 160), seed=0,
+                                   overwrite=True)
+    train_model(load_dataset(data, "train"), ModelConfig(**DEMO_MODEL), TrainConfig(epochs=3), work / "model", progress=False)
+    export_checkpoint(work / "model", work / "onnx", force=True)
+    return work / "onnx", data / "train" / "good"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("export", type=Path, help="export folder from 'adtr-edge export'")
-    ap.add_argument("--calib-images", type=Path, required=True, help="folder of normal images (calibration + test input)")
+    ap.add_argument("export", type=Path, nargs="?", default=None,
+                    help="export folder from 'adtr-edge export' (default: train a small model on generated data)")
+    ap.add_argument("--calib-images", type=Path, default=None, help="folder of normal images (calibration + test input)")
     ap.add_argument("--out", type=Path, default=Path("validate_device.json"))
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--iters", type=int, default=50)
@@ -94,7 +112,18 @@ def main() -> int:
     a = ap.parse_args()
     try:
         with tempfile.TemporaryDirectory(prefix="adtr-validate-") as tmp:
-            report = validate(a.export, a.calib_images, a.batch, a.iters, a.work or Path(tmp))
+            work = a.work or Path(tmp)
+            export, calib = a.export, a.calib_images
+            if export is None:
+                from adtr_edge.runtime.backends.tensorrt import available
+
+                ok, why = available()  # fail before spending minutes on training
+                if not ok:
+                    raise AdtrError(f"cannot validate: {why}")
+                export, calib = small_model(work)
+            if calib is None:
+                raise AdtrError("--calib-images is required with an export folder")
+            report = validate(export, calib, a.batch, a.iters, work)
     except AdtrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
