@@ -182,6 +182,7 @@ def main() -> None:
         series, eval_seconds = [], [0.0]
         result = train_model(train_set, cfg, tcfg, out / f"adtr-plus-{source}", anomalies=pool, init_from=checkpoints[base_recipe],
                              progress=False, feature_cache=cache, on_epoch_end=curve_callback(series, eval_seconds))
+        curves[f"ADTR+ {source}"] = series
         scores, maps = score_features(result.model, test_feats, torch.device("cpu"))
         rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), result.checkpoint.thresholds)
         rows.append({"method": f"ADTR+ {source} (from {base_recipe}, +{tcfg.epochs} ep, lr {tcfg.lr:g}, alpha {tcfg.alpha:g}, "
@@ -196,8 +197,10 @@ def main() -> None:
     write_text_atomic(out / "results.md", to_markdown(results))
     from adtr_edge.plots import accuracy_vs_time_plot
 
-    accuracy_vs_time_plot({k: [(p["seconds"], p["image_auroc"]) for p in v] for k, v in curves.items()},
-                          {r["method"]: r["image_auroc"] for r in rows if not r["method"].startswith("ADTR")}, out / "accuracy_vs_time.png")
+    if curves:
+        accuracy_vs_time_plot({k: [(p["seconds"], p["image_auroc"]) for p in v] for k, v in curves.items()},
+                              {r["method"]: r["image_auroc"] for r in rows if not r["method"].startswith("ADTR")},
+                              out / "accuracy_vs_time.png")
     print(to_markdown(results))
 
 
