@@ -164,17 +164,11 @@ def version():
     typer.echo(__version__)
 
 
-# Commands that live with their area. A module that cannot import (an optional dependency of
-# that area is missing) must not take the whole CLI down, so the failure is reported on use.
+# Commands that live with their area; each area module imports its heavy dependencies (torch,
+# tensorrt, onnxruntime) inside the command, so registering them all keeps start-up light.
 _AREA_MODULES = ("adtr_edge.data.cli", "adtr_edge.export.cli_inspect", "adtr_edge.engine.cli", "adtr_edge.runtime.cli", "adtr_edge.demo", "adtr_edge.bench")
 for _name in _AREA_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as _e:
-        if _e.name and _e.name.startswith("adtr_edge"):
-            continue  # area not present in this build
-        raise
-    _mod.register(app)
+    importlib.import_module(_name).register(app)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 from .data.datasets import ImageSet, Sample, guard_disjoint, load_batch
 from .errors import AdtrError
 from .fileio import write_json_atomic
-from .metrics import evaluate, roc_curve
+from .metrics import auroc, evaluate, roc_curve
 from .postprocessing import Thresholds, label
 from .preprocessing import PreprocessSpec
 from .progress import Task, progress_bar
@@ -113,8 +113,6 @@ def write_pictures(scored: Scored, images: ImageSet, spec: PreprocessSpec, thres
     y = scored.labels.astype(bool)
     if y.any() and (~y).any():
         fpr, tpr, _ = roc_curve(scored.scores, y)
-        from .metrics import auroc
-
         plots.roc_plot({name: (fpr, tpr, auroc(scored.scores, y))}, out_dir / "roc.png")
         written["roc"] = str(out_dir / "roc.png")
     thr = thresholds.threshold if thresholds is not None else None

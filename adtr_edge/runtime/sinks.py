@@ -7,6 +7,7 @@ ends, and ``close`` exactly once (also after Ctrl-C), which flushes what it hold
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Callable, TextIO
 import cv2
 import numpy as np
 
+from .. import visualize
 from ..errors import AdtrError
 from ..fileio import write_bytes_atomic
 from .detector import Detection
@@ -42,6 +44,12 @@ class FrameResult:
     alarm: bool = False  # a debounced alarm is active at this frame
     fps: float | None = None  # smoothed current rate, for display
     alarm_events: list = field(default_factory=list)  # AlarmEvents this frame caused, sent right after it
+
+    @functools.cached_property
+    def overlay(self) -> np.ndarray:
+        """Heat-map overlay on the original frame, drawn once however many sinks use it
+        (--save-anomalies and --record both want it for an anomalous frame)."""
+        return visualize.overlay(self.frame.image, self.detection.anomaly_map, self.detection.thresholds)
 
 
 @dataclass
@@ -132,14 +140,6 @@ class JsonlSink(Sink):
             self.stream.flush()
 
 
-def _visualize():
-    try:
-        from .. import visualize
-    except ImportError as e:
-        raise AdtrError(f"visualisation module unavailable ({e})") from None
-    return visualize
-
-
 def _encode_png(image: np.ndarray, what: str) -> bytes:
     ok, buf = cv2.imencode(".png", image)
     if not ok:
@@ -157,7 +157,6 @@ class AnomalySaver(Sink):
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise AdtrError(f"--save-anomalies {self.folder}: cannot create folder ({e.strerror})") from None
-        self.vis = _visualize()
         self.saved = 0
 
     def on_frame(self, r: FrameResult) -> None:
@@ -166,9 +165,8 @@ class AnomalySaver(Sink):
         stem = f"{r.frame.index:08d}"
         if r.frame.name:
             stem += "_" + Path(r.frame.name).stem
-        over = self.vis.overlay(r.frame.image, r.detection.anomaly_map, r.detection.thresholds)
         write_bytes_atomic(self.folder / f"{stem}_frame.png", _encode_png(r.frame.image, "frame"))
-        write_bytes_atomic(self.folder / f"{stem}_overlay.png", _encode_png(over, "overlay"))
+        write_bytes_atomic(self.folder / f"{stem}_overlay.png", _encode_png(r.overlay, "overlay"))
         self.saved += 1
 
 
@@ -192,11 +190,10 @@ class VideoRecorder(Sink):
         self.opener = opener
         self.writer = None
         self.size: tuple[int, int] | None = None
-        self.vis = _visualize()
         self.written = 0
 
     def on_frame(self, r: FrameResult) -> None:
-        image = self.vis.overlay(r.frame.image, r.detection.anomaly_map, r.detection.thresholds)
+        image = r.overlay
         if self.writer is None:
             h, w = image.shape[:2]
             self.size = (w, h)
@@ -227,7 +224,6 @@ class WindowSink(Sink):
     TITLE = "adtr-edge"
 
     def __init__(self, request_stop: Callable[[], None]):
-        self.vis = _visualize()
         try:
             cv2.namedWindow(self.TITLE, cv2.WINDOW_NORMAL)
         except cv2.error:
@@ -238,7 +234,7 @@ class WindowSink(Sink):
 
     def on_frame(self, r: FrameResult) -> None:
         d = r.detection
-        pane = self.vis.three_pane(r.frame.image, d.anomaly_map, d.thresholds, d.score, d.normalized_score, d.label, fps=r.fps)
+        pane = visualize.three_pane(r.frame.image, d.anomaly_map, d.thresholds, d.score, d.normalized_score, d.label, fps=r.fps)
         cv2.imshow(self.TITLE, pane)
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self.request_stop()

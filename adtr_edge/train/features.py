@@ -44,12 +44,6 @@ def extract_raw_features(
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-@torch.no_grad()
-def extract_raw_features_from_batch(backbone, images_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
-    backbone.eval()
-    return backbone.raw_features(torch.from_numpy(np.ascontiguousarray(images_uint8)).to(device)).float().cpu()
-
-
 def channel_stats(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std over images and locations."""
     flat = raw.transpose(0, 1).reshape(raw.shape[1], -1).double()

@@ -256,13 +256,12 @@ def train_model(
     return TrainResult(model.eval(), ckpt, out_dir, seconds)
 
 
-def calibrate_on(model, features: torch.Tensor, device, quantile: float, anomalous_features: torch.Tensor | None = None):
-    """Threshold from held-out normal features (a high quantile), F1-optimal when anomalies are given."""
+def calibrate_on(model, features: torch.Tensor, device, quantile: float):
+    """Threshold from held-out normal features: a high quantile of their scores."""
     from ..metrics import calibrate_threshold
 
     normal_scores, _ = score_features(model, features, device)
-    anomalous_scores = score_features(model, anomalous_features, device)[0] if anomalous_features is not None else None
-    return calibrate_threshold(normal_scores, anomalous_scores, quantile=quantile)
+    return calibrate_threshold(normal_scores, None, quantile=quantile)
 
 
 def apply_preset(preset: str, model_overrides: dict, train_overrides: dict) -> tuple[dict, dict]:
