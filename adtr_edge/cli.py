@@ -68,7 +68,9 @@ def train(
     encoder_layers: Optional[int] = typer.Option(None, help="Transformer encoder layers (paper: 4)."),
     decoder_layers: Optional[int] = typer.Option(None, help="Transformer decoder layers (paper: 4)."),
     d_model: Optional[int] = typer.Option(None, help="Transformer width (paper: 256)."),
-    jitter: Optional[float] = typer.Option(None, help="Feature-jitter noise on the encoder input (std, in standardised units)."),
+    jitter: Optional[float] = typer.Option(None, help="Feature-jitter noise on the encoder input (std as a share of each token's RMS)."),
+    score: Optional[str] = typer.Option(None, help="Residual score: mahalanobis (per-location statistics of normal residuals) or l2."),
+    time_budget: Optional[float] = typer.Option(None, help="Seconds of training (features excluded): the epochs are fitted to it after the first."),
     threshold_quantile: Optional[float] = typer.Option(None, help="Quantile of held-out normal scores used as threshold (default 0.99)."),
     device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
     bf16: bool = typer.Option(False, help="bf16 autocast (about 1.2x faster on recent CPUs, same accuracy)."),
@@ -93,8 +95,9 @@ def train(
     from .train.sources import build_anomaly_pool
 
     m_over = {"input_size": _parse_size(input_size), "stages": _parse_ints(stages, "--stages"),
-              "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model}
+              "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model, "score": score}
     t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "threshold_quantile": threshold_quantile,
+              "time_budget": time_budget,
               "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
     m_kw, t_kw = apply_preset(preset, m_over, t_over)
     model_cfg = ModelConfig.for_backbone(backbone, **m_kw)
@@ -109,7 +112,9 @@ def train(
                          init_from=init_from, resume=resume, progress=progress, log=typer.echo,
                          feature_cache=feature_cache)
     t = result.checkpoint.thresholds
+    extra = result.checkpoint.extra
     typer.echo(f"done in {result.seconds:.0f} s: threshold {t.threshold:.4f} ({t.method}), checkpoint {out}")
+    typer.echo(_collapse_text(extra))
 
 
 @app.command("eval")
@@ -131,6 +136,15 @@ def eval_cmd(
     typer.echo(f"report: {out / 'report.json'}")
 
 
+def _collapse_text(figures: dict) -> str:
+    """One line for the two collapse figures (adtr_edge.train.diagnostics)."""
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (f"held-out normals: input following {fmt(figures.get('input_following'))} (0 = outputs the mean), "
+            f"defect pass-through {fmt(figures.get('defect_pass_through'))} (1 = copies defects)")
+
+
 def _print_metrics(report: dict) -> None:
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
@@ -139,6 +153,8 @@ def _print_metrics(report: dict) -> None:
                f"AUPRO {fmt(report.get('aupro'))}  F1-max {fmt(report.get('f1_max'))}")
     for defect, m in sorted(report.get("per_defect", {}).items()):
         typer.echo(f"  {defect:<14} image {fmt(m.get('image_auroc'))}  pixel {fmt(m.get('pixel_auroc'))}  AUPRO {fmt(m.get('aupro'))}  n={m.get('n')}")
+    if report.get("collapse"):
+        typer.echo(_collapse_text(report["collapse"]))
 
 
 @app.command()

@@ -31,6 +31,10 @@ BACKBONES = {
 }
 
 
+POS_EMBEDS = ("learned", "sine")
+SCORES = ("l2", "mahalanobis")
+
+
 def _from_dict(cls, d: dict, what: str):
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names - {"version"})
@@ -57,6 +61,15 @@ class ModelConfig:
     dim_feedforward: int = 1024
     dropout: float = 0.1
     pool_kernel: int = 16  # image score = max of this avg-pooled map (UniAD: 16 at 224 px)
+    # How the decoder is kept from copying its input (issue #10). The defaults are the original
+    # recipe, so checkpoints written before these fields existed load unchanged; presets pick.
+    pos_embed: str = "learned"  # "learned" (row/col tables) or "sine" (fixed DETR 2-D sine; queries start from it)
+    neighbor_mask: int = 0  # k > 0: no attention to the k x k window around a token's own location (UniAD)
+    # Per-location score of the residual d = f - f_hat: "l2" = ||d||; "mahalanobis" = ||W_u (d - mu_u)||
+    # with per-location statistics of normal residuals (shrunk to the pooled covariance), fitted after
+    # training and stored in the head, so every runtime computes the same score inside the graph.
+    score: str = "l2"
+    map_blur: float = 0.0  # sigma (pixels at input size) of a Gaussian blur of the anomaly map, in the graph; 0 = off
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -70,6 +83,17 @@ class ModelConfig:
             raise AdtrError(f"d_model {self.d_model} must be even (row/column positional halves)")
         if min(self.num_encoder_layers, self.num_decoder_layers) < 1:
             raise AdtrError("num_encoder_layers and num_decoder_layers must be >= 1")
+        if self.pos_embed not in POS_EMBEDS:
+            raise AdtrError(f"pos_embed {self.pos_embed!r}: choose one of {list(POS_EMBEDS)}")
+        if self.score not in SCORES:
+            raise AdtrError(f"score {self.score!r}: choose one of {list(SCORES)}")
+        if self.neighbor_mask < 0 or (self.neighbor_mask and self.neighbor_mask % 2 == 0):
+            raise AdtrError(f"neighbor_mask {self.neighbor_mask}: use 0 (off) or an odd window size such as 3 or 5")
+        if self.map_blur < 0:
+            raise AdtrError(f"map_blur {self.map_blur}: must be >= 0 (0 = off)")
+        gh, gw = self.grid
+        if self.neighbor_mask >= min(gh, gw):
+            raise AdtrError(f"neighbor_mask {self.neighbor_mask} must be smaller than the grid {gh}x{gw}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -105,7 +129,10 @@ class TrainConfig:
     step_at: float = 0.8  # fraction of epochs after which "step" decays the lr by 10x
     grad_clip: float = 1.0
     standardize_features: bool = True  # per-channel feature standardisation (training stats)
-    feature_jitter: float = 0.0  # UniAD-style noise on the encoder input, scale relative to std
+    feature_jitter: float = 0.0  # UniAD-style noise on the encoder input: std = this x the token's RMS
+    time_budget: float = 0.0  # seconds of training (features excluded); > 0 fits the schedule to it after epoch 1
+    score_shrinkage: float = 0.5  # "mahalanobis" score: weight of the pooled covariance in each location's
+    score_fit: str = "fit"  # residual statistics from the "fit" normals or the held-out "val" ones
     seed: int = 0
     val_fraction: float = 0.1  # normal training images held out to calibrate the threshold
     threshold_quantile: float = 0.99

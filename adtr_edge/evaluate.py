@@ -128,6 +128,14 @@ def write_pictures(scored: Scored, images: ImageSet, spec: PreprocessSpec, thres
     return written
 
 
+def collapse_report(model, test: ImageSet, device, spec: PreprocessSpec) -> dict:
+    """Input following and defect pass-through on the test set's normal images (see train.diagnostics)."""
+    from .train.diagnostics import collapse_on_images
+
+    good = [i for i in range(len(test)) if int(test.labels[i]) == 0]
+    return collapse_on_images(model, [test.image(i) for i in good], spec, device)
+
+
 def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | Path | None = None, *,
                         device: str = "auto", batch_size: int = 8, progress: bool = True, pictures: bool = True) -> dict:
     from .model.adtr import preprocess_spec
@@ -139,6 +147,7 @@ def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | P
     spec = preprocess_spec(ckpt.model_config)
     scored = score_imageset(torch_predictor(model, resolve_device(device)), test, spec, batch_size=batch_size, progress=progress)
     report = report_for(scored, ckpt.thresholds)
+    report["collapse"] = collapse_report(model, test, resolve_device(device), spec)
     report["checkpoint"] = str(checkpoint)
     report["dataset"] = test.summary()
     if out_dir is not None:

@@ -34,6 +34,11 @@ class Task:
         self.progress = progress
         self.id = progress.add_task(description, total=total, info="") if progress is not None else None
 
+    def total(self, total: int) -> None:
+        """Change the task's length (a time budget decides the epochs after the first one)."""
+        if self.progress is not None:
+            self.progress.update(self.id, total=total)
+
     def advance(self, n: int = 1, info: str | None = None) -> None:
         if self.progress is not None:
             kwargs = {"info": info} if info is not None else {}

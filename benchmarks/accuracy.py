@@ -3,8 +3,15 @@
     python benchmarks/accuracy.py --data ../shared/data/magnetic_tile --out runs/bench-mt \
         --recipes default,fast --anomalies none,confetti,patch,external,labelled
 
-Features are computed once per image set (disk cache in --out/.features), so baselines and every
-recipe see identical inputs. Each ADTR recipe is scored on the test set every --eval-every epochs;
+Choices are made on a validation split of the test set (``--split val``: 30% of each defect type and
+of the good images, by a hash of the file name, ``adtr_edge.data.datasets.validation_split``); the
+figures to report come from the untouched rest (``--split test``). Variants of a recipe are given with
+``--set key=value`` (any ModelConfig or TrainConfig field) under one ``--time-budget``; several runs
+are gathered into one table by ``benchmarks/variant_table.py``. ``--rescore CKPT`` compares residual
+scores (L2, Mahalanobis at several shrinkages) on one trained checkpoint without training.
+
+Features are computed once per image set (disk cache in --out/.features or --cache), so baselines
+and every recipe see identical inputs. Each ADTR recipe is scored on the test set every --eval-every epochs;
 evaluation time is excluded from the training-time axis. Writes results.json, results.md and
 accuracy_vs_time.png.
 """
@@ -28,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from adtr_edge.baselines import BASELINES  # noqa: E402
 from adtr_edge.config import PRESETS, ModelConfig, TrainConfig  # noqa: E402
-from adtr_edge.data.datasets import ImageSet, load_dataset  # noqa: E402
+from adtr_edge.data.datasets import ImageSet, load_dataset, validation_split  # noqa: E402
 from adtr_edge.evaluate import Scored, report_for  # noqa: E402
 from adtr_edge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from adtr_edge.metrics import auroc, pixel_auroc  # noqa: E402
@@ -46,6 +53,23 @@ def masks_at(images: ImageSet, spec) -> np.ndarray:
 
 def scored_from(maps: torch.Tensor, scores: torch.Tensor, test: ImageSet, masks: np.ndarray) -> Scored:
     return Scored(scores.numpy(), maps[:, 0].numpy(), masks, np.asarray(test.labels), list(test.defects), [str(p) for p in test.paths])
+
+
+def parse_sets(items: list[str]) -> tuple[dict, dict]:
+    """``key=value`` pairs -> (ModelConfig overrides, TrainConfig overrides), typed by each field's default."""
+    from dataclasses import fields
+
+    m_fields = {f.name: f for f in fields(ModelConfig)}
+    t_fields = {f.name: f for f in fields(TrainConfig)}
+    m, t = {}, {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or (key not in m_fields and key not in t_fields):
+            raise SystemExit(f"--set {item}: use key=value with a ModelConfig or TrainConfig field")
+        default = (m_fields.get(key) or t_fields[key]).default
+        value = json.loads(raw) if not isinstance(default, str) else raw
+        (m if key in m_fields else t)[key] = tuple(value) if isinstance(value, list) else value
+    return m, t
 
 
 def summarise(report: dict) -> dict:
@@ -71,11 +95,19 @@ def main() -> None:
     ap.add_argument("--finetune-lr", type=float, default=1e-3)
     ap.add_argument("--alpha", type=float, default=0.003, help="weight of the anomaly term (paper: 0.003)")
     ap.add_argument("--finetune-epochs", type=int, default=10, help="ADTR+ epochs on top of the normal-only model")
+    ap.add_argument("--split", choices=("val", "test", "all"), default="all",
+                    help="score on the validation split (choices), the held-out rest (reporting) or the whole test set")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field in every recipe (repeatable)")
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds of transformer training per recipe (features excluded)")
+    ap.add_argument("--name", default=None, help="label of this variant in the tables")
+    ap.add_argument("--cache", default=None, help="feature cache folder shared by several runs (default --out/.features)")
+    ap.add_argument("--rescore", default=None, help="checkpoint: compare residual scores on it, no training")
     args = ap.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / ".features"
+    cache = Path(args.cache) if args.cache else out / ".features"
+    m_sets, t_sets = parse_sets(args.set)
     torch.manual_seed(0)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     header = {"command": " ".join(sys.argv), "date": started, "machine": f"{platform.processor() or platform.machine()}, "
@@ -83,6 +115,10 @@ def main() -> None:
     print(json.dumps(header))
 
     cfg = ModelConfig(input_size=(args.input_size, args.input_size), feature_stride=args.feature_stride)
+    if args.rescore:
+        from adtr_edge.train.checkpoint import read_checkpoint_meta
+
+        cfg = read_checkpoint_meta(args.rescore).model_config
     spec = preprocess_spec(cfg)
     train_set = load_dataset(args.data, "train")
     test_full = load_dataset(args.data, "test")
@@ -106,11 +142,18 @@ def main() -> None:
     raw_fit = cached_raw_features(model.backbone, train_set, fit_idx, spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
     raw_test = cached_raw_features(model.backbone, test, list(range(len(test))), spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
     feature_seconds = time.perf_counter() - t0
+    if args.split != "all":  # features stay cached for the whole set; only scoring is restricted
+        val_part, test_part = validation_split(test)
+        keep = val_part if args.split == "val" else test_part
+        test, raw_test = test.subset(keep), raw_test[keep]
     mean = raw_fit.transpose(0, 1).reshape(raw_fit.shape[1], -1).mean(1).reshape(1, -1, 1, 1)
     std = raw_fit.transpose(0, 1).reshape(raw_fit.shape[1], -1).std(1).reshape(1, -1, 1, 1).clamp_min(1e-6)
     fit_feats, test_feats = (raw_fit - mean) / std, (raw_test - mean) / std
     masks = masks_at(test, spec)
     rows, curves = [], {}
+    if args.rescore:
+        rows = rescore_rows(args.rescore, fit_feats, (raw_val_feats(model, train_set, val_idx, spec, cfg, cache) - mean) / std,
+                            test_feats, test, masks)
 
     for name, fn in ({} if args.no_baselines else BASELINES).items():
         t = time.perf_counter()
@@ -134,7 +177,7 @@ def main() -> None:
         return cb
 
     checkpoints = {"base": Path(args.base_checkpoint)} if args.base_checkpoint else {}
-    for item in [r for r in args.recipes.split(",") if r and not args.base_checkpoint]:
+    for item in [r for r in args.recipes.split(",") if r and not args.base_checkpoint and not args.rescore]:
         recipe, _, epochs = item.partition(":")  # "fast:12" = preset fast, 12 epochs
         m_over = dict(PRESETS[recipe].get("model", {}))
         t_over = dict(PRESETS[recipe].get("train", {}))
@@ -144,6 +187,10 @@ def main() -> None:
             t_over["bf16"] = True
         if args.jitter is not None:
             t_over["feature_jitter"] = args.jitter
+        m_over.update(m_sets)
+        t_over.update(t_sets)
+        if args.time_budget:
+            t_over["time_budget"] = args.time_budget
         rcfg = replace(cfg, **m_over)
         tcfg = TrainConfig(**{**t_over, "preset": recipe, "device": "cpu"})
         series, eval_seconds = [], [0.0]
@@ -152,9 +199,12 @@ def main() -> None:
         curves[f"ADTR {recipe}"] = series
         scores, maps = score_features(result.model, test_feats, torch.device("cpu"))
         rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), result.checkpoint.thresholds)
-        rows.append({"method": f"ADTR {recipe} ({rcfg.num_encoder_layers}+{rcfg.num_decoder_layers}, {tcfg.epochs} ep)",
+        extra = result.checkpoint.extra
+        label = args.name or recipe
+        rows.append({"method": f"ADTR {label} ({rcfg.num_encoder_layers}+{rcfg.num_decoder_layers} d{rcfg.d_model}, {extra['epochs_run']} ep)",
                      "train_seconds": round(result.seconds - eval_seconds[0], 1), **summarise(rep), "per_defect": rep["per_defect"],
-                     "at_threshold": rep.get("at_threshold")})
+                     "at_threshold": rep.get("at_threshold"), "input_following": extra.get("input_following"),
+                     "defect_pass_through": extra.get("defect_pass_through"), "model": rcfg.to_dict(), "train": tcfg.to_dict()})
         checkpoints[recipe] = out / f"adtr-{recipe}"
         print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
 
@@ -190,18 +240,49 @@ def main() -> None:
                      "train_seconds": round(result.seconds - eval_seconds[0], 1), **summarise(rep), "per_defect": rep["per_defect"]})
         print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
 
-    results = {**header, "data": str(args.data), "input_size": args.input_size, "stages": list(cfg.stages),
+    results = {**header, "data": str(args.data), "split": args.split, "input_size": args.input_size, "stages": list(cfg.stages),
                "backbone": cfg.backbone, "feature_seconds": round(feature_seconds, 1), "n_fit": len(fit_idx), "n_test": len(test),
                "rows": rows, "curves": curves}
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "results.md", to_markdown(results))
     from adtr_edge.plots import accuracy_vs_time_plot
 
-    if curves:
+    if any(curves.values()):
         accuracy_vs_time_plot({k: [(p["seconds"], p["image_auroc"]) for p in v] for k, v in curves.items()},
                               {r["method"]: r["image_auroc"] for r in rows if not r["method"].startswith("ADTR")},
                               out / "accuracy_vs_time.png")
     print(to_markdown(results))
+
+
+def raw_val_feats(model, train_set, val_idx, spec, cfg, cache):
+    return cached_raw_features(model.backbone, train_set, val_idx, spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
+
+
+def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageSet, masks: np.ndarray) -> list:
+    """One trained checkpoint, several residual scores: what scoring alone is worth (issue #10 item 2)."""
+    from dataclasses import replace as dc_replace
+
+    from adtr_edge.model.adtr import AnomalyHead
+    from adtr_edge.train.checkpoint import load_checkpoint
+    from adtr_edge.train.residual_stats import fit_head
+
+    model, ckpt = load_checkpoint(checkpoint)
+    cpu = torch.device("cpu")
+    variants = [("l2", None, None, 0.0), ("l2", None, None, 4.0)]
+    variants += [("mahalanobis", src, lam, 0.0) for src in ("fit", "val") for lam in (0.1, 0.5, 0.9, 1.0)]
+    variants += [("mahalanobis", "fit", lam, blur) for lam in (0.5,) for blur in (2.0, 4.0, 8.0)]
+    rows = []
+    for kind, src, lam, blur in variants:
+        model.head = AnomalyHead(dc_replace(ckpt.model_config, score=kind, map_blur=blur), model.backbone.channels)
+        if kind == "mahalanobis":
+            fit_head(model, fit_feats if src == "fit" else val_feats, cpu, lam)
+        scores, maps = score_features(model, test_feats, cpu)
+        rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), None)
+        name = "L2 of the residual" if kind == "l2" else f"Mahalanobis of the residual, fitted on {src} normals, shrinkage {lam}"
+        name += f", map blur sigma {blur:g}" if blur else ""
+        rows.append({"method": name, "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]})
+        print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
+    return rows
 
 
 def _write_labelled(images: ImageSet, folder: Path) -> None:
@@ -221,9 +302,12 @@ def to_markdown(results: dict) -> str:
 
     lines = [f"Data `{results['data']}`, {results['backbone']} stages {results['stages']} at {results['input_size']} px, "
              f"{results['n_fit']} training images, {results['n_test']} test images; features once: {results['feature_seconds']} s.",
-             "", "| method | train s (CPU) | image AUROC | pixel AUROC | AUPRO | F1-max |", "|---|---|---|---|---|---|"]
+             f"Scored on: {results.get('split', 'all')} split.",
+             "", "| method | train s (CPU) | image AUROC | pixel AUROC | AUPRO | F1-max | following | pass-through |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        lines.append(f"| {r['method']} | {r['train_seconds']} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | {f(r['aupro'])} | {f(r['f1_max'])} |")
+        lines.append(f"| {r['method']} | {r['train_seconds']} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | {f(r['aupro'])} | "
+                     f"{f(r['f1_max'])} | {f(r.get('input_following'))} | {f(r.get('defect_pass_through'))} |")
     return "\n".join(lines) + "\n"
 
 

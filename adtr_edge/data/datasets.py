@@ -376,6 +376,21 @@ def load_dataset(root_or_spec: str | os.PathLike | dict, split: str = "train") -
 # --- guards and batches -------------------------------------------------------------------------
 
 
+def validation_split(test: ImageSet, fraction: float = 0.3) -> tuple[list[int], list[int]]:
+    """(validation, held-out) indices of a test set: every choice is made on the first, the second is reported.
+
+    Membership depends only on each file's defect type and name (a hash), so it is the same on every
+    machine, for any listing order, and adding images to a category does not move the others.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise AdtrError(f"validation fraction {fraction}: must be between 0 and 1")
+    val, rest = [], []
+    for i, s in enumerate(test):
+        h = hashlib.sha256(f"{s.defect}/{s.path.name}".encode("utf-8")).digest()
+        (val if int.from_bytes(h[:8], "big") / 2.0 ** 64 < fraction else rest).append(i)
+    return val, rest
+
+
 def guard_disjoint(train: ImageSet, test: ImageSet) -> None:
     """Stop if any file is in both sets, by resolved path or by identical content.
 

@@ -107,6 +107,46 @@ class Backbone(nn.Module):
         return self.standardize(self.raw_features(images))
 
 
+# Additive attention bias for masked pairs: finite, so FP16 engines never see -inf (-1e4 still
+# underflows exp() to exactly 0 after softmax's max subtraction, and 1e4 fits FP16's range).
+MASKED_BIAS = -1.0e4
+
+
+def neighbour_bias(grid: tuple[int, int], window: int) -> torch.Tensor:
+    """(K, K) bias that forbids each token to attend to the ``window`` x ``window`` cells around itself.
+
+    UniAD's neighbour-masked attention: a token must infer its normal feature from context instead of
+    copying what it sees, so a defect cannot pass through its own location.
+    """
+    gh, gw = grid
+    rows = torch.arange(gh).repeat_interleave(gw)
+    cols = torch.arange(gw).repeat(gh)
+    r = window // 2
+    near = ((rows[:, None] - rows[None, :]).abs() <= r) & ((cols[:, None] - cols[None, :]).abs() <= r)
+    return near.float() * MASKED_BIAS
+
+
+def sine_position(grid: tuple[int, int], d: int, temperature: float = 10000.0) -> torch.Tensor:
+    """DETR's fixed 2-D sine encoding, (K, d): half the channels encode the row, half the column."""
+    gh, gw = grid
+    half = d // 2
+    freq = temperature ** (2 * (torch.arange(half) // 2) / half)
+
+    def encode(n: int) -> torch.Tensor:
+        pos = (torch.arange(n, dtype=torch.float32) + 0.5) / n * 2 * math.pi
+        x = pos[:, None] / freq[None, :]
+        return torch.stack([x[:, 0::2].sin(), x[:, 1::2].cos()], dim=2).flatten(1)  # (n, half)
+
+    rows = encode(gh).unsqueeze(1).expand(gh, gw, half)
+    cols = encode(gw).unsqueeze(0).expand(gh, gw, half)
+    return torch.cat([rows, cols], dim=-1).reshape(gh * gw, d)
+
+
+def _exporting() -> bool:
+    """True while torch.onnx traces the model: the graph then gets plain MatMul/Softmax nodes."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 class Attention(nn.Module):
     """Multi-head attention as plain MatMul/Softmax, so ONNX and TensorRT see the simplest graph."""
 
@@ -122,10 +162,18 @@ class Attention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (N,K,D) -> (N,h,K,dh)
         return x.reshape(x.shape[0], x.shape[1], self.nhead, self.dh).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         qh, kh, vh = self._split(self.q(q)), self._split(self.k(k)), self._split(self.v(v))
-        attn = torch.softmax(torch.matmul(qh, kh.transpose(-1, -2)) * (1.0 / math.sqrt(self.dh)), dim=-1)
-        out = torch.matmul(self.drop(attn), vh).transpose(1, 2)
+        if _exporting():
+            logits = torch.matmul(qh, kh.transpose(-1, -2)) * (1.0 / math.sqrt(self.dh))
+            if bias is not None:
+                logits = logits + bias
+            out = torch.matmul(torch.softmax(logits, dim=-1), vh)
+        else:
+            # The same attention through PyTorch's fused kernel: the (N, heads, K, K) weights and their
+            # dropout mask never materialise, which made training 2-3x slower on a CPU.
+            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias, dropout_p=self.drop.p if self.training else 0.0)
+        out = out.transpose(1, 2)
         return self.out(out.reshape(out.shape[0], out.shape[1], -1))
 
 
@@ -148,9 +196,9 @@ class EncoderLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         qk = x + pos
-        x = self.norm1(x + self.drop1(self.attn(qk, qk, x)))
+        x = self.norm1(x + self.drop1(self.attn(qk, qk, x, bias)))
         return self.norm2(x + self.drop2(self.ff(x)))
 
 
@@ -165,10 +213,10 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         qk = x + pos
-        x = self.norm1(x + self.drop1(self.self_attn(qk, qk, x)))
-        x = self.norm2(x + self.drop2(self.cross_attn(x + pos, memory + pos, memory)))
+        x = self.norm1(x + self.drop1(self.self_attn(qk, qk, x, bias)))
+        x = self.norm2(x + self.drop2(self.cross_attn(x + pos, memory + pos, memory, bias)))
         return self.norm3(x + self.drop3(self.ff(x)))
 
 
@@ -186,14 +234,29 @@ class ReconstructionTransformer(nn.Module):
         self.grid = (gh, gw)
         self.input_proj = nn.Linear(channels, d)
         self.output_proj = nn.Linear(d, channels)
-        self.row_embed = nn.Parameter(torch.rand(gh, d // 2))
-        self.col_embed = nn.Parameter(torch.rand(gw, d // 2))
-        self.query = nn.Parameter(torch.randn(gh * gw, d) * 0.02)
+        self.pos_embed = cfg.pos_embed
+        if cfg.pos_embed == "sine":
+            # Fixed positions shared by encoder keys and decoder queries; each query starts at its own
+            # location's code (DETR/UniAD practice), so from step 0 the decoder reads by position
+            # instead of having to discover a routing from random embeddings.
+            sine = sine_position(self.grid, d)
+            self.register_buffer("sine_pos", sine.unsqueeze(0), persistent=False)
+            self.query = nn.Parameter(sine.clone())
+        else:
+            self.row_embed = nn.Parameter(torch.rand(gh, d // 2))
+            self.col_embed = nn.Parameter(torch.rand(gw, d // 2))
+            self.query = nn.Parameter(torch.randn(gh * gw, d) * 0.02)
+        if cfg.neighbor_mask:
+            self.register_buffer("attn_bias", neighbour_bias(self.grid, cfg.neighbor_mask), persistent=False)
+        else:
+            self.attn_bias = None
         args = (d, cfg.nhead, cfg.dim_feedforward, cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(*args) for _ in range(cfg.num_encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(*args) for _ in range(cfg.num_decoder_layers))
 
     def position(self) -> torch.Tensor:
+        if self.pos_embed == "sine":
+            return self.sine_pos
         gh, gw = self.grid
         rows = self.row_embed.unsqueeze(1).expand(gh, gw, -1)
         cols = self.col_embed.unsqueeze(0).expand(gh, gw, -1)
@@ -205,27 +268,85 @@ class ReconstructionTransformer(nn.Module):
         if jitter is not None:  # training only: denoising forces reading the input, not the mean
             tokens = tokens + jitter
         pos = self.position()
+        bias = self.attn_bias
         memory = self.input_proj(tokens)
         for layer in self.encoder:
-            memory = layer(memory, pos)
+            memory = layer(memory, pos, bias)
         x = self.query.unsqueeze(0).expand(n, -1, -1)
         for layer in self.decoder:
-            x = layer(x, memory, pos)
+            x = layer(x, memory, pos, bias)
         rec = self.output_proj(x)  # (N, K, C)
         return rec.transpose(1, 2).reshape(n, c, gh, gw)
 
 
-class AnomalyHead(nn.Module):
-    """Reconstruction error -> anomaly map at input size and image score (max of avg-pooled map)."""
+class MapBlur(nn.Module):
+    """Separable Gaussian blur of a (N,1,H,W) map as two Conv ops, normalised at the borders.
 
-    def __init__(self, cfg: ModelConfig):
+    Zero padding would pull the border down (a defect at the edge would score less); dividing by
+    the blurred all-ones image, a constant computed here, makes it a proper weighted mean with only
+    Conv and Div, which every runtime has (reflect padding is not portable across TensorRT versions).
+    """
+
+    def __init__(self, sigma: float, size: tuple[int, int]):
+        super().__init__()
+        radius = max(1, int(math.ceil(3 * sigma)))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        k = k / k.sum()
+        self.radius = radius
+        self.register_buffer("kernel_v", k.view(1, 1, -1, 1), persistent=False)
+        self.register_buffer("kernel_h", k.view(1, 1, 1, -1), persistent=False)
+        self.register_buffer("norm", self._conv(torch.ones(1, 1, *size)), persistent=False)
+
+    def _conv(self, m: torch.Tensor) -> torch.Tensor:
+        m = F.conv2d(m, self.kernel_v, padding=(self.radius, 0))
+        return F.conv2d(m, self.kernel_h, padding=(0, self.radius))
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        return self._conv(m) / self.norm
+
+
+# The per-location norm is computed on d / NORM_SCALE and multiplied back: identical in FP32, and it
+# keeps the sum of squares of 176+ channels inside FP16's 65504 for residuals up to ~1000 per channel.
+NORM_SCALE = 16.0
+
+
+class AnomalyHead(nn.Module):
+    """Reconstruction error -> anomaly map at input size and image score (max of avg-pooled map).
+
+    With ``score="mahalanobis"`` the residual at location u is whitened first: ``(d_u - mu_u) @ W_u``
+    where ``W_u W_u^T`` is the inverse of the (shrunk) covariance of normal residuals there. A decoder
+    that outputs the per-location mean then scores exactly like a per-location Gaussian (PaDiM), and
+    one that explains normal variation from context leaves a smaller, better-conditioned residual.
+    The statistics are buffers, so they travel in the checkpoint and in ``transformer.onnx``.
+    """
+
+    def __init__(self, cfg: ModelConfig, channels: int | None = None):
         super().__init__()
         self.size = tuple(cfg.input_size)
         self.kernel = int(min(cfg.pool_kernel, *cfg.input_size))
+        self.score_kind = cfg.score
+        self.blur = MapBlur(cfg.map_blur, self.size) if cfg.map_blur > 0 else None
+        if cfg.score == "mahalanobis":
+            if channels is None:
+                raise ValueError("a mahalanobis head needs the channel count")
+            k = cfg.grid[0] * cfg.grid[1]
+            self.register_buffer("residual_mean", torch.zeros(k, 1, channels))
+            self.register_buffer("residual_whiten", torch.eye(channels).repeat(k, 1, 1))
+
+    def set_residual_stats(self, mean: torch.Tensor, whiten: torch.Tensor) -> None:
+        """``mean`` (K, C) and ``whiten`` (K, C, C), from ``adtr_edge.train.residual_stats``."""
+        self.residual_mean.copy_(mean.reshape(self.residual_mean.shape))
+        self.residual_whiten.copy_(whiten.reshape(self.residual_whiten.shape))
 
     def error_map(self, features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         d = features - reconstruction
-        return torch.sqrt((d * d).sum(dim=1, keepdim=True))  # (N,1,h,w)
+        if self.score_kind == "mahalanobis":
+            n, c, h, w = d.shape
+            t = d.flatten(2).permute(2, 0, 1) - self.residual_mean  # (K, N, C)
+            d = torch.matmul(t, self.residual_whiten).permute(1, 2, 0).reshape(n, c, h, w)
+        d = d * (1.0 / NORM_SCALE)
+        return torch.sqrt((d * d).sum(dim=1, keepdim=True)) * NORM_SCALE  # (N,1,h,w)
 
     def forward(self, features: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.from_grid_map(self.error_map(features, reconstruction))
@@ -233,6 +354,8 @@ class AnomalyHead(nn.Module):
     def from_grid_map(self, grid_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Any per-location score map (N,1,h,w) -> (map at input size, image score); baselines use it too."""
         amap = F.interpolate(grid_map, size=self.size, mode="bilinear", align_corners=False)
+        if self.blur is not None:
+            amap = self.blur(amap)
         pooled = F.avg_pool2d(amap, kernel_size=self.kernel, stride=1)
         score = pooled.flatten(1).amax(dim=1)
         return amap, score
@@ -255,7 +378,7 @@ class ADTR(nn.Module):
         self.cfg = cfg
         self.backbone = Backbone(cfg, weights=weights, pretrained=pretrained)
         self.transformer = ReconstructionTransformer(cfg, self.backbone.channels)
-        self.head = AnomalyHead(cfg)
+        self.head = AnomalyHead(cfg, self.backbone.channels)
 
     @property
     def spec(self) -> PreprocessSpec:

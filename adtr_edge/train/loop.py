@@ -26,7 +26,10 @@ from ..model.losses import image_loss, normal_loss, pixel_loss, pseudo_huber
 from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
+from .diagnostics import collapse_figures, make_probe
 from .features import cached_raw_features, channel_stats, extract_raw_features
+
+PROBE_IMAGES = 16  # held-out normals that get a synthetic defect for the pass-through figure
 
 
 @dataclass
@@ -52,6 +55,20 @@ class TrainResult:
     checkpoint: Checkpoint
     folder: Path
     seconds: float
+
+
+def feature_jitter(f: torch.Tensor, scale: float, g: torch.Generator) -> torch.Tensor:
+    """UniAD's feature jitter, (N, K, C): Gaussian noise whose std is ``scale`` x each token's RMS."""
+    tokens = f.flatten(2).transpose(1, 2)
+    rms = tokens.pow(2).mean(dim=2, keepdim=True).sqrt()
+    return torch.randn(tokens.shape, generator=g).to(f.device) * rms * scale
+
+
+def epochs_for_budget(cfg: TrainConfig, first_epoch_seconds: float) -> int:
+    """How many epochs fit ``cfg.time_budget`` given the first one's time (at most ``cfg.epochs``)."""
+    if cfg.time_budget <= 0:
+        return cfg.epochs
+    return max(1, min(cfg.epochs, int(cfg.time_budget / max(first_epoch_seconds, 1e-6))))
 
 
 def seed_everything(seed: int) -> None:
@@ -166,6 +183,10 @@ def train_model(
         fmean, fstd = model.backbone.feature_mean.cpu(), model.backbone.feature_std.cpu()
         feats = (raw_fit - fmean) / fstd
         val_feats = (raw_val - fmean) / fstd
+        train_mean = feats.mean(dim=0, keepdim=True)
+        probe_idx = val_idx[:PROBE_IMAGES]
+        probe = make_probe(model.backbone, [train_set.image(i) for i in probe_idx], val_feats[:len(probe_idx)], spec,
+                           model_cfg.grid, device, seed=train_cfg.seed)
 
         pool_feats = pool_targets = None
         if anomalies is not None and loss_kind != "normal":
@@ -195,7 +216,10 @@ def train_model(
         task.advance(start_epoch)
         g = torch.Generator().manual_seed(train_cfg.seed)
         autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train_cfg.bf16)
-        for epoch in range(start_epoch, train_cfg.epochs):
+        t_train = time.perf_counter()
+        epochs = train_cfg.epochs
+        epoch = start_epoch
+        while epoch < epochs:
             model.train()
             perm = torch.randperm(len(feats), generator=g)
             total_loss = 0.0
@@ -204,9 +228,7 @@ def train_model(
                 for group in opt.param_groups:
                     group["lr"] = train_cfg.lr * lr_factor(step, total, train_cfg)
                 f = feats[perm[s * bs:(s + 1) * bs]].to(device)
-                jitter = None
-                if train_cfg.feature_jitter > 0:
-                    jitter = torch.randn(f.shape[0], f.shape[2] * f.shape[3], f.shape[1], generator=g).to(device) * train_cfg.feature_jitter
+                jitter = feature_jitter(f, train_cfg.feature_jitter, g) if train_cfg.feature_jitter > 0 else None
                 with autocast:
                     if loss_kind == "normal":
                         loss = normal_loss(f, model.transformer(f, jitter)).float()
@@ -228,32 +250,53 @@ def train_model(
                 total_loss += loss.item()
             if not math.isfinite(total_loss):
                 raise AdtrError(f"training diverged at epoch {epoch + 1} (loss {total_loss}); lower --lr or raise --grad-clip")
+            if epoch == start_epoch and train_cfg.time_budget > 0:
+                fitted = start_epoch + epochs_for_budget(train_cfg, time.perf_counter() - t_train)
+                if fitted != epochs:
+                    epochs = fitted
+                    total = steps_per_epoch * epochs  # the schedule ends where the budget does
+                    task.total(epochs)
+                    log(f"time budget {train_cfg.time_budget:.0f} s: {epochs} epochs")
             val_loss = None
             if len(val_feats):
                 model.eval()
                 with torch.no_grad():
                     vf = val_feats.to(device)
                     val_loss = float(normal_loss(vf, model.transformer(vf)))
+            figures = collapse_figures(model, val_feats, train_mean, probe, device)
             elapsed = time.perf_counter() - t_start
-            history.append({"epoch": epoch + 1, "seconds": round(elapsed, 2), "loss": total_loss / steps_per_epoch, "val_loss": val_loss, "loss_kind": loss_kind})
-            info = f"loss {total_loss / steps_per_epoch:.4f}" + (f" val {val_loss:.4f}" if val_loss is not None else "")
+            history.append({"epoch": epoch + 1, "seconds": round(elapsed, 2), "loss": total_loss / steps_per_epoch, "val_loss": val_loss,
+                            "loss_kind": loss_kind, **figures})
+            info = f"loss {total_loss / steps_per_epoch:.4f}" + (f" val {val_loss:.4f}" if val_loss is not None else "") + _figures_text(figures)
             task.advance(1, info=info)
             if not progress:
-                log(f"epoch {epoch + 1}/{train_cfg.epochs} {elapsed:.0f} s {info}")
+                log(f"epoch {epoch + 1}/{epochs} {elapsed:.0f} s {info}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, model, elapsed)
             save_train_state(out_dir, opt, epoch + 1, {"history": history})
             save_checkpoint(out_dir, model, Checkpoint(model_cfg, train_cfg, None, train_set.summary(), history))
+            epoch += 1
 
+    if model_cfg.score == "mahalanobis":
+        from .residual_stats import fit_head
+
+        use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
+        fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage)
     thresholds = calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
-             "anomalies": anomalies.kind if anomalies is not None else None,
+             "anomalies": anomalies.kind if anomalies is not None else None, "epochs_run": len(history),
+             **{k: history[-1].get(k) if history else None for k in ("input_following", "defect_pass_through")},
              "train_paths": [str(train_set.samples[i].path) for i in fit_idx]}
     ckpt = Checkpoint(model_cfg, train_cfg, thresholds, train_set.summary(), history, extra)
     save_checkpoint(out_dir, model.cpu(), ckpt)
     return TrainResult(model.eval(), ckpt, out_dir, seconds)
+
+
+def _figures_text(figures: dict) -> str:
+    f, p = figures.get("input_following"), figures.get("defect_pass_through")
+    return (f" follow {f:.2f}" if f is not None else "") + (f" pass {p:.2f}" if p is not None else "")
 
 
 def calibrate_on(model, features: torch.Tensor, device, quantile: float):

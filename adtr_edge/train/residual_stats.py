@@ -1,0 +1,55 @@
+"""Statistics of normal reconstruction residuals, for the head's ``mahalanobis`` score.
+
+The residual d = f - f_hat of a normal image is not white noise: some channels are rebuilt worse
+than others, some move together, and both differ by location. Scoring ||d|| treats all of that as
+anomaly evidence; the Mahalanobis distance under the normal residuals' own covariance does not.
+
+Per location u: mu_u and S_u over the normal images, then
+    Sigma_u = (1 - lam) S_u + lam S_pooled + eps I,   S_pooled = mean_u S_u
+and W_u = L_u^-T with Sigma_u = L_u L_u^T, so that ||(d_u - mu_u) W_u||^2 is the squared
+Mahalanobis distance. ``lam`` = 1 is one shared covariance (few normals); ``lam`` near 0 trusts
+each location (many normals). ``eps`` is relative to the average variance, which keeps channels
+with near-zero residual variance from dominating the score.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import require
+
+
+@torch.no_grad()
+def residuals(model, features: torch.Tensor, device, batch_size: int = 32) -> torch.Tensor:
+    """f - f_hat for standardised features (N, C, h, w), in eval mode, on the CPU."""
+    model.eval()
+    out = []
+    for s in range(0, len(features), batch_size):
+        f = features[s:s + batch_size].to(device)
+        out.append((f - model.transformer(f)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (K, C), whiten (K, C, C)) of residuals (N, C, h, w); see the module docstring."""
+    require(0.0 <= shrinkage <= 1.0, f"score shrinkage {shrinkage}: must be in [0, 1]")
+    n, c, h, w = res.shape
+    require(n >= 2, f"mahalanobis score: needs at least 2 normal images to fit, got {n}")
+    x = res.double().permute(2, 3, 0, 1).reshape(h * w, n, c)  # (K, N, C)
+    mean = x.mean(dim=1, keepdim=True)
+    xc = x - mean
+    cov = xc.transpose(1, 2) @ xc / (n - 1)  # (K, C, C)
+    pooled = cov.mean(dim=0, keepdim=True)
+    sigma = (1.0 - shrinkage) * cov + shrinkage * pooled
+    scale = torch.diagonal(pooled[0]).mean().clamp_min(1e-12)
+    sigma = sigma + eps * scale * torch.eye(c, dtype=torch.float64)
+    chol = torch.linalg.cholesky(sigma)  # (K, C, C), lower
+    eye = torch.eye(c, dtype=torch.float64).expand(h * w, c, c)
+    inv_l = torch.linalg.solve_triangular(chol, eye, upper=False)  # L^-1
+    return mean[:, 0].float(), inv_l.transpose(1, 2).contiguous().float()  # W = L^-T
+
+
+def fit_head(model, features: torch.Tensor, device, shrinkage: float) -> None:
+    """Fit the model's ``mahalanobis`` head on the residuals of these normal features."""
+    mean, whiten = whitening(residuals(model, features, device), shrinkage)
+    model.head.set_residual_stats(mean.to(device), whiten.to(device))
