@@ -259,6 +259,15 @@ def file_logger(api: TrtApi, path: Path | None, verbose: bool = False):
     return cls(path, severity)
 
 
+def installed_version() -> str | None:
+    """``tensorrt.__version__`` when tensorrt imports here, else None (e.g. to pick the export opset)."""
+    try:
+        import tensorrt  # noqa: PLC0415
+    except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer does not load
+        return None
+    return str(tensorrt.__version__)
+
+
 def load_api() -> TrtApi:
     return TrtApi(import_tensorrt())
 
