@@ -230,6 +230,8 @@ class TensorRTBackend(Backend):
         # The transformer must be done reading this slot's features before we overwrite them.
         cu.wait_event(st.stream, self.stages[TRANSFORMER].done[slot])
         cu.record(st.start[slot], st.stream)
+        # The previous copy out of this host slot may still be queued: let it run before refilling.
+        cu.event_synchronize(st.compute[slot])
         host[:n] = images
         cu.copy_to_device(self._device[IMAGES][slot], host.ctypes.data, images.nbytes, st.stream)
         cu.record(st.compute[slot], st.stream)
