@@ -5,7 +5,10 @@ adtr_edge/engine/API_NOTES.md for where each was checked): a removed or misspelt
 AttributeError, as on a real device. Calls are recorded in ``module._calls``. The "GPU" is host
 memory: cudaMalloc returns the address of a ctypes buffer and memcpy is ``ctypes.memmove``, so data
 really flows through the buffers the code under test manages; an engine "runs" the ONNX graph it
-was built from with ONNX Runtime, reading and writing those addresses.
+was built from with ONNX Runtime, reading and writing those addresses. Work is asynchronous: it is
+queued per stream and runs only when waited for (see "fake cudart" below), CUDA graphs replay what
+was captured, and the fake tensorrt enforces one logger per process, pybind-style base __init__,
+DLA's static shapes and the calibrator-callback behaviour of pyInt8.cpp.
 """
 
 from __future__ import annotations
