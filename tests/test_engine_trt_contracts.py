@@ -107,7 +107,16 @@ def test_standin_pybind_bases_need_their_init():
 
 def test_standin_refuses_dla_with_dynamic_shapes_and_uint8_not_into_cast(tmp_path):
     trt, rt, api, cuda, export = _setup(tmp_path, V86)
-    logger = trt.Logger()
+
+    class Recorder(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages = []
+
+        def log(self, severity, msg):
+            self.messages.append(msg)
+
+    logger = Recorder()
     builder = trt.Builder(logger)
     net = api.create_network(builder)
     api.parse_onnx(net, logger, export / "backbone.onnx")
@@ -118,6 +127,7 @@ def test_standin_refuses_dla_with_dynamic_shapes_and_uint8_not_into_cast(tmp_pat
     config.set_flag(trt.BuilderFlag.FP16)
     api.use_dla(config, 0)
     assert builder.build_serialized_network(net, config) is None  # dynamic batch on DLA
+    assert "DLA does not support dynamic shapes" in logger.messages[-1]
     # A UINT8 input must go straight into a Cast.
     m = onnx.load(str(export / "backbone.onnx"))
     cast, transpose = m.graph.node[0], m.graph.node[1]
@@ -133,6 +143,7 @@ def test_standin_refuses_dla_with_dynamic_shapes_and_uint8_not_into_cast(tmp_pat
     prof2.set_shape("images", (1, 32, 32, 3), (2, 32, 32, 3), (4, 32, 32, 3))
     config2.add_optimization_profile(prof2)
     assert builder.build_serialized_network(net2, config2) is None
+    assert logger.messages[-1] == "UINT8 network input images must feed a Cast layer directly"
 
 
 # -- 3. cuda-python against the driver -------------------------------------------------------------
