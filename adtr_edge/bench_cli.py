@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 
 from .errors import AdtrError
 
 
-def _parse_batches(text: str) -> tuple[int, ...]:
+def _parse_batches(text: str) -> Tuple[int, ...]:
     try:
         batches = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:

@@ -161,14 +161,19 @@ def _print_metrics(report: dict) -> None:
 def export(
     checkpoint: Path = typer.Argument(..., help="Checkpoint folder written by 'adtr-edge train'."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for backbone.onnx, transformer.onnx and manifest.json."),
-    opset: int = typer.Option(17, help="ONNX opset: 17 (TensorRT 8.6+, LayerNormalization) or 16 (TensorRT 8.5 / JetPack 5)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset: 17 (TensorRT 8.6+, LayerNormalization) or 16 (TensorRT 8.5 / JetPack 5). Default: from --trt-version, else 17."),
+    trt_version: Optional[str] = typer.Option(None, "--trt-version", help="TensorRT that will build the engines, X.Y (e.g. 8.5): picks opset 16 below 8.6, else 17."),
     force: bool = typer.Option(False, help="Overwrite graphs already in --out."),
     simplify: bool = typer.Option(True, help="Simplify with onnxsim."),
 ):
     """Export a checkpoint as two self-describing ONNX graphs (backbone, transformer)."""
+    from .export.opset import choose_opset
+
+    chosen = choose_opset(opset, trt_version)  # before importing torch: a conflict fails fast
     from .export.onnx_export import export_checkpoint
 
-    result = export_checkpoint(checkpoint, out, opset=opset, force=force, do_simplify=simplify)
+    result = export_checkpoint(checkpoint, out, opset=chosen, force=force, do_simplify=simplify)
+    typer.echo(f"opset {chosen}" + (f" (for TensorRT {trt_version})" if trt_version and opset is None else ""))
     for name, g in result.manifest["graphs"].items():
         typer.echo(f"{name:<12} {out / g['file']}  {g['bytes'] / 1e6:.1f} MB  sha256 {g['sha256'][:12]}")
     typer.echo(f"manifest: {out / 'manifest.json'}")

@@ -41,14 +41,25 @@ def make_checkpoint(cfg: ModelConfig, work: Path = DEFAULT_WORK) -> Path:
     return save_checkpoint(folder, model, ckpt)
 
 
-def make_export(cfg: ModelConfig, work: Path = DEFAULT_WORK) -> tuple[Path, Path]:
-    """(checkpoint folder, ONNX export folder) for ``cfg`` (cached)."""
+def export_opset() -> int:
+    """The opset for the TensorRT installed here (16 below 8.6, i.e. JetPack 5; else 17)."""
+    from adtr_edge.engine.trt_api import installed_version
+    from adtr_edge.export.opset import choose_opset
+
+    return choose_opset(None, installed_version())
+
+
+def make_export(cfg: ModelConfig, work: Path = DEFAULT_WORK, opset: int | None = None) -> tuple[Path, Path]:
+    """(checkpoint folder, ONNX export folder) for ``cfg`` (cached per config and opset).
+
+    ``opset`` defaults to what the installed TensorRT can import (``export_opset``)."""
     from adtr_edge.export.onnx_export import export_checkpoint
 
+    opset = export_opset() if opset is None else opset
     ckpt = make_checkpoint(cfg, work)
-    out = Path(work) / f"export-{config_key(cfg)}"
+    out = Path(work) / f"export-{config_key(cfg)}" if opset == 17 else Path(work) / f"export-{config_key(cfg)}-opset{opset}"
     if not (out / "manifest.json").is_file():
-        export_checkpoint(ckpt, out, opset=17, force=True)
+        export_checkpoint(ckpt, out, opset=opset, force=True)
     return ckpt, out
 
 

@@ -84,6 +84,14 @@ def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Pat
     return report
 
 
+def export_opset() -> int:
+    """The opset for the TensorRT installed here: 16 below 8.6 (JetPack 5), else 17."""
+    from adtr_edge.engine.trt_api import installed_version
+    from adtr_edge.export.opset import choose_opset
+
+    return choose_opset(None, installed_version())
+
+
 def small_model(work: Path) -> tuple[Path, Path]:
     """Generate the sample dataset, train the demo-sized model briefly (GPU if torch sees one), export it."""
     from adtr_edge.config import ModelConfig, TrainConfig
@@ -96,7 +104,7 @@ def small_model(work: Path) -> tuple[Path, Path]:
     data = generate_sample_dataset(work / "data", n_train=60, n_test_good=10, n_test_defect=10, size=(160, 160), seed=0,
                                    overwrite=True)
     train_model(load_dataset(data, "train"), ModelConfig(**DEMO_MODEL), TrainConfig(epochs=3), work / "model", progress=False)
-    export_checkpoint(work / "model", work / "onnx", force=True)
+    export_checkpoint(work / "model", work / "onnx", opset=export_opset(), force=True)
     return work / "onnx", data / "train" / "good"
 
 

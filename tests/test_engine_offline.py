@@ -118,10 +118,11 @@ def test_precision_plans():
         plan_precisions(_api("11.1.0.7"), opts(precision="int8"), {})
     with pytest.raises(AdtrError, match="Q/DQ"):
         plan_precisions(_api("8.5.2.2"), opts(precision="int8"), {"backbone": True})
-    p = plan_precisions(_api("8.6.2.3"), opts(precision="int8", dla_core=0), {"backbone": True})
+    static = Profile(2, 2, 2)
+    p = plan_precisions(_api("8.6.2.3"), opts(precision="int8", dla_core=0, profile=static), {"backbone": True})
     assert p["backbone"].int8_source == "qdq" and p["backbone"].int8_flag and p["backbone"].dla_core == 0
     with pytest.raises(AdtrError, match="DLA"):
-        plan_precisions(_api("10.3.0.30"), opts(precision="fp32", dla_core=0), {})
+        plan_precisions(_api("10.3.0.30"), opts(precision="fp32", dla_core=0, profile=static), {})
     with pytest.raises(AdtrError, match="--precision"):
         plan_precisions(_api("10.3.0.30"), opts(precision="int4"), {})
     with pytest.raises(AdtrError, match="min <= opt <= max"):
@@ -232,7 +233,8 @@ def test_dla_and_build_log(tmp_path):
     exp = make_export(tmp_path / "export")
     trt = make_tensorrt("8.6.2.3")
     log = tmp_path / "build.log"
-    build_engines(exp, tmp_path / "e", "m", BuildOptions(precision="fp16", dla_core=1, build_log=log), api=TrtApi(trt), cuda=CudaRuntime(make_cudart()), log=lambda s: None)
+    build_engines(exp, tmp_path / "e", "m", BuildOptions(precision="fp16", dla_core=1, build_log=log, profile=Profile(2, 2, 2)),
+                  api=TrtApi(trt), cuda=CudaRuntime(make_cudart()), log=lambda s: None)
     assert trt._built[0]["dla"] == 1 and "GPU_FALLBACK" in trt._built[0]["flags"] and trt._built[1]["dla"] is None
     assert log.exists()
 

@@ -28,7 +28,7 @@ from ..metadata import BACKBONE, GRAPHS, TRANSFORMER, ModelMeta
 from . import calibration as calib
 from . import onnx_tools
 from .manifest import EngineKey, Profile, engine_path, existing_entry_matches, read_manifest, write_manifest
-from .trt_api import TrtApi, file_logger
+from .trt_api import LogSink, TrtApi, process_logger
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
@@ -121,6 +121,11 @@ def plan_precisions(api: TrtApi, options: BuildOptions, qdq: dict[str, bool]) ->
             plan.convert_fp16 = plan.precision == "fp16"
         plans[graph] = plan
     if options.dla_core is not None:
+        api.check_dla()
+        p = options.profile
+        if not p.min == p.opt == p.max:
+            raise AdtrError(f"--dla-core needs a static batch profile (DLA has no dynamic shapes): pass the same "
+                            f"--min-batch/--opt-batch/--max-batch, got {p.min}/{p.opt}/{p.max}")
         bb = plans[BACKBONE]
         if bb.precision == "fp32":
             raise AdtrError("--dla-core needs an FP16 or INT8 backbone (DLA has no FP32)")
@@ -155,6 +160,7 @@ class EngineConfig:
         self.workspace_mb, self.sensitive_names = workspace_mb, sensitive_names or set()
         self.timing_cache, self.calibrator_factory, self.calib_batch = timing_cache, calibrator_factory, calib_batch
         self.pinned: list[str] = []
+        self.dla_fallback: list[str] = []  # layers meant for the DLA that run on the GPU
         self.calibrator = None
 
     def _input_tail(self, network) -> tuple[int, ...]:
@@ -186,6 +192,7 @@ class EngineConfig:
             api.set_calibrator(config, self.calibrator, calib_prof)
         if plan.dla_core is not None:
             api.use_dla(config, plan.dla_core)
+            self.dla_fallback = api.dla_fallback_layers(config, network)
         if self.timing_cache is not None:
             data = Path(self.timing_cache).read_bytes() if Path(self.timing_cache).is_file() else b""
             api.load_timing_cache(config, data)
@@ -213,10 +220,16 @@ def pin_sensitive_layers(api: TrtApi, network, names: set[str]) -> list[str]:
 
 
 class BuildSerializedEngine:
-    """Lazily: network + config -> serialized plan bytes (and the timing cache saved back)."""
+    """Lazily: network + config -> serialized plan bytes (and the timing cache saved back).
 
-    def __init__(self, api: TrtApi, network_loader: NetworkFromOnnx, config_loader: EngineConfig):
-        self.api, self.network_loader, self.config_loader = api, network_loader, config_loader
+    ``sink`` is the capture of the process logger for this build: its last error explains a failed
+    build. TensorRT swallows exceptions raised inside calibrator callbacks (it prints them and
+    carries on: no more batches, no cache written), so the calibrator keeps the first one and it is
+    raised here, after the build, as the cause of the failure.
+    """
+
+    def __init__(self, api: TrtApi, network_loader: NetworkFromOnnx, config_loader: EngineConfig, sink: LogSink | None = None):
+        self.api, self.network_loader, self.config_loader, self.sink = api, network_loader, config_loader, sink
 
     def __call__(self) -> bytes:
         builder, network, _parser = self.network_loader()
@@ -224,14 +237,23 @@ class BuildSerializedEngine:
         try:
             plan = self.api.build(builder, network, config)
         except AdtrError as e:
-            errors = getattr(self.network_loader.logger, "errors", [])
+            self._raise_calibrator_error()
+            errors = self.sink.errors if self.sink is not None else []
             raise AdtrError(f"{e}: {errors[-1]}" if errors else str(e)) from None
         finally:
             release = getattr(self.config_loader.calibrator, "release", None)
             if release is not None:
                 release()
+        self._raise_calibrator_error()
         self.config_loader.save_timing_cache(config)
         return plan
+
+    def _raise_calibrator_error(self) -> None:
+        error = getattr(self.config_loader.calibrator, "error", None)
+        if error is not None:
+            where, exc = error
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AdtrError(f"{self.network_loader.path.name}: INT8 calibration failed in {where}: {detail}") from exc
 
 
 # -- the whole build -------------------------------------------------------------------------------
@@ -329,62 +351,65 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
         except AdtrError:
             old = {}
     engines, built, skipped, calib_used = {}, [], [], {}
-    logger = file_logger(api, options.build_log, verbose=options.build_log is not None)
+    logger = process_logger(api)
+    sink = LogSink(options.build_log, verbose=options.build_log is not None)
     try:
-        for g in GRAPHS:
-            plan = plans[g]
-            onnx_sha = sha256_file(graphs[g])
-            cache_key = None
-            if plan.int8_source == "calibrator":
-                if options.calib_images is None:
-                    raise AdtrError(f"{g}: INT8 with TensorRT {api.version_string} needs --calib-images DIR (normal images)")
-                if image_paths is None:
-                    image_paths = calib.calibration_images(Path(options.calib_images), options.calib_batches * calib_batch)
-                cache_key = calib.make_key(g, onnx_sha, calib.image_list_sha(image_paths), meta.preprocess,
-                                           backbone_sha=sha256_file(graphs[BACKBONE]) if g == TRANSFORMER else None)
-            key = EngineKey(
-                graph=g, onnx_sha256=onnx_sha,
-                calibration_sha256=sha256_bytes(cache_key.filename.encode() + json.dumps(cache_key.__dict__, sort_keys=True).encode()) if cache_key else None,
-                trt_version=api.version_string, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-                precision=plan.precision, profile=(options.profile.min, options.profile.opt, options.profile.max),
-                flags=dict(plan.flags(), calib_batch=calib_batch if cache_key else None),
-            )
-            if not options.force and not options.recalibrate and existing_entry_matches(out, g, key):
-                engines[g] = old[g]
-                skipped.append(g)
-                log(f"{g}: engine up to date (key {key.digest[:12]}), skipped; --force rebuilds")
-                continue
-            calibrator_factory = None
-            if cache_key is not None:
-                cached = store.lookup(cache_key, recalibrate=options.recalibrate)
-                calib_used[g] = str(store.path(cache_key))
-                calibrator_factory = _calibrator_factory(api, cuda, g, graphs, image_paths, meta, calib_batch,
-                                                         cached, store, cache_key, log)
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="adtr-trt-") as tmp:
-                source = graphs[g]
-                if plan.convert_fp16:
-                    source = Path(tmp) / f"{g}.fp16.onnx"
-                    onnx.save(onnx_tools.convert_to_fp16(models[g]), str(source))
-                network_loader = NetworkFromOnnx(api, source, logger, strongly_typed=plan.strongly_typed)
-                config_loader = EngineConfig(api, plan, calib.input_name(g), options.profile, options.workspace_mb,
-                                             set(onnx_tools.sensitive_nodes(models[g])), options.timing_cache,
-                                             calibrator_factory, calib_batch)
-                plan_bytes = BuildSerializedEngine(api, network_loader, config_loader)()
-            path = write_bytes_atomic(engine_path(out, g), plan_bytes)
-            engines[g] = {
-                "file": path.name, "sha256": sha256_bytes(plan_bytes), "onnx_sha256": onnx_sha,
-                "precision": plan.precision, "profile": options.profile.as_list(), "input": calib.input_name(g),
-                "key": key.digest, "key_fields": key.to_dict(), "pinned_fp32": config_loader.pinned,
-                "calibration_cache": calib_used.get(g), "build_seconds": round(time.perf_counter() - t0, 2),
-                "notes": plan.notes,
-            }
-            built.append(g)
-            log(f"{g}: built {plan.precision} engine in {engines[g]['build_seconds']} s -> {path}")
+        with logger.capture(sink):
+            for g in GRAPHS:
+                plan = plans[g]
+                onnx_sha = sha256_file(graphs[g])
+                cache_key = None
+                if plan.int8_source == "calibrator":
+                    if options.calib_images is None:
+                        raise AdtrError(f"{g}: INT8 with TensorRT {api.version_string} needs --calib-images DIR (normal images)")
+                    if image_paths is None:
+                        image_paths = calib.calibration_images(Path(options.calib_images), options.calib_batches * calib_batch)
+                    cache_key = calib.make_key(g, onnx_sha, calib.image_list_sha(image_paths), meta.preprocess,
+                                               backbone_sha=sha256_file(graphs[BACKBONE]) if g == TRANSFORMER else None)
+                key = EngineKey(
+                    graph=g, onnx_sha256=onnx_sha,
+                    calibration_sha256=sha256_bytes(cache_key.filename.encode() + json.dumps(cache_key.__dict__, sort_keys=True).encode()) if cache_key else None,
+                    trt_version=api.version_string, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+                    precision=plan.precision, profile=(options.profile.min, options.profile.opt, options.profile.max),
+                    flags=dict(plan.flags(), calib_batch=calib_batch if cache_key else None),
+                )
+                if not options.force and not options.recalibrate and existing_entry_matches(out, g, key):
+                    engines[g] = old[g]
+                    skipped.append(g)
+                    log(f"{g}: engine up to date (key {key.digest[:12]}), skipped; --force rebuilds")
+                    continue
+                calibrator_factory = None
+                if cache_key is not None:
+                    cached = store.lookup(cache_key, recalibrate=options.recalibrate)
+                    calib_used[g] = str(store.path(cache_key))
+                    calibrator_factory = _calibrator_factory(api, cuda, g, graphs, image_paths, meta, calib_batch,
+                                                             cached, store, cache_key, log)
+                t0 = time.perf_counter()
+                with tempfile.TemporaryDirectory(prefix="adtr-trt-") as tmp:
+                    source = graphs[g]
+                    if plan.convert_fp16:
+                        source = Path(tmp) / f"{g}.fp16.onnx"
+                        onnx.save(onnx_tools.convert_to_fp16(models[g]), str(source))
+                    network_loader = NetworkFromOnnx(api, source, logger, strongly_typed=plan.strongly_typed)
+                    config_loader = EngineConfig(api, plan, calib.input_name(g), options.profile, options.workspace_mb,
+                                                 set(onnx_tools.sensitive_nodes(models[g])), options.timing_cache,
+                                                 calibrator_factory, calib_batch)
+                    plan_bytes = BuildSerializedEngine(api, network_loader, config_loader, sink)()
+                path = write_bytes_atomic(engine_path(out, g), plan_bytes)
+                engines[g] = {
+                    "file": path.name, "sha256": sha256_bytes(plan_bytes), "onnx_sha256": onnx_sha,
+                    "precision": plan.precision, "profile": options.profile.as_list(), "input": calib.input_name(g),
+                    "key": key.digest, "key_fields": key.to_dict(), "pinned_fp32": config_loader.pinned,
+                    "calibration_cache": calib_used.get(g), "build_seconds": round(time.perf_counter() - t0, 2),
+                    "notes": plan.notes, "dla_core": plan.dla_core, "dla_gpu_fallback": config_loader.dla_fallback,
+                }
+                if config_loader.dla_fallback:
+                    log(f"{g}: {len(config_loader.dla_fallback)} layers cannot run on DLA core {plan.dla_core} and fall back "
+                        f"to the GPU: {', '.join(config_loader.dla_fallback)}")
+                built.append(g)
+                log(f"{g}: built {plan.precision} engine in {engines[g]['build_seconds']} s -> {path}")
     finally:
-        close = getattr(logger, "close", None)
-        if close is not None:
-            close()
+        sink.close()
     meta_doc = dict(meta.raw)
     meta_doc.pop("graph", None)
     manifest_path = write_manifest(

@@ -139,8 +139,12 @@ class CacheStore:
 
     def write(self, key: CacheKey, data: bytes) -> Path:
         parse_cache(data, "calibration cache from TensorRT")
-        path = write_bytes_atomic(self.path(key), data)
-        write_json_atomic(path.with_suffix(".json"), {"key": asdict(key), "cache_sha256": sha256_bytes(data)})
+        target = self.path(key)
+        try:
+            path = write_bytes_atomic(target, data)
+            write_json_atomic(path.with_suffix(".json"), {"key": asdict(key), "cache_sha256": sha256_bytes(data)})
+        except OSError as e:
+            raise AdtrError(f"cannot write calibration cache {target} ({e.strerror or e}); check --calib-dir") from e
         return path
 
 
@@ -195,13 +199,22 @@ def make_entropy_calibrator(api, cuda, batches: Sequence[np.ndarray], tensor_nam
         raise AdtrError(f"TensorRT {api.version_string} has no calibrators; use adtr-edge quantize (Q/DQ)")
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        """TensorRT calls these from C++ and swallows what they raise (it prints the exception,
+        then treats get_batch as "no more batches" and the cache as unwritten), so every callback
+        keeps its first exception in ``error`` for the builder to raise after the build."""
+
         def __init__(self):
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches = list(batches)
             self.index = 0
+            self.error: tuple[str, BaseException] | None = None
             self.nbytes = max(b.nbytes for b in self.batches) if self.batches else 0
             self.device = cuda.malloc(self.nbytes) if self.batches else None
             self.stream = cuda.create_stream()
+
+        def _keep(self, where: str, exc: BaseException) -> None:
+            if self.error is None:
+                self.error = (where, exc)
 
         def get_batch_size(self):
             # Explicit-batch networks take the batch from the calibration profile; TensorRT
@@ -209,6 +222,13 @@ def make_entropy_calibrator(api, cuda, batches: Sequence[np.ndarray], tensor_nam
             return 1
 
         def get_batch(self, names):
+            try:
+                return self._next_batch(names)
+            except Exception as e:  # noqa: BLE001 (kept, raised by the builder; TensorRT would drop it)
+                self._keep("get_batch", e)
+                return None
+
+        def _next_batch(self, names):
             if self.index >= len(self.batches):
                 return None
             if tensor_name not in names:
@@ -220,10 +240,17 @@ def make_entropy_calibrator(api, cuda, batches: Sequence[np.ndarray], tensor_nam
             return [int(self.device)]
 
         def read_calibration_cache(self):
-            return cache_read.read_bytes() if cache_read is not None else None
+            try:
+                return cache_read.read_bytes() if cache_read is not None else None
+            except Exception as e:  # noqa: BLE001
+                self._keep(f"read_calibration_cache ({cache_read})", e)
+                return None
 
         def write_calibration_cache(self, cache):
-            on_cache_written(bytes(memoryview(cache)))
+            try:
+                on_cache_written(bytes(memoryview(cache)))
+            except Exception as e:  # noqa: BLE001 (an unsaved cache must fail the build)
+                self._keep("write_calibration_cache", e)
 
         def release(self):
             if self.device is not None:

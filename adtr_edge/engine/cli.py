@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         min_batch: int = typer.Option(1, "--min-batch"),
         opt_batch: int = typer.Option(1, "--opt-batch"),
         max_batch: int = typer.Option(4, "--max-batch"),
-        dla_core: Optional[int] = typer.Option(None, "--dla-core", help="run the backbone on this DLA core (Jetson), GPU fallback on"),
+        dla_core: Optional[int] = typer.Option(None, "--dla-core", help="run the backbone on this DLA core (Jetson), GPU fallback on; needs --min-batch = --opt-batch = --max-batch"),
         timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (read, then saved back)"),
         build_log: Optional[Path] = typer.Option(None, "--build-log", help="write TensorRT's verbose build log here"),
         force: bool = typer.Option(False, "--force", help="rebuild even if an engine with the same key exists"),

@@ -8,6 +8,8 @@ predicate (``needs_explicit_batch_flag``, ``weakly_typed`` ...) or call a helper
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -95,6 +97,11 @@ class TrtApi:
         return self.version >= (8, 6)
 
     @property
+    def supports_dla(self) -> bool:
+        """DLA builds are refused on TensorRT 11.0-11.3 (see ``use_dla``)."""
+        return not ((11, 0) <= self.version < (11, 4))
+
+    @property
     def cuda_graphs_allowed(self) -> bool:
         """We capture enqueueV3 into CUDA graphs only on 10+, where NVIDIA documents it for V3."""
         return self.major >= 10
@@ -163,11 +170,27 @@ class TrtApi:
         if calibration_profile is not None:
             config.set_calibration_profile(calibration_profile)
 
+    def check_dla(self) -> None:
+        if not self.supports_dla:
+            raise AdtrError(f"--dla-core: TensorRT {self.version_string} does not support DLA builds (11.0-11.3); "
+                            f"use TensorRT 10.x (JetPack) or 11.4+")
+
     def use_dla(self, config, core: int) -> None:
+        self.check_dla()
         trt = self.trt
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(core)
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+    def dla_fallback_layers(self, config, network) -> list[str]:
+        """Layers meant for the DLA that TensorRT will run on the GPU instead (GPU_FALLBACK)."""
+        dla = self.trt.DeviceType.DLA
+        names = []
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if config.get_device_type(layer) == dla and not config.can_run_on_DLA(layer):
+                names.append(layer.name)
+        return names
 
     def load_timing_cache(self, config, data: bytes):
         """Attach a timing cache (empty bytes = new); a cache from another version is refused."""
@@ -188,10 +211,15 @@ class TrtApi:
         return bytes(memoryview(plan))
 
     # -- runtime ---------------------------------------------------------------------------
-    def deserialize(self, runtime, plan: bytes, source: str):
+    def deserialize(self, runtime, plan: bytes, source: str, dla_core: int | None = None, sink: LogSink | None = None):
+        """Load a plan; one built for a DLA core must be loaded with ``runtime.DLA_core`` set to it."""
+        if dla_core is not None:
+            self.check_dla()
+            runtime.DLA_core = int(dla_core)
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
-            raise AdtrError(f"TensorRT {self.version_string} cannot load {source}; rebuild it with adtr-edge build-engine")
+            why = f" ({sink.errors[-1]})" if sink is not None and sink.errors else ""
+            raise AdtrError(f"TensorRT {self.version_string} cannot load {source}{why}; rebuild it with adtr-edge build-engine")
         return engine
 
     def io_tensors(self, engine) -> list[dict]:
@@ -215,48 +243,103 @@ class TrtApi:
         return tuple(int(d) for d in mn), tuple(int(d) for d in opt), tuple(int(d) for d in mx)
 
 
-# -- loggers -----------------------------------------------------------------------------------
-_logger_classes: dict[int, type] = {}
+# -- the one logger --------------------------------------------------------------------------------
+#
+# TensorRT keeps a single logger per process: the first ILogger handed to a Builder or Runtime is
+# used by every builder and runtime alive at the same time, and a different one passed later is
+# ignored (with a warning). So adtr-edge makes exactly one logger per tensorrt module and switches
+# where its messages go: ``with logger.capture(sink):`` sends them to ``sink`` (the build log and
+# error list of one build, or one backend's), innermost capture first; with no capture active,
+# warnings and errors go to Python logging.
+
+_log = logging.getLogger("adtr_edge.tensorrt")
+_process_loggers: dict[int, tuple[Any, Any]] = {}  # id(tensorrt module) -> (module, logger)
 _lock = threading.Lock()
 
+# ILogger.Severity is ordered INTERNAL_ERROR(0), ERROR(1), WARNING(2), INFO(3), VERBOSE(4).
+_ERROR, _WARNING, _INFO, _VERBOSE = 1, 2, 3, 4
 
-def file_logger(api: TrtApi, path: Path | None, verbose: bool = False):
-    """An ILogger writing every message to ``path`` (or only warnings+ to nothing when None).
 
-    The class is created on first use because its base comes from the tensorrt module.
-    """
+class LogSink:
+    """Where TensorRT messages go while captured: errors are kept; a file gets INFO (or VERBOSE)."""
+
+    def __init__(self, path: Path | None = None, verbose: bool = False):
+        self.path = Path(path) if path is not None else None
+        self.min_level = _VERBOSE if verbose else _INFO
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self._fh = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+
+    def write(self, level: int, label: str, msg: str) -> None:
+        if level <= _ERROR:
+            self.errors.append(msg)
+        elif level == _WARNING:
+            self.warnings.append(msg)
+        if self._fh is not None and level <= self.min_level:
+            self._fh.write(f"[{label}] {msg}\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _route(sinks: list, severity, msg) -> None:
+    level, label = int(severity), str(severity).split(".")[-1]
+    sink = sinks[-1] if sinks else None
+    if sink is not None:
+        sink.write(level, label, str(msg))
+    elif level <= _ERROR:
+        _log.error("TensorRT: %s", msg)
+    elif level == _WARNING:
+        _log.warning("TensorRT: %s", msg)
+
+
+def process_logger(api: TrtApi):
+    """The process-wide ILogger for ``api.trt`` (its class derives from that module's ILogger)."""
     trt = api.trt
     with _lock:
-        cls = _logger_classes.get(id(trt))
-        if cls is None:
+        entry = _process_loggers.get(id(trt))
+        if entry is None or entry[0] is not trt:
 
-            class FileLogger(trt.ILogger):
-                def __init__(self, path, min_severity):
+            class ProcessLogger(trt.ILogger):
+                def __init__(self):
                     trt.ILogger.__init__(self)
-                    self.path = path
-                    self.min_severity = min_severity
-                    self.errors: list[str] = []
-                    self._fh = open(path, "a", encoding="utf-8") if path is not None else None
+                    self._sinks: list[LogSink] = []
+                    self._sinks_lock = threading.Lock()
 
                 def log(self, severity, msg):
-                    # Severity is ordered INTERNAL_ERROR(0) .. VERBOSE(4); lower = more severe.
-                    if int(severity) <= int(trt.ILogger.ERROR):
-                        self.errors.append(str(msg))
-                    if self._fh is not None and int(severity) <= int(self.min_severity):
-                        self._fh.write(f"[{str(severity).split('.')[-1]}] {msg}\n")
-                        self._fh.flush()
+                    with self._sinks_lock:
+                        sinks = list(self._sinks)
+                    _route(sinks, severity, msg)
 
-                def close(self):
-                    if self._fh is not None:
-                        self._fh.close()
-                        self._fh = None
+                @contextlib.contextmanager
+                def capture(self, sink: LogSink):
+                    with self._sinks_lock:
+                        self._sinks.append(sink)
+                    try:
+                        yield sink
+                    finally:
+                        with self._sinks_lock:
+                            self._sinks.remove(sink)
 
-            cls = FileLogger
-            _logger_classes[id(trt)] = cls
-    severity = trt.ILogger.VERBOSE if verbose else trt.ILogger.INFO
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return cls(path, severity)
+            # The module is kept with its logger so a reused id() never maps to a stale one.
+            entry = (trt, ProcessLogger())
+            _process_loggers[id(trt)] = entry
+    return entry[1]
+
+
+def installed_version() -> str | None:
+    """``tensorrt.__version__`` when tensorrt imports here, else None (e.g. to pick the export opset)."""
+    try:
+        import tensorrt  # noqa: PLC0415
+    except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer does not load
+        return None
+    return str(tensorrt.__version__)
 
 
 def load_api() -> TrtApi:

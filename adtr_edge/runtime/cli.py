@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
             raise AdtrError(result["errors"][-1])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     app = typer.Typer(add_completion=False, no_args_is_help=True)
     register(app)
 

@@ -50,6 +50,38 @@ class CudaRuntime:
     def __init__(self, cudart: Any | None = None):
         self.rt = cudart if cudart is not None else import_cudart()
         self._success = self.rt.cudaError_t.cudaSuccess
+        self._insufficient = getattr(self.rt.cudaError_t, "cudaErrorInsufficientDriver", None)
+        self.check_driver()
+
+    # -- start-up: do the bindings fit the driver? ---------------------------------------------
+    def versions(self) -> tuple[int, int]:
+        """(driver's CUDA version, runtime's CUDA version) as CUDA encodes them: 12040 = 12.4."""
+        derr, driver = self.rt.cudaDriverGetVersion()
+        rerr, runtime = self.rt.cudaRuntimeGetVersion()
+        if derr != self._success:
+            driver = 0
+        if rerr != self._success:
+            runtime = 0
+        return int(driver), int(runtime)
+
+    def check_driver(self) -> None:
+        """Refuse bindings built for a newer CUDA major than the driver supports, in one line.
+
+        cuda-python's major follows the CUDA it wraps, and an unpinned ``pip install cuda-python``
+        gets 13.x, which needs driver >= 580; CUDA's minor-version compatibility covers newer
+        minors of the same major only. Without this check the first cudaMalloc fails with a bare
+        cudaErrorInsufficientDriver.
+        """
+        driver, runtime = self.versions()
+        if driver == 0:
+            return  # no driver at all: the device calls report it (cudaErrorNoDevice / InsufficientDriver)
+        if runtime // 1000 > driver // 1000 or self._probe_insufficient():
+            raise AdtrError(driver_mismatch_message(driver, runtime))
+
+    def _probe_insufficient(self) -> bool:
+        if self._insufficient is None:
+            return False
+        return self.rt.cudaGetDeviceCount()[0] == self._insufficient
 
     def check(self, result, what: str):
         """Unpack (err, *values); raise on error; return None, the value or a tuple of values."""
@@ -58,6 +90,8 @@ class CudaRuntime:
         else:
             err, values = result, ()
         if err != self._success:
+            if self._insufficient is not None and err == self._insufficient:
+                raise AdtrError(f"CUDA call {what} failed: {driver_mismatch_message(*self.versions())}")
             name = err
             try:
                 name = self.rt.cudaGetErrorName(err)[1].decode()
@@ -131,6 +165,9 @@ class CudaRuntime:
     def record(self, event, stream) -> None:
         self.check(self.rt.cudaEventRecord(event, stream), "cudaEventRecord")
 
+    def event_synchronize(self, event) -> None:
+        self.check(self.rt.cudaEventSynchronize(event), "cudaEventSynchronize")
+
     def wait_event(self, stream, event) -> None:
         self.check(self.rt.cudaStreamWaitEvent(stream, event, 0), "cudaStreamWaitEvent")
 
@@ -151,9 +188,41 @@ class CudaRuntime:
     def launch(self, graph_exec, stream) -> None:
         self.check(self.rt.cudaGraphLaunch(graph_exec, stream), "cudaGraphLaunch")
 
-    def destroy_graph(self, graph, graph_exec) -> None:
-        self.check(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
+    def destroy_graph(self, graph, graph_exec=None) -> None:
+        """Destroy a graph and its executable (None when it never got one: a failed capture)."""
+        if graph_exec is not None:
+            self.check(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
         self.check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+
+def _cuda_text(version: int) -> str:
+    return f"{version // 1000}.{version % 1000 // 10}" if version else "unknown"
+
+
+def binding_pin_for_driver(driver_version: int) -> str:
+    """The cuda-python line whose CUDA major this driver supports (11.x from 11.4, JetPack 5)."""
+    major = driver_version // 1000
+    if major <= 11:
+        return "cuda-python>=11.4,<12"
+    return f"cuda-python>={major},<{major + 1}"
+
+
+def _bindings_version() -> str | None:
+    from importlib import metadata  # noqa: PLC0415
+
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def driver_mismatch_message(driver_version: int, runtime_version: int) -> str:
+    installed = _bindings_version() or "cuda-python"
+    return (f"{installed} is built for CUDA {_cuda_text(runtime_version)} but the NVIDIA driver supports CUDA "
+            f"{_cuda_text(driver_version)} (cudaDriverGetVersion = {driver_version}); install matching bindings with "
+            f'pip install "{binding_pin_for_driver(driver_version)}" (cuda-python 13 needs driver >= 580), or update the driver')
 
 
 def stream_handle(stream) -> int:

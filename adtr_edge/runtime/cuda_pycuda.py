@@ -145,6 +145,9 @@ class PycudaRuntime:
     def record(self, event, stream) -> None:
         self._call("Event.record", event.record, stream)
 
+    def event_synchronize(self, event) -> None:
+        self._call("Event.synchronize", event.synchronize)
+
     def wait_event(self, stream, event) -> None:
         self._call("Stream.wait_for_event", stream.wait_for_event, event)
 

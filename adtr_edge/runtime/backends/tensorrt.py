@@ -44,11 +44,16 @@ def available() -> tuple[bool, str]:
 
 
 class _Stage:
-    """One engine, its context and stream, with timing events per slot."""
+    """One engine and its stream, with timing events per slot.
 
-    def __init__(self, name, api, cuda, runtime, path: Path):
+    Plain enqueues share one execution context. With CUDA graphs each batch size gets a context of
+    its own: a captured graph is valid only while its context keeps the input shapes it was
+    captured with, so a shared context that switched batch size would replay stale state. On that
+    context one graph per slot is captured (the slots' buffer addresses are baked in)."""
+
+    def __init__(self, name, api, cuda, runtime, path: Path, dla_core=None, sink=None):
         self.name, self.api, self.cuda = name, api, cuda
-        self.engine = api.deserialize(runtime, path.read_bytes(), str(path))
+        self.engine = api.deserialize(runtime, path.read_bytes(), str(path), dla_core=dla_core, sink=sink)
         self.context = self.engine.create_execution_context()
         self.io = {t["name"]: t for t in api.io_tensors(self.engine)}
         self.stream = cuda.create_stream()
@@ -56,13 +61,13 @@ class _Stage:
         self.compute = [cuda.create_event() for _ in range(SLOTS)]  # before enqueue
         self.done = [cuda.create_event() for _ in range(SLOTS)]  # after enqueue
         self.end = [cuda.create_event() for _ in range(SLOTS)]  # after D2H
-        self.graphs: dict[tuple[int, int], tuple] = {}
+        self.graph_contexts: dict[int, object] = {}  # batch size -> its own execution context
+        self.graphs: dict[tuple[int, int], tuple] = {}  # (slot, batch) -> (graph, graph exec)
 
     def inputs(self):
         return [n for n, t in self.io.items() if t["is_input"]]
 
-    def enqueue(self, slot: int, batch: int, addresses: dict[str, int], use_graphs: bool) -> None:
-        ctx = self.context
+    def _bind(self, ctx, batch: int, addresses: dict[str, int]) -> None:
         for name in self.inputs():
             shape = (batch, *self.io[name]["shape"][1:])
             if not ctx.set_input_shape(name, shape):
@@ -70,26 +75,51 @@ class _Stage:
         for name, ptr in addresses.items():
             if not ctx.set_tensor_address(name, ptr):
                 raise AdtrError(f"{self.name} engine: cannot bind tensor {name!r}")
-        handle = self.cuda.stream_handle(self.stream)
-        key = (slot, batch)
-        if use_graphs and key in self.graphs:
-            self.cuda.launch(self.graphs[key][1], self.stream)
-            return
+
+    def _execute(self, ctx, handle: int) -> None:
         if not ctx.execute_async_v3(handle):
             raise AdtrError(f"{self.name} engine: execute_async_v3 failed")
-        if use_graphs:
-            # TensorRT needs one plain enqueue after a shape change before capture (done above).
-            self.cuda.begin_capture(self.stream)
+
+    def enqueue(self, slot: int, batch: int, addresses: dict[str, int], use_graphs: bool) -> None:
+        handle = self.cuda.stream_handle(self.stream)
+        if not use_graphs:
+            self._bind(self.context, batch, addresses)
+            self._execute(self.context, handle)
+            return
+        key = (slot, batch)
+        if key in self.graphs:
+            self.cuda.launch(self.graphs[key][1], self.stream)
+            return
+        ctx = self.graph_contexts.get(batch)
+        if ctx is None:
+            ctx = self.graph_contexts[batch] = self.engine.create_execution_context()
+        self._bind(ctx, batch, addresses)
+        # Warm-up: TensorRT does its shape-dependent setup in the first enqueue after a shape
+        # change, which must not happen under capture. This enqueue also computes this batch.
+        self._execute(ctx, handle)
+        self.graphs[key] = self._capture(ctx, handle)
+
+    def _capture(self, ctx, handle: int) -> tuple:
+        """Capture one enqueue into a graph; a failed capture's graph is destroyed, not leaked."""
+        self.cuda.begin_capture(self.stream)
+        try:
             ok = ctx.execute_async_v3(handle)
-            graph = self.cuda.end_capture(self.stream)
-            if not ok:
-                raise AdtrError(f"{self.name} engine: enqueue failed during CUDA graph capture")
-            self.graphs[key] = (graph, self.cuda.instantiate(graph))
+        finally:
+            graph = self.cuda.end_capture(self.stream)  # always close the capture, even on an exception
+        if not ok:
+            self.cuda.destroy_graph(graph)
+            raise AdtrError(f"{self.name} engine: enqueue failed during CUDA graph capture; run without --cuda-graphs")
+        try:
+            return graph, self.cuda.instantiate(graph)
+        except AdtrError:
+            self.cuda.destroy_graph(graph)
+            raise
 
     def release(self) -> None:
         for graph, gexec in self.graphs.values():
             self.cuda.destroy_graph(graph, gexec)
         self.graphs.clear()
+        self.graph_contexts.clear()
         for ev in self.start + self.compute + self.done + self.end:
             self.cuda.destroy_event(ev)
         self.cuda.destroy_stream(self.stream)
@@ -117,7 +147,7 @@ class TensorRTBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------------
     def _activate(self) -> None:
-        from ...engine.trt_api import file_logger, load_api  # noqa: PLC0415
+        from ...engine.trt_api import LogSink, load_api, process_logger  # noqa: PLC0415
 
         api = self._api or load_api()
         cuda = self._cuda or make_cuda_runtime(self.cuda_binding)
@@ -129,9 +159,13 @@ class TensorRTBackend(Backend):
         if self.cuda_graphs and not self.graphs_active:
             log.warning("CUDA graphs off: %s (the %s binding); running plain enqueues", cuda.graphs_unsupported_reason, cuda.name)
         self.api, self.cuda = api, cuda
-        self._logger = file_logger(api, None)
-        self._runtime = api.trt.Runtime(self._logger)
-        self.stages = {g: _Stage(g, api, cuda, self._runtime, engine_path(self.folder, g)) for g in (BACKBONE, TRANSFORMER)}
+        # The process-wide logger (TensorRT keeps one); this backend's messages go to its own sink.
+        self._logger, self.log_sink = process_logger(api), LogSink()
+        with self._logger.capture(self.log_sink):
+            self._runtime = api.trt.Runtime(self._logger)
+            self.stages = {g: _Stage(g, api, cuda, self._runtime, engine_path(self.folder, g),
+                                     self.manifest["engines"][g].get("dla_core"), self.log_sink)
+                           for g in (BACKBONE, TRANSFORMER)}
         h, w = self.meta.input_size
         gh, gw = self.meta.grid
         c, n = self.meta.channels, self.max_batch
@@ -196,6 +230,8 @@ class TensorRTBackend(Backend):
         # The transformer must be done reading this slot's features before we overwrite them.
         cu.wait_event(st.stream, self.stages[TRANSFORMER].done[slot])
         cu.record(st.start[slot], st.stream)
+        # The previous copy out of this host slot may still be queued: let it run before refilling.
+        cu.event_synchronize(st.compute[slot])
         host[:n] = images
         cu.copy_to_device(self._device[IMAGES][slot], host.ctypes.data, images.nbytes, st.stream)
         cu.record(st.compute[slot], st.stream)
@@ -218,8 +254,11 @@ class TensorRTBackend(Backend):
         cu.record(st.end[slot], st.stream)
 
     def _collect(self, n: int, slot: int) -> InferResult:
-        self.cuda.synchronize(self.stages[TRANSFORMER].stream)
         b, t = self.stages[BACKBONE], self.stages[TRANSFORMER]
+        self.cuda.synchronize(t.stream)
+        # The transformer only waited for the backbone's "done"; its "end" event (timing) may not
+        # have been reached yet when the transformer stream is idle.
+        self.cuda.event_synchronize(b.end[slot])
         el = self.cuda.elapsed_ms
         timings = {
             "backbone": el(b.start[slot], b.end[slot]), "transformer": el(t.start[slot], t.end[slot]),
