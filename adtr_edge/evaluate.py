@@ -47,6 +47,34 @@ def torch_predictor(model, device="cpu") -> Predictor:
     return predict
 
 
+def fp16_emulated(model):
+    """A copy of ``model`` that rounds to FP16 the way an FP16 engine stores numbers, head in FP32.
+
+    Every weight of the backbone and transformer is rounded to FP16, and so is the output of every
+    leaf module there (conv, linear, norm, activation), while arithmetic stays FP32 (TensorRT's FP16
+    kernels accumulate in FP32). The error head (subtract, whiten, norm, resize, pool) stays FP32, as
+    every engine path pins it. This measures FP16's cost on a CPU before any GPU is touched.
+    """
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(model).eval()
+
+    def round_out(_module, _inputs, output):
+        return output.half().float() if torch.is_tensor(output) and output.is_floating_point() else output
+
+    for part in (twin.backbone.cnn, twin.transformer):
+        for tensor in list(part.parameters()) + list(part.buffers()):
+            if tensor.is_floating_point():
+                tensor.data = tensor.data.half().float()
+        for module in part.modules():
+            if not list(module.children()):
+                module.register_forward_hook(round_out)
+    twin.transformer.register_forward_pre_hook(lambda _m, args: tuple(a.half().float() for a in args[:1]) + tuple(args[1:]))
+    return twin
+
+
 def backend_predictor(backend) -> Predictor:
     """A runtime backend (``adtr_edge.runtime.backends``) as a predictor."""
 

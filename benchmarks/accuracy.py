@@ -164,11 +164,15 @@ def main() -> None:
         rows.append({"method": name, "train_seconds": round(time.perf_counter() - t, 1), **summarise(rep), "per_defect": rep["per_defect"]})
         print(json.dumps(rows[-1] | {"per_defect": None}))
 
-    def curve_callback(series, eval_seconds):
+    def curve_callback(series, eval_seconds, tcfg):
         def cb(epoch, m, elapsed):
             if epoch % args.eval_every and epoch != 0:
                 return
             t = time.perf_counter()
+            if m.cfg.score == "mahalanobis":  # score as the finished model will: fit the head first
+                from adtr_edge.train.residual_stats import fit_head
+
+                fit_head(m, fit_feats, torch.device("cpu"), tcfg.score_shrinkage, tcfg.score_target)
             scores, maps = score_features(m, test_feats, torch.device("cpu"))
             series.append({"epoch": epoch, "seconds": round(elapsed - eval_seconds[0], 1),
                            "image_auroc": auroc(scores, test.labels), "pixel_auroc": pixel_auroc(maps, masks)})
@@ -195,7 +199,7 @@ def main() -> None:
         tcfg = TrainConfig(**{**t_over, "preset": recipe, "device": "cpu"})
         series, eval_seconds = [], [0.0]
         result = train_model(train_set, rcfg, tcfg, out / f"adtr-{recipe}", progress=False, feature_cache=cache,
-                             on_epoch_end=curve_callback(series, eval_seconds))
+                             on_epoch_end=curve_callback(series, eval_seconds, tcfg))
         curves[f"ADTR {recipe}"] = series
         scores, maps = score_features(result.model, test_feats, torch.device("cpu"))
         rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), result.checkpoint.thresholds)
@@ -227,11 +231,11 @@ def main() -> None:
             _write_labelled(labelled_set, lab_dir)
             kwargs = {"labelled": lab_dir / "images", "labelled_masks": lab_dir / "masks"}
         pool = build_anomaly_pool(train_set, count=200 if source in ("confetti", "patch") else 0, seed=0, **kwargs)
-        tcfg = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, alpha=args.alpha, device="cpu", bf16=args.bf16,
-                           preset=f"adtr+{source}")
+        tcfg = TrainConfig(**{**t_sets, "epochs": args.finetune_epochs, "lr": args.finetune_lr, "alpha": args.alpha, "device": "cpu",
+                              "bf16": args.bf16, "preset": f"adtr+{source}"})
         series, eval_seconds = [], [0.0]
         result = train_model(train_set, cfg, tcfg, out / f"adtr-plus-{source}", anomalies=pool, init_from=checkpoints[base_recipe],
-                             progress=False, feature_cache=cache, on_epoch_end=curve_callback(series, eval_seconds))
+                             progress=False, feature_cache=cache, on_epoch_end=curve_callback(series, eval_seconds, tcfg))
         curves[f"ADTR+ {source}"] = series
         scores, maps = score_features(result.model, test_feats, torch.device("cpu"))
         rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), result.checkpoint.thresholds)
@@ -268,17 +272,19 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
 
     model, ckpt = load_checkpoint(checkpoint)
     cpu = torch.device("cpu")
-    variants = [("l2", None, None, 0.0), ("l2", None, None, 4.0)]
-    variants += [("mahalanobis", src, lam, 0.0) for src in ("fit", "val") for lam in (0.1, 0.5, 0.9, 1.0)]
-    variants += [("mahalanobis", "fit", lam, blur) for lam in (0.5,) for blur in (2.0, 4.0, 8.0)]
+    variants = [("l2", None, None, 0.0, None), ("l2", None, None, 4.0, None)]
+    variants += [("mahalanobis", "fit", lam, 0.0, "pooled") for lam in (0.0, 0.05, 0.1, 0.5, 1.0)]
+    variants += [("mahalanobis", "fit", lam, 0.0, "identity") for lam in (0.05, 0.2, 0.5, 0.8)]
+    variants += [("mahalanobis", "val", lam, 0.0, "pooled") for lam in (0.1, 0.5)]
+    variants += [("mahalanobis", "fit", 0.05, blur, "pooled") for blur in (2.0, 4.0)]
     rows = []
-    for kind, src, lam, blur in variants:
+    for kind, src, lam, blur, target in variants:
         model.head = AnomalyHead(dc_replace(ckpt.model_config, score=kind, map_blur=blur), model.backbone.channels)
         if kind == "mahalanobis":
-            fit_head(model, fit_feats if src == "fit" else val_feats, cpu, lam)
+            fit_head(model, fit_feats if src == "fit" else val_feats, cpu, lam, target)
         scores, maps = score_features(model, test_feats, cpu)
         rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), None)
-        name = "L2 of the residual" if kind == "l2" else f"Mahalanobis of the residual, fitted on {src} normals, shrinkage {lam}"
+        name = "L2 of the residual" if kind == "l2" else f"Mahalanobis of the residual, fitted on {src} normals, shrinkage {lam} to {target}"
         name += f", map blur sigma {blur:g}" if blur else ""
         rows.append({"method": name, "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]})
         print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)

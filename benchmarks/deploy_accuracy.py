@@ -2,7 +2,7 @@
 
     python benchmarks/deploy_accuracy.py CHECKPOINT --data DATASET --out runs/deploy [--calib-count 64]
 
-Rows: PyTorch FP32 (the checkpoint), ONNX FP32 (ONNX Runtime, CPU), ONNX Q/DQ INT8 with only the
+Rows: PyTorch FP32 (the checkpoint), FP16 emulated in PyTorch (``adtr_edge.evaluate.fp16_emulated``), ONNX FP32 (ONNX Runtime, CPU), ONNX Q/DQ INT8 with only the
 backbone quantised, and with both graphs quantised. Calibration uses normal *training* images
 (never test images). Also times FP32 vs INT8 side by side (interleaved) on ONNX Runtime.
 Prints Markdown with the cost in AUROC points against ONNX FP32.
@@ -21,13 +21,38 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adtr_edge.data.datasets import load_dataset  # noqa: E402
-from adtr_edge.evaluate import backend_predictor, report_for, score_imageset, torch_predictor  # noqa: E402
+from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor  # noqa: E402
 from adtr_edge.export.onnx_export import export_checkpoint  # noqa: E402
 from adtr_edge.export.quantize import quantize_export  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.model.adtr import preprocess_spec  # noqa: E402
 from adtr_edge.runtime.loading import load_backend  # noqa: E402
 from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
+
+
+def float16_predictor(export_dir: Path, out: Path, threads: int):
+    """Both graphs converted as the TensorRT 11 path converts them (error head float32), run by ONNX
+    Runtime on the CPU: every tensor between ops is stored in float16, as in an FP16 engine."""
+    import onnx
+    import onnxruntime as ort
+
+    from adtr_edge.engine.onnx_tools import convert_to_fp16
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sessions = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("backbone", "transformer"):
+        path = out / f"{name}.fp16.onnx"
+        onnx.save(convert_to_fp16(onnx.load(str(export_dir / f"{name}.onnx"))), str(path))
+        sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def predict(batch: np.ndarray):
+        features = sessions["backbone"].run(None, {"images": batch})[0]
+        amap, score = sessions["transformer"].run(None, {"features": features})
+        return amap[:, 0], score
+
+    return predict
 
 
 def main() -> None:
@@ -47,6 +72,7 @@ def main() -> None:
     calib_dir = Path(args.data) / "train" / "good"
     fp32 = out / "onnx-fp32"
     export_checkpoint(args.checkpoint, fp32, force=True)
+    print("exported", flush=True)
     forms = {"ONNX FP32": fp32}
     forms["ONNX INT8 backbone only"] = quantize_export(fp32, calib_dir, out / "onnx-int8-backbone", graphs=("backbone",),
                                                        calib_count=args.calib_count)
@@ -55,6 +81,10 @@ def main() -> None:
     rows = {}
     scored = score_imageset(torch_predictor(model), test, spec, progress=False)
     rows["PyTorch FP32"] = report_for(scored, ckpt.thresholds)
+    rows["PyTorch FP16 emulated (weights, module outputs rounded; head FP32)"] = report_for(
+        score_imageset(torch_predictor(fp16_emulated(model)), test, spec, progress=False), ckpt.thresholds)
+    rows["ONNX FP16 graphs (TensorRT 11 conversion, head FP32), ONNX Runtime"] = report_for(
+        score_imageset(float16_predictor(fp32, out / "onnx-fp16", args.threads), test, spec, progress=False), ckpt.thresholds)
     backends = {}
     for name, folder in forms.items():
         backends[name] = load_backend(folder, "onnxruntime", intra_op_threads=args.threads).activate()

@@ -225,3 +225,46 @@ def test_map_blur_keeps_a_constant_map_and_spreads_a_peak():
     peak[0, 0, 10, 12] = 1.0
     out = blur(peak)
     assert float(out.sum()) == pytest.approx(1.0, rel=1e-3) and float(out.max()) < 0.1
+
+
+def test_fp16_emulation_rounds_but_stays_close(trained_checkpoint):
+    from adtr_edge.evaluate import fp16_emulated
+    from adtr_edge.train.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(trained_checkpoint)
+    twin = fp16_emulated(model)
+    w = twin.transformer.input_proj.weight
+    assert torch.equal(w, w.half().float())  # weights hold FP16 values
+    assert not torch.equal(model.transformer.input_proj.weight, w)  # ... the original is untouched
+    x = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        a32, s32 = model(x)
+        a16, s16 = twin(x)
+    assert not torch.equal(s32, s16)
+    torch.testing.assert_close(s16, s32, rtol=2e-2, atol=1e-2)
+
+
+def test_float16_graph_keeps_the_head_float32_and_a_huge_residual_finite(exported_model, tmp_path):
+    """The TensorRT 11 float16 transformer graph, run by ONNX Runtime: the error head stays float32."""
+    import onnx
+    import onnxruntime as ort
+
+    from adtr_edge.engine.onnx_tools import convert_to_fp16, head_nodes
+
+    model = onnx.load(str(exported_model / "transformer.onnx"))
+    assert {n.op_type for n in head_nodes(model)} >= {"Sub", "MatMul", "Sqrt", "Resize", "AveragePool", "ReduceMax"}
+    half = convert_to_fp16(model)
+    onnx.save(half, str(tmp_path / "t16.onnx"))
+    casts_to_half = {n.input[0] for n in half.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16}
+    # No head node's float32 result is rounded to float16 on its way to the next head node.
+    head16 = [n for n in half.graph.node if n.op_type in ("MatMul", "Sqrt", "ReduceSum") and any(i.endswith("__fp16") for i in n.input)]
+    assert not head16 and casts_to_half
+    s32 = ort.InferenceSession(str(exported_model / "transformer.onnx"), providers=["CPUExecutionProvider"])
+    s16 = ort.InferenceSession(str(tmp_path / "t16.onnx"), providers=["CPUExecutionProvider"])
+    shape = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(s16.run(None, {"features": x})[1], s32.run(None, {"features": x})[1], rtol=2e-2)
+    huge = x * 3000.0  # a residual far past FP16's 65504 once squared and summed
+    score16 = s16.run(None, {"features": huge})[1]
+    assert np.isfinite(score16).all()
+    np.testing.assert_allclose(score16, s32.run(None, {"features": huge})[1], rtol=2e-2)

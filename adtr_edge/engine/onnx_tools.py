@@ -1,8 +1,10 @@
 """ONNX-side facts the engine builder needs: Q/DQ presence, precision-sensitive nodes, FP16 conversion.
 
 Sensitive nodes are those that overflow or lose too much in FP16/INT8: ``LayerNormalization``,
-``Softmax`` and the ops of a LayerNorm decomposed at opset < 17 (ReduceMean, Sub, Pow, ReduceMean,
-Add, Sqrt, Div and the affine Mul/Add after it). The builder pins them to FP32 on 8.x-10.x; the
+``Softmax``, the ops of a LayerNorm decomposed at opset < 17 (ReduceMean, Sub, Pow, ReduceMean,
+Add, Sqrt, Div and the affine Mul/Add after it), and the whole error head: everything downstream
+of ``features - reconstruction`` (whitening MatMul, square, sum, sqrt, resize, blur, pool, max), where
+a strong anomaly's sum of squares would overflow FP16 and small whitened residuals would round away. The builder pins them to FP32 on 8.x-10.x; the
 FP16 converter for TensorRT 11 (strongly typed) keeps them in FP32 with Casts around them.
 """
 
@@ -40,12 +42,30 @@ def _consumers(graph) -> dict[str, list]:
     return out
 
 
+def head_nodes(model: onnx.ModelProto) -> list:
+    """The error head: the ``Sub`` that takes a graph input minus something, and all it feeds."""
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    consumers = _consumers(graph)
+    frontier = [n for n in graph.node if n.op_type == "Sub" and len(n.input) == 2 and n.input[0] in inputs
+                and n.input[1] not in inputs]
+    seen: dict[int, object] = {}
+    while frontier:
+        node = frontier.pop()
+        if id(node) in seen:
+            continue
+        seen[id(node)] = node
+        for out in node.output:
+            frontier.extend(consumers.get(out, []))
+    return list(seen.values())
+
+
 def sensitive_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of nodes to keep out of FP16/INT8 (see module doc), in graph order."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     consumers = _consumers(graph)
-    chosen: set[int] = set()
+    chosen: set[int] = {id(n) for n in head_nodes(model)}
     for n in graph.node:
         if n.op_type in SENSITIVE_OPS:
             chosen.add(id(n))
@@ -164,14 +184,19 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             new_nodes.append(helper.make_node("Cast", [inp.name], [inner], to=_HALF, name=f"{inp.name}__to_fp16"))
     out_names = {o.name for o in g.output if o.type.tensor_type.elem_type == _FLOAT}
     init_names = {i.name for i in g.initializer}
+    fp32_of: dict[str, str] = {}  # output of a sensitive node -> its float32 name
     for n in g.node:
-        for k, name in enumerate(n.input):
-            if name in renamed:
-                n.input[k] = renamed[name]
+        if n.name not in sensitive:  # a float32 node reads the float32 graph input itself
+            for k, name in enumerate(n.input):
+                if name in renamed:
+                    n.input[k] = renamed[name]
         if n.name in sensitive:
             for k, name in enumerate(n.input):
-                if not name or types.get(name) != _FLOAT or (name in init_names and stays32(name)):
-                    continue  # integer inputs (axes, shapes) and float32-kept weights need no cast
+                if name in fp32_of:  # from another float32 node: no round trip through float16
+                    n.input[k] = fp32_of[name]
+                    continue
+                if not name or types.get(name) != _FLOAT or (name in init_names and stays32(name)) or name in renamed:
+                    continue  # integer inputs (axes, shapes), float32-kept weights and graph inputs need no cast
                 cast_out = f"{name}__fp32_for_{n.name}"
                 new_nodes.append(helper.make_node("Cast", [name], [cast_out], to=_FLOAT, name=f"{cast_out}__cast"))
                 n.input[k] = cast_out
@@ -181,11 +206,18 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                     continue
                 inner = f"{name}__fp32"
                 n.output[k] = inner
+                fp32_of[name] = inner
                 new_nodes.append(helper.make_node("Cast", [inner], [name], to=_HALF, name=f"{name}__to_fp16"))
             continue
         new_nodes.append(n)
-    # Graph outputs: float16 inside, float32 out.
-    for name in out_names:
+    # Graph outputs made in float32 (the head) leave as they are; the others are cast back.
+    for name in out_names & set(fp32_of):
+        half = f"{name}__fp16"
+        for n in new_nodes:
+            n.output[:] = [half if o == name else o for o in n.output]
+            n.input[:] = [half if i == name else i for i in n.input]
+        new_nodes.append(helper.make_node("Identity", [fp32_of[name]], [name], name=f"{name}__fp32_out"))
+    for name in out_names - set(fp32_of):
         inner = f"{name}__fp16out"
         for n in new_nodes:
             for k, o in enumerate(n.output):

@@ -281,7 +281,7 @@ def train_model(
         from .residual_stats import fit_head
 
         use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
-        fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage)
+        fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage, train_cfg.score_target)
     thresholds = calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),

@@ -30,9 +30,18 @@ def residuals(model, features: torch.Tensor, device, batch_size: int = 32) -> to
     return torch.cat(out) if out else torch.empty(0)
 
 
-def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean (K, C), whiten (K, C, C)) of residuals (N, C, h, w); see the module docstring."""
+SHRINK_TARGETS = ("pooled", "identity")
+
+
+def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3, target: str = "pooled") -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (K, C), whiten (K, C, C)) of residuals (N, C, h, w); see the module docstring.
+
+    ``target`` "identity" shrinks towards the average variance times I instead of the pooled
+    covariance: at ``shrinkage`` 1 the score is then the plain L2 norm (scaled), at 0 the full
+    per-location Mahalanobis distance.
+    """
     require(0.0 <= shrinkage <= 1.0, f"score shrinkage {shrinkage}: must be in [0, 1]")
+    require(target in SHRINK_TARGETS, f"score shrinkage target {target!r}: choose one of {list(SHRINK_TARGETS)}")
     n, c, h, w = res.shape
     require(n >= 2, f"mahalanobis score: needs at least 2 normal images to fit, got {n}")
     x = res.double().permute(2, 3, 0, 1).reshape(h * w, n, c)  # (K, N, C)
@@ -40,8 +49,10 @@ def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3) -> tuple[t
     xc = x - mean
     cov = xc.transpose(1, 2) @ xc / (n - 1)  # (K, C, C)
     pooled = cov.mean(dim=0, keepdim=True)
-    sigma = (1.0 - shrinkage) * cov + shrinkage * pooled
     scale = torch.diagonal(pooled[0]).mean().clamp_min(1e-12)
+    if target == "identity":
+        pooled = scale * torch.eye(c, dtype=torch.float64).unsqueeze(0)
+    sigma = (1.0 - shrinkage) * cov + shrinkage * pooled
     sigma = sigma + eps * scale * torch.eye(c, dtype=torch.float64)
     chol = torch.linalg.cholesky(sigma)  # (K, C, C), lower
     eye = torch.eye(c, dtype=torch.float64).expand(h * w, c, c)
@@ -49,7 +60,7 @@ def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3) -> tuple[t
     return mean[:, 0].float(), inv_l.transpose(1, 2).contiguous().float()  # W = L^-T
 
 
-def fit_head(model, features: torch.Tensor, device, shrinkage: float) -> None:
+def fit_head(model, features: torch.Tensor, device, shrinkage: float, target: str = "pooled") -> None:
     """Fit the model's ``mahalanobis`` head on the residuals of these normal features."""
-    mean, whiten = whitening(residuals(model, features, device), shrinkage)
+    mean, whiten = whitening(residuals(model, features, device), shrinkage, target=target)
     model.head.set_residual_stats(mean.to(device), whiten.to(device))

@@ -1,0 +1,59 @@
+"""Refit a trained checkpoint's Mahalanobis head (and its threshold) with other statistics, no training.
+
+    python benchmarks/refit_head.py runs/mt-default/adtr-default --data ../shared/data/magnetic_tile \
+        --shrinkage 0.05 --target identity --out runs/mt-default/adtr-default-identity
+
+The transformer is untouched; the residual statistics are fitted on the same normal images as in
+training (``split_normals`` with the checkpoint's seed), and the threshold is recalibrated on the
+held-out normals, exactly as ``train_model`` finishes. Used to give a checkpoint trained before a
+head choice was made on the validation split the head that was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adtr_edge.data.datasets import load_dataset  # noqa: E402
+from adtr_edge.model.adtr import preprocess_spec  # noqa: E402
+from adtr_edge.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from adtr_edge.train.features import cached_raw_features  # noqa: E402
+from adtr_edge.train.loop import calibrate_on, split_normals  # noqa: E402
+from adtr_edge.train.residual_stats import fit_head  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--shrinkage", type=float, required=True)
+    ap.add_argument("--target", default="identity")
+    ap.add_argument("--cache", default=None, help="feature cache folder (as used in training)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    model, ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.model_config.score != "mahalanobis":
+        raise SystemExit(f"{args.checkpoint}: its head scores '{ckpt.model_config.score}', not mahalanobis")
+    cpu = torch.device("cpu")
+    # The loaded weights are the trained ones; name their source so the training run's cache is reused.
+    model.backbone.weights_source = ckpt.extra.get("weights_source", model.backbone.weights_source)
+    cfg, tcfg = ckpt.model_config, replace(ckpt.train_config, score_shrinkage=args.shrinkage, score_target=args.target)
+    train_set = load_dataset(args.data, "train")
+    fit_idx, val_idx = split_normals(train_set, tcfg)
+    spec = preprocess_spec(cfg)
+    feats = [model.backbone.standardize(cached_raw_features(model.backbone, train_set, idx, spec, cfg, cache_dir=args.cache,
+                                                            device=cpu)) for idx in (fit_idx, val_idx)]
+    fit_head(model, feats[0], cpu, tcfg.score_shrinkage, tcfg.score_target)
+    thresholds = calibrate_on(model, feats[1], cpu, tcfg.threshold_quantile)
+    save_checkpoint(args.out, model, replace(ckpt, train_config=tcfg, thresholds=thresholds))
+    print(f"wrote {args.out}: shrinkage {args.shrinkage} to {args.target}, threshold {thresholds.threshold:.4f}")
+
+
+if __name__ == "__main__":
+    main()
