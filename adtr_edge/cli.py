@@ -91,7 +91,8 @@ def train(
     """Train ADTR on normal images (and optionally on anomalies, ADTR+). Writes a checkpoint folder."""
     from .config import ModelConfig, TrainConfig
     from .data.datasets import load_dataset
-    from .train.loop import apply_preset, train_model
+    from .config import apply_preset
+    from .train.loop import train_model
     from .train.sources import build_anomaly_pool
 
     m_over = {"input_size": _parse_size(input_size), "stages": _parse_ints(stages, "--stages"),

@@ -183,3 +183,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def apply_preset(preset: str, model_overrides: dict, train_overrides: dict) -> tuple[dict, dict]:
+    """Merge a named preset under explicit overrides (explicit options win)."""
+    if preset not in PRESETS:
+        raise AdtrError(f"--preset {preset}: choose one of {sorted(PRESETS)}")
+    m = dict(PRESETS[preset].get("model", {}))
+    t = dict(PRESETS[preset].get("train", {}))
+    m.update({k: v for k, v in model_overrides.items() if v is not None})
+    t.update({k: v for k, v in train_overrides.items() if v is not None})
+    t["preset"] = preset
+    return m, t

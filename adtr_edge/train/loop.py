@@ -134,6 +134,18 @@ def split_normals(train_set, cfg: TrainConfig) -> tuple[list[int], list[int]]:
     return fit_idx, val_idx
 
 
+@dataclass
+class RunData:
+    """What one run trains and validates on, standardised with the model's feature statistics."""
+
+    feats: torch.Tensor  # fit normals (N, C, h, w)
+    val_feats: torch.Tensor  # held-out normals: validation loss, collapse figures, threshold
+    train_mean: torch.Tensor  # per-location mean of the fit normals, for input following
+    probe: object  # DefectProbe on held-out normals, for defect pass-through
+    pool_feats: torch.Tensor | None = None  # anomalous examples (ADTR+)
+    pool_targets: torch.Tensor | None = None  # their grid masks (pixel loss) or ones (image loss)
+
+
 def train_model(
     train_set,
     model_cfg: ModelConfig,
@@ -152,14 +164,13 @@ def train_model(
     """Train ADTR on the normal images of ``train_set`` (an ``adtr_edge.data`` ImageSet).
 
     ``init_from``: fine-tune a normal-only checkpoint (the paper's ADTR+ schedule). ``resume``:
-    continue an interrupted run in ``out_dir``. ``on_epoch_end(epoch, model, seconds, val_features)``
-    lets benchmarks record accuracy against training time.
+    continue an interrupted run in ``out_dir``. ``on_epoch_end(epoch, model, seconds)`` lets
+    benchmarks record accuracy against training time.
     """
     out_dir = Path(out_dir)
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
     fit_idx, val_idx = split_normals(train_set, train_cfg)
-
     if init_from is not None:
         model, base = load_checkpoint(init_from, device="cpu")
         model_cfg = base.model_config
@@ -167,122 +178,145 @@ def train_model(
     else:
         model = build_model(model_cfg, weights=weights)
     model = model.to(device)
-    spec = preprocess_spec(model_cfg)
     loss_kind = choose_loss(train_cfg, anomalies)
     t_start = time.perf_counter()
-
     with progress_bar(progress) as bar:
-        raw_fit = cached_raw_features(model.backbone, train_set, fit_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
-                                      progress=bar, description="features (train)")
-        raw_val = cached_raw_features(model.backbone, train_set, val_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
-                                      progress=bar, description="features (val)")
-        if init_from is None:
-            if train_cfg.standardize_features:
-                mean, std = channel_stats(raw_fit)
-                model.backbone.set_feature_stats(mean.to(device), std.to(device))
-        fmean, fstd = model.backbone.feature_mean.cpu(), model.backbone.feature_std.cpu()
-        feats = (raw_fit - fmean) / fstd
-        val_feats = (raw_val - fmean) / fstd
-        train_mean = feats.mean(dim=0, keepdim=True)
-        probe_idx = val_idx[:PROBE_IMAGES]
-        probe = make_probe(model.backbone, [train_set.image(i) for i in probe_idx], val_feats[:len(probe_idx)], spec,
-                           model_cfg.grid, device, seed=train_cfg.seed)
+        data = prepare_data(model, model_cfg, train_cfg, train_set, fit_idx, val_idx, anomalies, loss_kind, device, bar,
+                            feature_cache, fresh=init_from is None)
+        history = run_epochs(model, model_cfg, train_cfg, train_set, data, loss_kind, out_dir, device, bar, t_start,
+                             resume=resume, progress=progress, on_epoch_end=on_epoch_end, log=log)
+    return finish(model, model_cfg, train_cfg, train_set, data, history, fit_idx, val_idx, loss_kind, anomalies, out_dir,
+                  device, t_start)
 
-        pool_feats = pool_targets = None
-        if anomalies is not None and loss_kind != "normal":
-            require(len(anomalies.images) > 0, f"anomaly source {anomalies.kind}: no images")
-            raw_pool = extract_raw_features(model.backbone, lambda i: anomalies.images[i], list(range(len(anomalies.images))), spec,
-                                            device=device, progress=bar, description=f"features ({anomalies.kind})")
-            pool_feats = (raw_pool - fmean) / fstd
-            if loss_kind == "pixel":
-                pool_targets = grid_masks(anomalies.masks, spec, model_cfg.grid)
-            else:
-                pool_targets = torch.ones(len(pool_feats))
 
-        params = [p for p in model.transformer.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        start_epoch, history = 0, []
-        if resume:
-            start_epoch, extra = load_train_state(out_dir, opt)
-            state, _ = load_checkpoint(out_dir, device="cpu")
-            model.load_state_dict(state.state_dict())
-            history = extra.get("history", [])
-            log(f"resuming at epoch {start_epoch}")
+def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, fit_idx, val_idx, anomalies, loss_kind: str,
+                 device, bar, feature_cache, *, fresh: bool) -> RunData:
+    """Backbone features once (cached), the standardisation statistics, the defect probe, the anomaly pool."""
+    spec = preprocess_spec(model_cfg)
+    raw_fit = cached_raw_features(model.backbone, train_set, fit_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
+                                  progress=bar, description="features (train)")
+    raw_val = cached_raw_features(model.backbone, train_set, val_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
+                                  progress=bar, description="features (val)")
+    if fresh and train_cfg.standardize_features:  # a fine-tune keeps its base model's statistics
+        mean, std = channel_stats(raw_fit)
+        model.backbone.set_feature_stats(mean.to(device), std.to(device))
+    fmean, fstd = model.backbone.feature_mean.cpu(), model.backbone.feature_std.cpu()
+    feats = (raw_fit - fmean) / fstd
+    val_feats = (raw_val - fmean) / fstd
+    probe_idx = val_idx[:PROBE_IMAGES]
+    probe = make_probe(model.backbone, [train_set.image(i) for i in probe_idx], val_feats[:len(probe_idx)], spec,
+                       model_cfg.grid, device, seed=train_cfg.seed)
+    data = RunData(feats, val_feats, feats.mean(dim=0, keepdim=True), probe)
+    if anomalies is not None and loss_kind != "normal":
+        require(len(anomalies.images) > 0, f"anomaly source {anomalies.kind}: no images")
+        raw_pool = extract_raw_features(model.backbone, lambda i: anomalies.images[i], list(range(len(anomalies.images))), spec,
+                                        device=device, progress=bar, description=f"features ({anomalies.kind})")
+        data.pool_feats = (raw_pool - fmean) / fstd
+        if loss_kind == "pixel":
+            data.pool_targets = grid_masks(anomalies.masks, spec, model_cfg.grid)
+        else:
+            data.pool_targets = torch.ones(len(data.pool_feats))
+    return data
 
-        bs = min(train_cfg.batch_size, len(feats))
-        steps_per_epoch = max(1, len(feats) // bs)
-        total = steps_per_epoch * train_cfg.epochs
-        task = Task(bar, "train", train_cfg.epochs)
-        task.advance(start_epoch)
-        g = torch.Generator().manual_seed(train_cfg.seed)
-        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train_cfg.bf16)
-        t_train = time.perf_counter()
-        epochs = train_cfg.epochs
-        epoch = start_epoch
-        while epoch < epochs:
-            model.train()
-            perm = torch.randperm(len(feats), generator=g)
-            total_loss = 0.0
-            for s in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + s
-                for group in opt.param_groups:
-                    group["lr"] = train_cfg.lr * lr_factor(step, total, train_cfg)
-                f = feats[perm[s * bs:(s + 1) * bs]].to(device)
-                jitter = feature_jitter(f, train_cfg.feature_jitter, g) if train_cfg.feature_jitter > 0 else None
-                with autocast:
-                    if loss_kind == "normal":
-                        loss = normal_loss(f, model.transformer(f, jitter)).float()
-                    else:
-                        pick = torch.randint(0, len(pool_feats), (max(1, bs // 2),), generator=g)
-                        both = torch.cat([f, pool_feats[pick].to(device)])
-                        phi = pseudo_huber(both, model.transformer(both)).float()
-                        if loss_kind == "pixel":
-                            y = torch.cat([torch.zeros(f.shape[0], *model_cfg.grid), pool_targets[pick]]).to(device)
-                            loss = pixel_loss(phi, y, train_cfg.alpha)
-                        else:
-                            y = torch.cat([torch.zeros(f.shape[0]), pool_targets[pick]]).to(device)
-                            loss = image_loss(phi, y, train_cfg.alpha, train_cfg.top_k)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if train_cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-                opt.step()
-                total_loss += loss.item()
-            if not math.isfinite(total_loss):
-                raise AdtrError(f"training diverged at epoch {epoch + 1} (loss {total_loss}); lower --lr or raise --grad-clip")
-            if epoch == start_epoch and train_cfg.time_budget > 0:
-                fitted = start_epoch + epochs_for_budget(train_cfg, time.perf_counter() - t_train)
-                if fitted != epochs:
-                    epochs = fitted
-                    total = steps_per_epoch * epochs  # the schedule ends where the budget does
-                    task.total(epochs)
-                    log(f"time budget {train_cfg.time_budget:.0f} s: {epochs} epochs")
-            val_loss = None
-            if len(val_feats):
-                model.eval()
-                with torch.no_grad():
-                    vf = val_feats.to(device)
-                    val_loss = float(normal_loss(vf, model.transformer(vf)))
-            figures = collapse_figures(model, val_feats, train_mean, probe, device)
-            elapsed = time.perf_counter() - t_start
-            history.append({"epoch": epoch + 1, "seconds": round(elapsed, 2), "loss": total_loss / steps_per_epoch, "val_loss": val_loss,
-                            "loss_kind": loss_kind, **figures})
-            info = f"loss {total_loss / steps_per_epoch:.4f}" + (f" val {val_loss:.4f}" if val_loss is not None else "") + _figures_text(figures)
-            task.advance(1, info=info)
-            if not progress:
-                log(f"epoch {epoch + 1}/{epochs} {elapsed:.0f} s {info}")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, model, elapsed)
-            save_train_state(out_dir, opt, epoch + 1, {"history": history})
-            save_checkpoint(out_dir, model, Checkpoint(model_cfg, train_cfg, None, train_set.summary(), history))
-            epoch += 1
 
+def step_loss(model, f: torch.Tensor, data: RunData, loss_kind: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+              g: torch.Generator, device) -> torch.Tensor:
+    """The loss of one batch of normal features (plus anomalous ones, ADTR+)."""
+    if loss_kind == "normal":
+        jitter = feature_jitter(f, train_cfg.feature_jitter, g) if train_cfg.feature_jitter > 0 else None
+        return normal_loss(f, model.transformer(f, jitter)).float()
+    pick = torch.randint(0, len(data.pool_feats), (max(1, f.shape[0] // 2),), generator=g)
+    both = torch.cat([f, data.pool_feats[pick].to(device)])
+    phi = pseudo_huber(both, model.transformer(both)).float()
+    if loss_kind == "pixel":
+        y = torch.cat([torch.zeros(f.shape[0], *model_cfg.grid), data.pool_targets[pick]]).to(device)
+        return pixel_loss(phi, y, train_cfg.alpha)
+    y = torch.cat([torch.zeros(f.shape[0]), data.pool_targets[pick]]).to(device)
+    return image_loss(phi, y, train_cfg.alpha, train_cfg.top_k)
+
+
+def run_epochs(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, data: RunData, loss_kind: str, out_dir: Path,
+               device, bar, t_start: float, *, resume: bool, progress: bool, on_epoch_end, log) -> list:
+    """The optimisation loop; saves a resumable state after every epoch and returns the history."""
+    feats = data.feats
+    params = [p for p in model.transformer.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    start_epoch, history = 0, []
+    if resume:
+        start_epoch, extra = load_train_state(out_dir, opt)
+        state, _ = load_checkpoint(out_dir, device="cpu")
+        model.load_state_dict(state.state_dict())
+        history = extra.get("history", [])
+        log(f"resuming at epoch {start_epoch}")
+    bs = min(train_cfg.batch_size, len(feats))
+    steps_per_epoch = max(1, len(feats) // bs)
+    epochs = train_cfg.epochs
+    total = steps_per_epoch * epochs
+    task = Task(bar, "train", epochs)
+    task.advance(start_epoch)
+    g = torch.Generator().manual_seed(train_cfg.seed)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train_cfg.bf16)
+    t_train = time.perf_counter()
+    epoch = start_epoch
+    while epoch < epochs:
+        model.train()
+        perm = torch.randperm(len(feats), generator=g)
+        total_loss = 0.0
+        for s in range(steps_per_epoch):
+            for group in opt.param_groups:
+                group["lr"] = train_cfg.lr * lr_factor(epoch * steps_per_epoch + s, total, train_cfg)
+            with autocast:
+                loss = step_loss(model, feats[perm[s * bs:(s + 1) * bs]].to(device), data, loss_kind, model_cfg, train_cfg, g, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+            opt.step()
+            total_loss += loss.item()
+        if not math.isfinite(total_loss):
+            raise AdtrError(f"training diverged at epoch {epoch + 1} (loss {total_loss}); lower --lr or raise --grad-clip")
+        if epoch == start_epoch and train_cfg.time_budget > 0:
+            fitted = start_epoch + epochs_for_budget(train_cfg, time.perf_counter() - t_train)
+            if fitted != epochs:
+                epochs = fitted
+                total = steps_per_epoch * epochs  # the schedule ends where the budget does
+                task.total(epochs)
+                log(f"time budget {train_cfg.time_budget:.0f} s: {epochs} epochs")
+        entry = epoch_entry(model, data, epoch + 1, total_loss / steps_per_epoch, loss_kind, device, time.perf_counter() - t_start)
+        history.append(entry)
+        info = f"loss {entry['loss']:.4f}" + (f" val {entry['val_loss']:.4f}" if entry["val_loss"] is not None else "") + _figures_text(entry)
+        task.advance(1, info=info)
+        if not progress:
+            log(f"epoch {epoch + 1}/{epochs} {entry['seconds']:.0f} s {info}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model, entry["seconds"])
+        save_train_state(out_dir, opt, epoch + 1, {"history": history})
+        save_checkpoint(out_dir, model, Checkpoint(model_cfg, train_cfg, None, train_set.summary(), history))
+        epoch += 1
+    return history
+
+
+def epoch_entry(model, data: RunData, epoch: int, loss: float, loss_kind: str, device, seconds: float) -> dict:
+    """One line of the history: losses and the two collapse figures on the held-out normals."""
+    val_loss = None
+    if len(data.val_feats):
+        model.eval()
+        with torch.no_grad():
+            vf = data.val_feats.to(device)
+            val_loss = float(normal_loss(vf, model.transformer(vf)))
+    figures = collapse_figures(model, data.val_feats, data.train_mean, data.probe, device)
+    return {"epoch": epoch, "seconds": round(seconds, 2), "loss": loss, "val_loss": val_loss, "loss_kind": loss_kind, **figures}
+
+
+def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, data: RunData, history: list, fit_idx, val_idx,
+           loss_kind: str, anomalies, out_dir: Path, device, t_start: float) -> TrainResult:
+    """Fit the score head, calibrate the threshold on held-out normals, write the final checkpoint."""
     if model_cfg.score == "mahalanobis":
         from .residual_stats import fit_head
 
-        use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
-        fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage, train_cfg.score_target)
-    thresholds = calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
+        use_val = train_cfg.score_fit == "val" and len(data.val_feats) >= 2
+        fit_head(model, data.val_feats if use_val else data.feats, device, train_cfg.score_shrinkage, train_cfg.score_target)
+    thresholds = calibrate_on(model, data.val_feats if len(data.val_feats) else data.feats, device, train_cfg.threshold_quantile)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
@@ -305,17 +339,3 @@ def calibrate_on(model, features: torch.Tensor, device, quantile: float):
 
     normal_scores, _ = score_features(model, features, device)
     return calibrate_threshold(normal_scores, None, quantile=quantile)
-
-
-def apply_preset(preset: str, model_overrides: dict, train_overrides: dict) -> tuple[dict, dict]:
-    """Merge a named preset under explicit overrides (explicit options win)."""
-    from ..config import PRESETS
-
-    if preset not in PRESETS:
-        raise AdtrError(f"--preset {preset}: choose one of {sorted(PRESETS)}")
-    m = dict(PRESETS[preset].get("model", {}))
-    t = dict(PRESETS[preset].get("train", {}))
-    m.update({k: v for k, v in model_overrides.items() if v is not None})
-    t.update({k: v for k, v in train_overrides.items() if v is not None})
-    t["preset"] = preset
-    return m, t
