@@ -38,7 +38,8 @@ import numpy as np
 import onnx
 
 from .errors import AdtrError
-from .fileio import read_json, write_json_atomic, write_text_atomic
+from .fileio import write_json_atomic, write_text_atomic
+from .folder import CHECKPOINT, ONNX_KINDS, QDQ, TENSORRT, ModelFolder, read_model_folder
 from .metadata import BACKBONE, GRAPHS, TRANSFORMER
 from .postprocessing import Thresholds, label, map_to_frame, normalize_score
 from .preprocessing import PreprocessSpec, prepare_batch
@@ -462,7 +463,7 @@ class Target:
     """One thing to benchmark: a folder and the backend that runs it."""
 
     path: Path
-    kind: str  # "onnx" | "tensorrt" | "checkpoint"
+    kind: str  # a kind of adtr_edge.folder.KINDS
     backend: str  # "onnxruntime" | "tensorrt" | "torch"
     precision: str
     available: bool = True
@@ -473,33 +474,13 @@ class Target:
         return f"{self.path.name} ({self.backend}, {self.precision})"
 
 
-def _natural_backend(kind: str) -> str:
-    return {"onnx": "onnxruntime", "onnx-qdq": "onnxruntime", "tensorrt": "tensorrt", "checkpoint": "torch"}[kind]
-
-
-def _read_kind(path: Path) -> tuple[str, dict]:
-    if not path.exists():
-        raise AdtrError(f"model folder not found: {path}")
-    if not path.is_dir():
-        raise AdtrError(f"not a model folder: {path} (give an export, engine or checkpoint folder)")
-    if (path / "checkpoint.json").is_file():
-        return "checkpoint", {}
-    doc = read_json(path / "manifest.json",
-                    missing=f"{path}: neither manifest.json (export/engine folder) nor checkpoint.json (checkpoint folder)")
-    kind = doc.get("kind") if isinstance(doc, dict) else None
-    if kind not in ("onnx", "onnx-qdq", "tensorrt"):
-        raise AdtrError(f"{path}/manifest.json: kind {kind!r}; expected an ONNX export, a Q/DQ export or a TensorRT engine folder")
-    return kind, doc
-
-
-def _precision(kind: str, manifest: dict) -> str:
-    if kind == "checkpoint":
+def _precision(folder: ModelFolder) -> str:
+    if folder.kind == CHECKPOINT:
         return "fp32"
-    meta = manifest.get("meta") or {}
-    if kind == "onnx-qdq" or meta.get("quantization"):
+    if folder.kind == QDQ or folder.meta.raw.get("quantization"):
         return "int8-qdq"
-    if kind == "tensorrt":
-        engines = manifest.get("engines") or {}
+    if folder.kind == TENSORRT:
+        engines = folder.manifest.get("engines") or {}
         precs = sorted({str(e.get("precision") or e.get("key", {}).get("precision")) for e in engines.values()
                         if isinstance(e, dict)})
         return "+".join(p for p in precs if p != "None") or "engine"
@@ -515,24 +496,15 @@ def resolve_targets(model_dirs: Sequence[str | Path], backend: str = "all") -> l
         raise AdtrError("give at least one model folder")
     targets = []
     for d in model_dirs:
-        path = Path(d)
-        kind, manifest = _read_kind(path)
-        natural = _natural_backend(kind)
+        folder = read_model_folder(d)  # every kind the toolkit writes (the table in adtr_edge.folder)
+        natural = folder.backend
         if backend != "all" and backend != natural:
-            raise AdtrError(f"{path}: a {kind} folder runs on {natural}, not --backend {backend}")
+            raise AdtrError(f"{folder.path}: a {folder.kind} folder runs on {natural}, not --backend {backend}")
         ok, why = _backend_available(natural)
-        if ok and kind not in _runtime_kinds() and natural != "torch":
-            ok, why = False, f"this build's runtime (adtr_edge.runtime.loading) does not load {kind!r} folders"
         if not ok and backend != "all":
-            raise AdtrError(f"{path}: --backend {backend} cannot run here: {why}")
-        targets.append(Target(path, kind, natural, _precision(kind, manifest), ok, "" if ok else why))
+            raise AdtrError(f"{folder.path}: --backend {backend} cannot run here: {why}")
+        targets.append(Target(folder.path, folder.kind, natural, _precision(folder), ok, "" if ok else why))
     return targets
-
-
-def _runtime_kinds() -> tuple[str, ...]:
-    from .runtime.loading import KINDS  # noqa: PLC0415
-
-    return tuple(KINDS)
 
 
 def _backend_available(name: str) -> tuple[bool, str]:
@@ -620,13 +592,10 @@ def open_backend(target: Target, threads: int | None = None) -> Backend:
 
 def graph_flops(target: Target) -> dict | None:
     """Per-graph FLOPs per frame of an ONNX folder (None for engines and checkpoints)."""
-    if target.kind not in ("onnx", "onnx-qdq"):
+    if target.kind not in ONNX_KINDS:
         return None
-    manifest = json.loads((target.path / "manifest.json").read_text(encoding="utf-8"))
-    out = {}
-    for g in GRAPHS:
-        entry = (manifest.get("graphs") or {}).get(g) or {}
-        out[g] = count_graph_flops(target.path / str(entry.get("file", f"{g}.onnx"))).to_dict()
+    folder = read_model_folder(target.path, accept=ONNX_KINDS)
+    out = {g: count_graph_flops(folder.graph_file(g)).to_dict() for g in GRAPHS}
     out["per_frame"] = sum(out[g]["total"] for g in GRAPHS)
     return out
 

@@ -37,7 +37,7 @@ def _diff(a, b):
 def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Path) -> dict:
     import onnxruntime as ort
 
-    from adtr_edge.engine.builder import read_export
+    from adtr_edge.folder import read_export
     from adtr_edge.engine.calibration import backbone_batches, calibration_images
     from adtr_edge.engine.trt_api import load_api
     from adtr_edge.runtime.backends.tensorrt import TensorRTBackend, available
@@ -47,7 +47,7 @@ def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Pat
     if not ok:
         raise AdtrError(f"cannot validate: {why}")
     api = load_api()
-    _, meta = read_export(export)
+    meta = read_export(export).meta
     images = backbone_batches(calibration_images(calib_images, batch), meta.preprocess, batch)[0]
     ref_b = ort.InferenceSession(str(export / "backbone.onnx"), providers=["CPUExecutionProvider"])
     ref_t = ort.InferenceSession(str(export / "transformer.onnx"), providers=["CPUExecutionProvider"])

@@ -28,12 +28,12 @@ import torch
 from .. import __version__
 from ..errors import AdtrError, require
 from ..fileio import sha256_bytes, sha256_file, write_json_atomic
-from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, FORMAT, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
+from ..folder import KINDS, MANIFEST, ONNX
+from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
 from ..model.adtr import preprocess_spec
 from ..train.checkpoint import load_checkpoint
 
 SUPPORTED_OPSETS = range(13, 21)
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -122,7 +122,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
         data_summary=ckpt.data_summary,
         extra={"opset": opset, "weights_source": ckpt.extra.get("weights_source"), "checkpoint_files": {"model.safetensors": sha256_file(Path(checkpoint) / "model.safetensors")}},
     )
-    manifest = {"format": FORMAT, "toolkit_version": __version__, "kind": "onnx", "graphs": {}, "meta": meta.raw}
+    manifest = {"format": KINDS[ONNX].format, "toolkit_version": __version__, "kind": ONNX, "graphs": {}, "meta": meta.raw}
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out_dir))
     try:
