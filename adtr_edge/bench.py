@@ -387,7 +387,7 @@ class PeakRss:
 def gpu_memory_used_mb() -> float | None:
     """Device memory in use on the current GPU (all processes), via cuda-python; None without a GPU."""
     try:
-        from .runtime.cuda import CudaRuntime, gpu_available  # noqa: PLC0415
+        from .cuda import CudaRuntime, gpu_available  # noqa: PLC0415
 
         ok, _ = gpu_available()
         if not ok:

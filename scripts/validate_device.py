@@ -41,7 +41,7 @@ def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Pat
     from adtr_edge.engine.calibration import backbone_batches, calibration_images
     from adtr_edge.engine.trt_api import load_api
     from adtr_edge.runtime.backends.tensorrt import TensorRTBackend, available
-    from adtr_edge.runtime.cuda import CudaRuntime
+    from adtr_edge.cuda import CudaRuntime
 
     ok, why = available()
     if not ok:

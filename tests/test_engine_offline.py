@@ -18,7 +18,7 @@ from adtr_edge.engine.manifest import EngineKey, Profile
 from adtr_edge.engine.trt_api import TrtApi, parse_version
 from adtr_edge.errors import AdtrError
 from adtr_edge.preprocessing import PreprocessSpec
-from adtr_edge.runtime.cuda import CudaRuntime
+from adtr_edge.cuda import CudaRuntime
 from tests.trt_standin.fake_trt import make_cudart, make_tensorrt
 from tests.trt_standin.graphs import make_export, write_images
 

@@ -300,7 +300,7 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
                   options: BuildOptions | None = None, *, api: TrtApi | None = None, cuda=None,
                   log: Callable[[str], None] = print) -> BuildReport:
     """Build (or reuse) both engines; write the engine folder's manifest last."""
-    from ..runtime.cuda import make_cuda_runtime  # noqa: PLC0415
+    from ..cuda import make_cuda_runtime  # noqa: PLC0415
     from .trt_api import load_api  # noqa: PLC0415
 
     options = options or BuildOptions()

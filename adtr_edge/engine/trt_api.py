@@ -347,7 +347,7 @@ def load_api() -> TrtApi:
 
 
 def trt_available() -> tuple[bool, str]:
-    """Whether tensorrt imports and is new enough (the GPU check is in runtime.cuda)."""
+    """Whether tensorrt imports and is new enough (the GPU check is in adtr_edge.cuda)."""
     try:
         api = load_api()
     except AdtrError as e:

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import AdtrError
-from .cuda import CUDA_BINDINGS
+from ..cuda.base import CUDA_BINDINGS
 from .loading import default_model_dir, read_model_folder
 
 
