@@ -160,7 +160,7 @@ def test_fp16_conversion_keeps_io_types_and_sensitive_fp32(tmp_path):
 
 
 def test_quantize_writes_qdq_graphs_that_onnxruntime_runs(tmp_path):
-    from adtr_edge.export.quantize import parse_graphs, quantize_export
+    from adtr_edge.engine.quantize import parse_graphs, quantize_export
     from adtr_edge.metadata import read_onnx_metadata
 
     exp = make_export(tmp_path / "export")

@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdtrError
+from ..export.opset import parse_version
 
 MIN_VERSION = (8, 5)
-
-
-def parse_version(text: str) -> tuple[int, int]:
-    """'10.3.0.30' -> (10, 3). Unparseable text is a clear error (a broken install)."""
-    m = re.match(r"^\s*(\d+)\.(\d+)", str(text))
-    if not m:
-        raise AdtrError(f"cannot read the TensorRT version from tensorrt.__version__ = {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def import_tensorrt():

@@ -7,6 +7,9 @@ runs the result, so INT8 accuracy can be measured without a GPU.
 
 Output: a folder like the export (``backbone.onnx``, ``transformer.onnx``, ``manifest.json``)
 whose metadata gains ``{"quantization": {...}}``; a graph left unquantised is copied unchanged.
+
+It lives in ``engine/`` because its inputs do: the calibration images and batches and the ONNX
+graph tools that the engine builder uses too (no tensorrt import here: ONNX Runtime quantises).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from ..errors import AdtrError
 from ..fileio import atomic_path, sha256_file, write_json_atomic
 from ..folder import QDQ, read_export
 from ..metadata import BACKBONE, FEATURES, GRAPHS, IMAGES, METADATA_KEY, TRANSFORMER
+from . import calibration as calib
+from . import onnx_tools
 
 QUANT_SETTINGS = {"format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
                   "activation_symmetric": True, "weight_symmetric": True, "method": "Percentile", "percentile": 99.99}
@@ -69,8 +74,6 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
     except ImportError:
         raise AdtrError("adtr-edge quantize needs onnxruntime (pip install onnxruntime)") from None
-    from ..engine import calibration as calib  # noqa: PLC0415
-    from ..engine import onnx_tools  # noqa: PLC0415
 
     onnx_dir, out = Path(onnx_dir), Path(out)
     if out.resolve() == onnx_dir.resolve():
