@@ -864,13 +864,6 @@ def write_reports(report: dict, json_path: str | Path | None = None, markdown_pa
         write_text_atomic(markdown_path, to_markdown(report))
 
 
-def register(app) -> None:
-    """Add ``adtr-edge bench`` to the main typer app (the command lives in ``bench_cli``)."""
-    from .bench_cli import register as _register  # noqa: PLC0415
-
-    _register(app)
-
-
 __all__ = ["count_flops", "count_graph_flops", "FlopCount", "measure_gemm_peak", "machine_info", "header_lines",
            "run_bench", "bench_target", "interleaved", "resolve_targets", "BenchSettings", "TorchBackend", "time_batches",
-           "to_markdown", "write_reports", "register"]
+           "to_markdown", "write_reports"]

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import AdtrError
 from ..fileio import sha256_file, write_json_atomic
 from ..folder import ENGINE_FORMAT, MANIFEST, TENSORRT, read_model_folder

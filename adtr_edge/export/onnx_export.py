@@ -25,7 +25,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..errors import AdtrError, require
 from ..fileio import sha256_bytes, sha256_file, write_json_atomic
 from ..folder import KINDS, MANIFEST, ONNX

@@ -3,7 +3,7 @@
 OpenCV loop::
 
     import cv2
-    from adtr_edge.runtime.detector import Detector
+    from adtr_edge import Detector
 
     with Detector.load("export/", backend="auto") as det:
         cap = cv2.VideoCapture(0)
