@@ -15,6 +15,7 @@ from typing import List, Optional
 import typer
 
 from .version import __version__
+from .commands import run_app
 from .errors import AdtrError
 
 app = typer.Typer(
@@ -24,10 +25,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def _parse_size(text: Optional[str]) -> Optional[tuple]:
@@ -193,23 +190,7 @@ for _name in _AREA_MODULES:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    try:
-        app(args=argv, standalone_mode=False)
-    except AdtrError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        return 130
-    except typer.Exit as e:
-        return e.exit_code
-    except Exception as e:  # click usage errors carry their own exit code
-        code = getattr(e, "exit_code", None)
-        if code is not None and hasattr(e, "show"):
-            e.show()
-            return code
-        raise
-    return 0
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 
 import numpy as np
 import onnx
@@ -240,7 +241,16 @@ def test_dla_and_build_log(tmp_path):
     assert log.exists()
 
 
-def test_backend_available_reports_reason():
-    from adtr_edge.runtime.backends.tensorrt import available
-    ok, why = available()
-    assert isinstance(ok, bool) and why
+def test_backend_available_reports_reason(monkeypatch):
+    from adtr_edge.runtime.backends import tensorrt as trt_backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed
+    ok, why = trt_backend.available()
+    assert ok is False and "TensorRT is not installed" in why
+    # tensorrt imports, but no GPU answers: the CUDA reason is the one reported
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.3.0.30"))
+    monkeypatch.setattr(trt_backend, "gpu_available", lambda: (False, "no CUDA GPU found"))
+    assert trt_backend.available() == (False, "no CUDA GPU found")
+    monkeypatch.setattr(trt_backend, "gpu_available", lambda: (True, "Orin"))
+    ok, why = trt_backend.available()
+    assert ok is True and why.endswith(" on Orin")

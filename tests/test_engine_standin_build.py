@@ -182,11 +182,8 @@ def test_batch_outside_profile_is_refused(tmp_path, export, standin):
             be.infer(np.zeros((1, 32, 32, 3), np.float32))
 
 
-def test_real_export_builds_and_runs_on_standin(tmp_path, request):
-    try:
-        exported = request.getfixturevalue("exported_model")
-    except pytest.FixtureLookupError:
-        pytest.skip("exported_model fixture not defined yet")
+def test_real_export_builds_and_runs_on_standin(tmp_path, exported_model):
+    exported = exported_model
     from adtr_edge.engine.trt_api import TrtApi
     from adtr_edge.cuda import CudaRuntime
     # Passed explicitly, not via sys.modules: the fixture above imports torch, which probes for tensorrt.
