@@ -41,9 +41,9 @@ from .errors import AdtrError
 from .fileio import write_json_atomic, write_text_atomic
 from .folder import CHECKPOINT, ONNX_KINDS, QDQ, TENSORRT, ModelFolder, read_model_folder
 from .metadata import BACKBONE, GRAPHS, TRANSFORMER
-from .postprocessing import Thresholds, label, map_to_frame, normalize_score
-from .preprocessing import PreprocessSpec, prepare_batch
-from .runtime.backends.base import Backend, InferResult
+from .postprocessing import Thresholds
+from .runtime.backends.base import Backend
+from .runtime.detector import Detector
 
 SCHEMA = "adtr-edge-bench/1"
 BACKEND_CHOICES = ("all", "onnxruntime", "tensorrt", "torch")
@@ -531,8 +531,7 @@ class TorchBackend(Backend):
     def __init__(self, checkpoint: str | Path, *, threads: int | None = None, device: str = "cpu"):
         import torch  # noqa: PLC0415
 
-        from .metadata import build_metadata  # noqa: PLC0415
-        from .model.adtr import preprocess_spec  # noqa: PLC0415
+        from .export.onnx_export import checkpoint_metadata  # noqa: PLC0415
         from .train.checkpoint import load_checkpoint  # noqa: PLC0415
 
         if threads is not None:
@@ -541,11 +540,8 @@ class TorchBackend(Backend):
         model, ckpt = load_checkpoint(checkpoint, device=self.device)
         for p in model.parameters():  # inference only (and torch's FLOP counter trips on grad-less views)
             p.requires_grad_(False)
-        cfg = ckpt.model_config
         thresholds = ckpt.thresholds or Thresholds(1.0, 0.0, 2.0, "uncalibrated")
-        meta = build_metadata(model_config=cfg.to_dict(), preprocess=preprocess_spec(cfg), channels=model.backbone.channels,
-                              grid=cfg.grid, stages=list(cfg.stages), thresholds=thresholds, pool_kernel=model.head.kernel)
-        super().__init__(meta)
+        super().__init__(checkpoint_metadata(model, ckpt, thresholds))
         self.model, self.graph = model, model.transformer_graph()
 
     def _activate(self) -> None:
@@ -620,24 +616,20 @@ def camera_frame(frame_size: tuple[int, int] = DEFAULT_FRAME, seed: int = 0) -> 
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-def postprocess(result: InferResult, thresholds: Thresholds, frame_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, list]:
-    """What a viewer does with a batch: normalised scores, labels, maps resized onto the frames."""
-    norm = normalize_score(result.score, thresholds)
-    labels = label(result.score, thresholds)
-    maps = [map_to_frame(m[0], frame_shape) for m in result.anomaly_map]
-    return norm, labels, maps
+def time_one_batch(detector: Detector, frames: list[np.ndarray]) -> dict[str, float]:
+    """Milliseconds of each stage for one batch of camera frames, plus ``total`` wall time.
 
-
-def time_one_batch(backend: Backend, frames: list[np.ndarray], spec: PreprocessSpec, thresholds: Thresholds) -> dict[str, float]:
-    """Milliseconds of each stage for one batch of camera frames, plus ``total`` wall time."""
+    Through the runtime's own path (``Detector``: preprocess -> infer -> postprocess), then what a
+    viewer does next: each map resized onto its frame (counted in ``postprocess``)."""
     t0 = time.perf_counter()
-    images = prepare_batch(frames, spec)
+    detections = detector(frames)
     t1 = time.perf_counter()
-    result = backend.infer(images)
+    for d in detections:
+        d.map_for_frame()
     t2 = time.perf_counter()
-    postprocess(result, thresholds, frames[0].shape)
-    t3 = time.perf_counter()
-    timings = {"preprocess": (t1 - t0) * 1e3, **result.timings, "postprocess": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+    timings = dict(detections[0].timings)
+    timings["postprocess"] = timings.get("postprocess", 0.0) + (t2 - t1) * 1e3
+    timings["total"] = (t2 - t0) * 1e3
     return timings
 
 
@@ -647,12 +639,12 @@ def time_batches(backend: Backend, batch: int, *, warmup: int, iters: int, frame
         raise AdtrError(f"batch >= 1, iters >= 1 and warmup >= 0 are required (got {batch}, {iters}, {warmup})")
     frame = camera_frame(frame_size)
     frames = [frame] * batch
-    spec, thresholds = backend.meta.preprocess, backend.meta.thresholds
+    detector = Detector(backend)  # activates the backend (a no-op when it is active); the caller closes it
     for _ in range(warmup):
-        time_one_batch(backend, frames, spec, thresholds)
+        time_one_batch(detector, frames)
     samples: dict[str, list[float]] = {}
     for _ in range(iters):
-        for k, v in time_one_batch(backend, frames, spec, thresholds).items():
+        for k, v in time_one_batch(detector, frames).items():
             samples.setdefault(k, []).append(v)
     total_s = sum(samples["total"]) / 1e3
     stages = {k: summarize(v) for k, v in samples.items()}

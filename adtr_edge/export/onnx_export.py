@@ -150,6 +150,15 @@ def set_metadata(model: onnx.ModelProto, doc_json: str) -> None:
     entry.key, entry.value = METADATA_KEY, doc_json
 
 
+def checkpoint_metadata(model, ckpt, thresholds, **extra_fields):
+    """The model metadata (adtr_edge.metadata) of a loaded checkpoint: what the export writes into
+    its graphs and what bench's torch backend runs with, made in one place."""
+    cfg = ckpt.model_config
+    return build_metadata(model_config=cfg.to_dict(), preprocess=preprocess_spec(cfg), channels=model.backbone.channels,
+                          grid=cfg.grid, stages=list(cfg.stages), thresholds=thresholds, pool_kernel=model.head.kernel,
+                          **extra_fields)
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = 17, force: bool = False,
                       do_simplify: bool = True) -> ExportResult:
     out_dir = Path(out_dir)
@@ -167,10 +176,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
         BACKBONE: _to_onnx(model.backbone, images, [IMAGES], [FEATURES], opset),
         TRANSFORMER: _to_onnx(model.transformer_graph(), features, [FEATURES], [ANOMALY_MAP, SCORE], opset),
     }
-    meta = build_metadata(
-        model_config=cfg.to_dict(), preprocess=spec, channels=model.backbone.channels, grid=cfg.grid,
-        stages=list(cfg.stages), thresholds=ckpt.thresholds, pool_kernel=model.head.kernel,
-        data_summary=ckpt.data_summary,
+    meta = checkpoint_metadata(
+        model, ckpt, ckpt.thresholds, data_summary=ckpt.data_summary,
         extra={"opset": opset, "weights_source": ckpt.extra.get("weights_source"), "checkpoint_files": {"model.safetensors": sha256_file(Path(checkpoint) / "model.safetensors")}},
     )
     manifest = {"format": KINDS[ONNX].format, "toolkit_version": __version__, "kind": ONNX, "graphs": {}, "meta": meta.raw}
