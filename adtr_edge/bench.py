@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import json
 import os
 import platform
 import resource
@@ -561,17 +560,27 @@ class TorchBackend(Backend):
 
     def count_flops(self) -> dict[str, int]:
         """FLOPs per frame by torch's own counter (matmul/conv family), a cross-check of ``count_flops``."""
-        from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+        from torch.utils import flop_counter  # noqa: PLC0415
+
+        def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
+            return flop_counter.sdpa_flop_count(query, key, value)
+
+        # torch's counter has no formula for the CPU kernel of scaled_dot_product_attention (it
+        # counts the CUDA ones), so the attention matmuls of the fused path would count as 0.
+        mapping = {}
+        cpu_op = getattr(self.torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        if cpu_op is not None:
+            mapping[cpu_op] = cpu_sdpa
 
         h, w = self.meta.input_size
         images = self.torch.zeros((1, h, w, 3), dtype=self.torch.uint8, device=self.device)
         out = {}
         # no_grad, not inference_mode: the counter hooks autograd, which inference tensors lack.
         with self.torch.no_grad():
-            with FlopCounterMode(display=False) as fc:
+            with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as fc:
                 features = self.model.backbone(images)
             out[BACKBONE] = int(fc.get_total_flops())
-            with FlopCounterMode(display=False) as fc:
+            with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as fc:
                 self.graph(features)
             out[TRANSFORMER] = int(fc.get_total_flops())
         return out

@@ -7,7 +7,6 @@ runtime and export areas live next to their code and are registered here.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
