@@ -183,7 +183,7 @@ def version():
 
 # Commands that live with their area; each area module imports its heavy dependencies (torch,
 # tensorrt, onnxruntime) inside the command, so registering them all keeps start-up light.
-_AREA_MODULES = ("adtr_edge.data.cli", "adtr_edge.export.cli_inspect", "adtr_edge.engine.cli", "adtr_edge.runtime.cli", "adtr_edge.demo", "adtr_edge.bench_cli")
+_AREA_MODULES = ("adtr_edge.data.cli", "adtr_edge.export.cli_inspect", "adtr_edge.engine.cli", "adtr_edge.runtime.cli", "adtr_edge.demo", "adtr_edge.bench.cli")
 for _name in _AREA_MODULES:
     importlib.import_module(_name).register(app)
 

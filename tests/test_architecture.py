@@ -91,3 +91,9 @@ def test_an_unknown_top_level_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'Detektor'"):
         adtr_edge.Detektor  # noqa: B018
+
+
+def test_no_module_over_500_lines():
+    """docs/ARCHITECTURE.md's target: no module over ~500 lines (bench.py was 907 before issue 14)."""
+    big = [(m, n) for m, n in import_graph.largest(import_graph.modules(), n=3) if n > 500]
+    assert not big, big
