@@ -230,10 +230,6 @@ class TrtApi:
             })
         return out
 
-    def profile_shape(self, engine, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        mn, opt, mx = engine.get_tensor_profile_shape(name, 0)
-        return tuple(int(d) for d in mn), tuple(int(d) for d in opt), tuple(int(d) for d in mx)
-
 
 # -- the one logger --------------------------------------------------------------------------------
 #
