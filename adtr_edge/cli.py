@@ -7,14 +7,14 @@ runtime and export areas live next to their code and are registered here.
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import __version__
+from .version import __version__
+from .commands import run_app
 from .errors import AdtrError
 
 app = typer.Typer(
@@ -24,10 +24,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def echo_json(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def _parse_size(text: Optional[str]) -> Optional[tuple]:
@@ -188,29 +184,13 @@ def version():
 
 # Commands that live with their area; each area module imports its heavy dependencies (torch,
 # tensorrt, onnxruntime) inside the command, so registering them all keeps start-up light.
-_AREA_MODULES = ("adtr_edge.data.cli", "adtr_edge.export.cli_inspect", "adtr_edge.engine.cli", "adtr_edge.runtime.cli", "adtr_edge.demo", "adtr_edge.bench")
+_AREA_MODULES = ("adtr_edge.data.cli", "adtr_edge.export.cli_inspect", "adtr_edge.engine.cli", "adtr_edge.runtime.cli", "adtr_edge.demo", "adtr_edge.bench.cli")
 for _name in _AREA_MODULES:
     importlib.import_module(_name).register(app)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    try:
-        app(args=argv, standalone_mode=False)
-    except AdtrError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        return 130
-    except typer.Exit as e:
-        return e.exit_code
-    except Exception as e:  # click usage errors carry their own exit code
-        code = getattr(e, "exit_code", None)
-        if code is not None and hasattr(e, "show"):
-            e.show()
-            return code
-        raise
-    return 0
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

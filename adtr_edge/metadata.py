@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from .version import __version__
 from .errors import AdtrError
 from .postprocessing import Thresholds
 from .preprocessing import PreprocessSpec

@@ -11,10 +11,26 @@ so 0.5 is the decision threshold whatever the raw scale.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+
+from .errors import AdtrError
+
+
+def check_threshold(threshold: float | None) -> None:
+    """A threshold override is a finite number: NaN would label every frame normal (every
+    comparison with NaN is False), silently."""
+    if threshold is None:
+        return
+    try:
+        ok = math.isfinite(float(threshold))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise AdtrError(f"--threshold {threshold!r}: must be a finite number (the raw-score threshold)")
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,7 @@ class Thresholds:
     def with_threshold(self, threshold: float | None) -> "Thresholds":
         if threshold is None:
             return self
+        check_threshold(threshold)
         return Thresholds(float(threshold), self.score_min, self.score_max, "override")
 
 

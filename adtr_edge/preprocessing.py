@@ -8,7 +8,7 @@ Split in two halves:
   ``uint8`` NHWC BGR batch: what OpenCV gives, so a camera frame needs no channel shuffle and the
   host-to-device copy is 4x smaller than float32.
 * in-graph half (``scale_shift``): cast to float, BGR->RGB, scale to [0,1], subtract mean and
-  divide by std. ``adtr_edge.model.preprocess.InGraphPreprocess`` implements it in torch from
+  divide by std. ``adtr_edge.model.adtr.InGraphPreprocess`` implements it in torch from
   these same numbers, so it is exported inside the backbone graph and no backend can get it wrong.
   ``normalize_numpy`` is the numpy reference used by tests.
 """

@@ -65,7 +65,7 @@ def make_export(cfg: ModelConfig, work: Path = DEFAULT_WORK, opset: int | None =
 
 def quantize_available() -> bool:
     try:
-        from adtr_edge.export import quantize  # noqa: F401
+        from adtr_edge.engine import quantize  # noqa: F401
     except ImportError:
         return False
     return hasattr(quantize, "quantize_export")
@@ -73,11 +73,11 @@ def quantize_available() -> bool:
 
 def make_int8(export: Path, work: Path = DEFAULT_WORK, calib_count: int = 32) -> Path | None:
     """Q/DQ INT8 sibling of ``export`` (calibrated on generated texture images), or None when
-    ``adtr_edge.export.quantize`` is not in this build."""
+    ``adtr_edge.engine.quantize`` is not in this build."""
     if not quantize_available():
         return None
     from adtr_edge.data.generate import generate_sample_dataset
-    from adtr_edge.export.quantize import quantize_export
+    from adtr_edge.engine.quantize import quantize_export
 
     out = Path(work) / f"{export.name}-int8"
     if (out / "manifest.json").is_file():

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adtr_edge.data.datasets import load_dataset  # noqa: E402
 from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor  # noqa: E402
 from adtr_edge.export.onnx_export import export_checkpoint  # noqa: E402
-from adtr_edge.export.quantize import quantize_export  # noqa: E402
+from adtr_edge.engine.quantize import quantize_export  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.model.adtr import preprocess_spec  # noqa: E402
 from adtr_edge.runtime.loading import load_backend  # noqa: E402

@@ -134,7 +134,7 @@ def tensorrt_engines(export: Path, out: Path, batches, iters: int, deadline: flo
 
 
 def cuda_copies(batches, iters: int) -> dict:
-    from adtr_edge.runtime.cuda import CudaRuntime, gpu_available
+    from adtr_edge.cuda import CudaRuntime, gpu_available
 
     ok, why = gpu_available()
     if not ok:

@@ -37,17 +37,17 @@ def _diff(a, b):
 def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Path) -> dict:
     import onnxruntime as ort
 
-    from adtr_edge.engine.builder import read_export
+    from adtr_edge.folder import read_export
     from adtr_edge.engine.calibration import backbone_batches, calibration_images
     from adtr_edge.engine.trt_api import load_api
     from adtr_edge.runtime.backends.tensorrt import TensorRTBackend, available
-    from adtr_edge.runtime.cuda import CudaRuntime
+    from adtr_edge.cuda import CudaRuntime
 
     ok, why = available()
     if not ok:
         raise AdtrError(f"cannot validate: {why}")
     api = load_api()
-    _, meta = read_export(export)
+    meta = read_export(export).meta
     images = backbone_batches(calibration_images(calib_images, batch), meta.preprocess, batch)[0]
     ref_b = ort.InferenceSession(str(export / "backbone.onnx"), providers=["CPUExecutionProvider"])
     ref_t = ort.InferenceSession(str(export / "transformer.onnx"), providers=["CPUExecutionProvider"])
@@ -58,7 +58,7 @@ def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Pat
     for precision in ("fp16", "int8"):
         src = export
         if precision == "int8" and not api.has_calibrators:
-            from adtr_edge.export.quantize import quantize_export
+            from adtr_edge.engine.quantize import quantize_export
 
             src = quantize_export(export, calib_images, work / "qdq", ["backbone"], 64, batch)
         opts = BuildOptions(precision=precision, profile=Profile(1, batch, batch), calib_images=calib_images,

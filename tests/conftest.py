@@ -64,3 +64,12 @@ def magnetic_tile() -> Path:
     if not (MAGNETIC_TILE / "train" / "good").is_dir():
         pytest.skip(f"real dataset not found at {MAGNETIC_TILE} (see ../shared/data/README.md)")
     return MAGNETIC_TILE
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    """A small contract-following export (tests/runtime_fakes.py: fake graphs, real metadata), one
+    per test module, for the runtime tests that need a folder but not a trained model."""
+    from tests.runtime_fakes import write_fake_export
+
+    return write_fake_export(tmp_path_factory.mktemp("fake_export") / "model")

@@ -92,19 +92,12 @@ def test_missing_or_wrong_model_dir(tmp_path):
         resolve_targets([tmp_path])
 
 
-def _exported(request):
-    try:
-        return request.getfixturevalue("exported_model")
-    except pytest.FixtureLookupError:
-        pytest.skip("exported_model fixture not defined")
-
-
 def _positive(x):
     return isinstance(x, (int, float)) and x > 0
 
 
-def test_bench_report_schema_on_exported_model(request, tmp_path):
-    export = _exported(request)
+def test_bench_report_schema_on_exported_model(exported_model, tmp_path):
+    export = exported_model
     with pytest.raises(AdtrError, match="runs on onnxruntime"):
         resolve_targets([export], "torch")
     settings = BenchSettings(batches=(1, 2), warmup=1, iters=2, threads=1, frame_size=(48, 64), gemm_n=64)
@@ -137,10 +130,9 @@ def test_bench_report_schema_on_exported_model(request, tmp_path):
     assert md.count(f"| {run['label']} |") >= 2 + 1  # two batch rows + the FLOPs row (+ memory row)
 
 
-def test_torch_flop_counter_agrees_with_onnx_count(request):
+def test_torch_flop_counter_agrees_with_onnx_count(exported_model, trained_checkpoint):
     """The ONNX count (Conv/MatMul/Gemm) and torch's own counter measure the same model."""
-    export = _exported(request)
-    ckpt = request.getfixturevalue("trained_checkpoint")
+    export, ckpt = exported_model, trained_checkpoint
     from adtr_edge.bench import TorchBackend, count_graph_flops
 
     torch_flops = TorchBackend(ckpt, threads=1).count_flops()
@@ -151,8 +143,8 @@ def test_torch_flop_counter_agrees_with_onnx_count(request):
     assert 0 < onnx_flops["backbone"] <= torch_flops["backbone"]
 
 
-def test_cli_bench_writes_json_and_markdown(request, tmp_path):
-    export = _exported(request)
+def test_cli_bench_writes_json_and_markdown(exported_model, tmp_path):
+    export = exported_model
     from typer.testing import CliRunner
 
     from adtr_edge.cli import app

@@ -17,7 +17,7 @@ from tests.trt_standin.graphs import make_export, write_images
 def app(monkeypatch):
     rt = make_cudart()
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.3.0.30", cudart=rt))
-    import adtr_edge.runtime.cuda as cuda_mod
+    import adtr_edge.cuda.cudart as cuda_mod
     monkeypatch.setattr(cuda_mod, "import_cudart", lambda: rt)
     a = typer.Typer()
     register(a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 
 import numpy as np
 import onnx
@@ -18,7 +19,7 @@ from adtr_edge.engine.manifest import EngineKey, Profile
 from adtr_edge.engine.trt_api import TrtApi, parse_version
 from adtr_edge.errors import AdtrError
 from adtr_edge.preprocessing import PreprocessSpec
-from adtr_edge.runtime.cuda import CudaRuntime
+from adtr_edge.cuda import CudaRuntime
 from tests.trt_standin.fake_trt import make_cudart, make_tensorrt
 from tests.trt_standin.graphs import make_export, write_images
 
@@ -160,7 +161,7 @@ def test_fp16_conversion_keeps_io_types_and_sensitive_fp32(tmp_path):
 
 
 def test_quantize_writes_qdq_graphs_that_onnxruntime_runs(tmp_path):
-    from adtr_edge.export.quantize import parse_graphs, quantize_export
+    from adtr_edge.engine.quantize import parse_graphs, quantize_export
     from adtr_edge.metadata import read_onnx_metadata
 
     exp = make_export(tmp_path / "export")
@@ -202,7 +203,8 @@ def test_export_folder_errors(tmp_path):
         build_engines(tmp_path, tmp_path / "e", "m", api=_api("10.3.0.30"), cuda=cuda, log=lambda s: None)
     exp = make_export(tmp_path / "export")
     (exp / "backbone.onnx").write_bytes(b"xx")
-    with pytest.raises(AdtrError, match="sha256 does not match"):
+    # the one folder reader (adtr_edge.folder) names the file and both digests
+    with pytest.raises(AdtrError, match=r"backbone\.onnx: sha256 .* does not match manifest\.json"):
         build_engines(exp, tmp_path / "e", "m", api=_api("10.3.0.30"), cuda=cuda, log=lambda s: None)
 
 
@@ -239,7 +241,16 @@ def test_dla_and_build_log(tmp_path):
     assert log.exists()
 
 
-def test_backend_available_reports_reason():
-    from adtr_edge.runtime.backends.tensorrt import available
-    ok, why = available()
-    assert isinstance(ok, bool) and why
+def test_backend_available_reports_reason(monkeypatch):
+    from adtr_edge.runtime.backends import tensorrt as trt_backend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed
+    ok, why = trt_backend.available()
+    assert ok is False and "TensorRT is not installed" in why
+    # tensorrt imports, but no GPU answers: the CUDA reason is the one reported
+    monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.3.0.30"))
+    monkeypatch.setattr(trt_backend, "gpu_available", lambda: (False, "no CUDA GPU found"))
+    assert trt_backend.available() == (False, "no CUDA GPU found")
+    monkeypatch.setattr(trt_backend, "gpu_available", lambda: (True, "Orin"))
+    ok, why = trt_backend.available()
+    assert ok is True and why.endswith(" on Orin")

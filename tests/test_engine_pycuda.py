@@ -11,15 +11,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-import adtr_edge.runtime.cuda as cuda_mod
-import adtr_edge.runtime.cuda_pycuda as cuda_pycuda
+import adtr_edge.cuda as cuda_pkg
+import adtr_edge.cuda.cudart as cuda_mod
+import adtr_edge.cuda.pycuda_binding as cuda_pycuda
 from adtr_edge.engine.builder import BuildOptions, build_engines
 from adtr_edge.engine.manifest import Profile
 from adtr_edge.engine.trt_api import TrtApi
 from adtr_edge.errors import AdtrError
 from adtr_edge.runtime.backends.tensorrt import TensorRTBackend
-from adtr_edge.runtime.cuda import CudaRuntime, make_cuda_runtime
-from adtr_edge.runtime.cuda_pycuda import PycudaRuntime
+from adtr_edge.cuda import CudaRuntime, PycudaRuntime, make_cuda_runtime
 from tests.trt_standin.fake_pycuda import importable, make_pycuda, primary_context
 from tests.trt_standin.fake_trt import make_cudart, make_tensorrt
 from tests.trt_standin.graphs import make_export, write_images
@@ -145,7 +145,7 @@ def test_make_cuda_runtime_selection(monkeypatch, no_cuda_python):
         make_cuda_runtime("cuda-python")
     with pytest.raises(AdtrError, match="--cuda-binding 'cupy'"):
         make_cuda_runtime("cupy")
-    ok, name = cuda_mod.gpu_available()
+    ok, name = cuda_pkg.gpu_available()
     assert ok and name == "NVIDIA Fake Jetson"
 
 
@@ -164,7 +164,7 @@ def test_neither_binding_is_one_clear_error(monkeypatch, no_cuda_python):
     with pytest.raises(AdtrError, match="no CUDA binding.*cuda-python is not installed.*pycuda is not installed") as e:
         make_cuda_runtime()
     assert "\n" not in str(e.value)
-    ok, why = cuda_mod.gpu_available()
+    ok, why = cuda_pkg.gpu_available()
     assert not ok and "pycuda" in why
 
 
@@ -270,3 +270,19 @@ def test_backend_and_builder_pick_pycuda_when_cuda_python_is_missing(tmp_path, m
     np.testing.assert_allclose(r.score, score, atol=1e-5, rtol=1e-5)
     with pytest.raises(AdtrError, match="cuda-python is not installed"):
         TensorRTBackend(tmp_path / "engines/m", api=api, cuda_binding="cuda-python").activate()
+
+
+def test_both_bindings_implement_the_cuda_protocol():
+    """TensorRTBackend and the calibrator are typed against adtr_edge.cuda.CudaMemory: both
+    bindings must offer every member of it (and cuda-python the graph capture too)."""
+    from adtr_edge.cuda import CudaGraphs, CudaMemory
+
+    def members(proto):
+        names = set(getattr(proto, "__annotations__", {}))
+        return names | {n for n in vars(proto) if not n.startswith("_")}
+
+    for cls in (CudaRuntime, PycudaRuntime):
+        missing = sorted(n for n in members(CudaMemory) if not hasattr(cls, n))
+        assert not missing, f"{cls.__name__} lacks {missing}"
+    assert not [n for n in members(CudaGraphs) if not hasattr(CudaRuntime, n)]
+    assert PycudaRuntime.supports_graphs is False and PycudaRuntime.graphs_unsupported_reason

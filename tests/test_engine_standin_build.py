@@ -25,7 +25,7 @@ def export(tmp_path, standin):
 
 def test_layernorm_op_on_85_is_a_clear_error(tmp_path):
     from adtr_edge.engine.trt_api import TrtApi
-    from adtr_edge.runtime.cuda import CudaRuntime
+    from adtr_edge.cuda import CudaRuntime
     exp = make_export(tmp_path / "export")
     with pytest.raises(AdtrError, match="opset 16"):
         build_engines(exp, tmp_path / "e", "m", BuildOptions(), api=TrtApi(make_tensorrt("8.5.2.2")),
@@ -158,7 +158,7 @@ def test_engine_refused_on_other_gpu_or_version(tmp_path, export, standin):
     trt, rt, api, cuda = standin
     _build(tmp_path, export, standin, precision="fp32")
     from adtr_edge.engine.trt_api import TrtApi
-    from adtr_edge.runtime.cuda import CudaRuntime
+    from adtr_edge.cuda import CudaRuntime
     other_gpu = CudaRuntime(make_cudart(gpu_name="NVIDIA RTX 4090", cc=(8, 9)))
     with pytest.raises(AdtrError, match="rebuild with adtr-edge build-engine"):
         TensorRTBackend(tmp_path / "engines/m", api=api, cuda=other_gpu).activate()
@@ -182,13 +182,10 @@ def test_batch_outside_profile_is_refused(tmp_path, export, standin):
             be.infer(np.zeros((1, 32, 32, 3), np.float32))
 
 
-def test_real_export_builds_and_runs_on_standin(tmp_path, request):
-    try:
-        exported = request.getfixturevalue("exported_model")
-    except pytest.FixtureLookupError:
-        pytest.skip("exported_model fixture not defined yet")
+def test_real_export_builds_and_runs_on_standin(tmp_path, exported_model):
+    exported = exported_model
     from adtr_edge.engine.trt_api import TrtApi
-    from adtr_edge.runtime.cuda import CudaRuntime
+    from adtr_edge.cuda import CudaRuntime
     # Passed explicitly, not via sys.modules: the fixture above imports torch, which probes for tensorrt.
     rt = make_cudart()
     trt = make_tensorrt("10.3.0.30", cudart=rt)

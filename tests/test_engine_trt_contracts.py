@@ -18,9 +18,10 @@ from adtr_edge.engine.builder import BuildOptions, build_engines
 from adtr_edge.engine.manifest import Profile
 from adtr_edge.engine.trt_api import TrtApi, process_logger
 from adtr_edge.errors import AdtrError
-from adtr_edge.runtime import cuda as cuda_mod
+import adtr_edge.cuda as cuda_pkg
+from adtr_edge.cuda import cudart as cuda_mod
 from adtr_edge.runtime.backends.tensorrt import TensorRTBackend
-from adtr_edge.runtime.cuda import CudaRuntime
+from adtr_edge.cuda import CudaRuntime
 from tests.trt_standin.fake_trt import make_cudart, make_tensorrt
 from tests.trt_standin.graphs import make_export, write_images
 
@@ -156,7 +157,7 @@ def test_cuda_bindings_newer_than_the_driver_is_one_line(monkeypatch, driver, ru
         CudaRuntime(rt)
     assert "\n" not in str(e.value) and "needs driver >= 580" in str(e.value)
     monkeypatch.setattr(cuda_mod, "import_cudart", lambda: rt)
-    ok, why = cuda_mod.gpu_available()
+    ok, why = cuda_pkg.gpu_available()
     assert not ok and pin in why
     assert isinstance(CudaRuntime(make_cudart(driver_version=13000, runtime_version=12080)), CudaRuntime)  # older bindings are fine
 

@@ -330,11 +330,8 @@ def test_cli_folder_and_errors(tmp_path):
 
 # ---------------------------------------------------------------- a real export
 
-def test_real_export_is_accepted_by_86_and_10x(request):
-    try:
-        folder = request.getfixturevalue("exported_model")
-    except pytest.FixtureLookupError:
-        pytest.skip("exported_model fixture not available")
+def test_real_export_is_accepted_by_86_and_10x(exported_model):
+    folder = exported_model
     reports = {r["manifest_graph"]: r for r in inspect_path(folder)}
     assert set(reports) == {"backbone", "transformer"}
     bb, tr = reports["backbone"], reports["transformer"]

@@ -14,11 +14,8 @@ from adtr_edge.metadata import ANOMALY_MAP, FEATURES, IMAGES, SCORE, ModelMeta
 
 
 @pytest.fixture
-def exported(request) -> Path:
-    try:
-        return Path(request.getfixturevalue("exported_model"))
-    except pytest.FixtureLookupError:
-        pytest.skip("exported_model fixture not defined yet (tests/conftest.py)")
+def exported(exported_model) -> Path:
+    return Path(exported_model)
 
 
 def run_onnx(folder: Path, images: np.ndarray):

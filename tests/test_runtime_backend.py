@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -12,11 +13,6 @@ from tests.runtime_fakes import SIZE, write_fake_export
 from adtr_edge.errors import AdtrError
 from adtr_edge.runtime import loading
 from adtr_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    return write_fake_export(tmp_path_factory.mktemp("runtime_export") / "model")
 
 
 def _images(n=2, seed=0):
@@ -145,9 +141,18 @@ def test_engine_format_constant_matches_the_engine_package():
     assert loading.ENGINE_FORMAT == ENGINE_FORMAT
 
 
-def test_tensorrt_availability_tolerates_a_missing_module():
+def test_tensorrt_availability_tolerates_a_missing_module(monkeypatch):
+    # tensorrt itself missing: the shim's reason comes through
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
     ok, reason = loading.tensorrt_available()
-    assert isinstance(ok, bool) and reason  # no GPU here: False with a reason, never an exception
+    assert ok is False and "TensorRT is not installed" in reason
+    # the backend module itself cannot import (a broken install): named, never an exception
+    import adtr_edge.runtime.backends as backends
+
+    monkeypatch.setitem(sys.modules, "adtr_edge.runtime.backends.tensorrt", None)
+    monkeypatch.delattr(backends, "tensorrt", raising=False)
+    ok, reason = loading.tensorrt_available()
+    assert ok is False and reason.startswith("TensorRT backend unavailable (ModuleNotFoundError")
 
 
 def test_runtime_does_not_import_torch():

@@ -15,7 +15,7 @@ from adtr_edge.engine.trt_api import TrtApi
 from adtr_edge.errors import AdtrError
 from adtr_edge.runtime.cli import main as cli_main
 from adtr_edge.runtime.cli import tensorrt_options
-from adtr_edge.runtime.cuda import CudaRuntime
+from adtr_edge.cuda import CudaRuntime
 from adtr_edge.runtime.loading import default_model_dir
 from tests.runtime_fakes import write_fake_export, write_video
 from tests.trt_standin.fake_trt import make_cudart, make_tensorrt

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from tests.runtime_fakes import SIZE, THRESHOLD, make_frame, write_fake_export
+from tests.runtime_fakes import SIZE, THRESHOLD, make_frame
 
 from adtr_edge.errors import AdtrError
 from adtr_edge.postprocessing import normalize_score
@@ -13,11 +13,6 @@ from adtr_edge.preprocessing import prepare_batch
 from adtr_edge.runtime.detector import Detection, Detector
 
 STAGES = {"preprocess", "backbone", "transformer", "postprocess"}
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    return write_fake_export(tmp_path_factory.mktemp("runtime_detector") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -15,19 +15,13 @@ from adtr_edge.runtime.pipeline import run_stream
 
 
 @pytest.fixture
-def exported(request):
-    try:
-        return request.getfixturevalue("exported_model")
-    except pytest.FixtureLookupError:
-        pytest.skip("exported_model fixture not defined yet")
+def exported(exported_model):
+    return exported_model
 
 
 @pytest.fixture
-def test_images(request):
-    try:
-        root = request.getfixturevalue("sample_dataset")
-    except pytest.FixtureLookupError:
-        pytest.skip("sample_dataset fixture not defined yet")
+def test_images(sample_dataset):
+    root = sample_dataset
     files = sorted(p for d in (root / "test").iterdir() if d.is_dir() for p in list_images(d))
     assert files, f"no test images under {root}"
     return files

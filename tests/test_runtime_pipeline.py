@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from tests.runtime_fakes import FakeCapture, ScriptedOpener, write_fake_export, write_video
+from tests.runtime_fakes import FakeCapture, ScriptedOpener, make_frame, write_video
 
 from adtr_edge.errors import AdtrError
 from adtr_edge.runtime.cli import main as cli_main
@@ -24,11 +24,6 @@ from adtr_edge.runtime.sources import ReconnectPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 PATTERN = [i in (5, 6, 7, 8, 9, 14) for i in range(20)]  # a 5-frame defect and a 1-frame blip
-
-
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    return write_fake_export(tmp_path_factory.mktemp("runtime_pipeline") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +106,6 @@ def test_alarm_still_active_at_the_end_is_closed():
 
 
 def test_saved_anomalies_and_recording(export_dir, video, tmp_path):
-    pytest.importorskip("adtr_edge.visualize")
     out = tmp_path / "anomalies"
     rec = tmp_path / "rec" / "overlay.mp4"
     run_stream(export_dir, str(video), save_anomalies=out, record=rec, print_summary=False)
@@ -129,7 +123,6 @@ def test_saved_anomalies_and_recording(export_dir, video, tmp_path):
 
 
 def test_recording_fps_falls_back_to_10_when_unknown(export_dir, tmp_path):
-    pytest.importorskip("adtr_edge.visualize")
     rec = tmp_path / "live.avi"
     opener = ScriptedOpener([FakeCapture(6, period=0.01)])  # reports CAP_PROP_FPS 0
     run_stream(export_dir, 0, record=rec, opener=opener, print_summary=False,
@@ -139,7 +132,6 @@ def test_recording_fps_falls_back_to_10_when_unknown(export_dir, tmp_path):
 
 
 def test_show_without_gui_is_a_clear_error(export_dir, video):
-    pytest.importorskip("adtr_edge.visualize")
     try:
         cv2.namedWindow("probe")
         cv2.destroyWindow("probe")
@@ -235,6 +227,7 @@ def test_cli_stream_command(export_dir, video, tmp_path, capsys):
     (["--camera", "0", "--source", "x"], "exactly one of --camera N or --source S"),
     ([], "exactly one of --camera N or --source S"),
     (["--source", "nowhere.mp4"], "source not found: 'nowhere.mp4'"),
+    (["--camera", "0", "--threshold", "nan"], "--threshold nan: must be a finite number"),
 ])
 def test_cli_errors(export_dir, capsys, args, message):
     assert cli_main(["stream", str(export_dir), *args]) == 2
@@ -255,3 +248,50 @@ def test_format_summary_lists_stages(export_dir, video):
     text = format_summary(s)
     for stage in ("preprocess", "backbone", "transformer", "postprocess"):
         assert stage in text
+
+
+# -- bad input found by trying it (issue 14) --------------------------------------------------
+
+
+def test_nan_threshold_is_refused_before_the_model_loads(export_dir, video):
+    with pytest.raises(AdtrError, match=r"--threshold nan: must be a finite number"):
+        run_stream(export_dir, str(video), threshold=float("nan"), print_summary=False)
+
+
+def test_record_into_an_unwritable_path_fails_at_start(export_dir, video, tmp_path):
+    taken = tmp_path / "rec.mp4"
+    taken.mkdir()  # the name is a folder: the final rename would fail only after the whole stream
+    events_file = tmp_path / "events.jsonl"
+    with pytest.raises(AdtrError, match=r"--record .*rec\.mp4: is a folder"):
+        run_stream(export_dir, str(video), record=taken, events=events_file, print_summary=False)
+    assert not events_file.exists() or not events_file.read_text()  # no frame ran
+
+
+def test_corrupt_images_of_a_folder_are_events(export_dir, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, kind in enumerate(["ok", "bad", "ok", "ok", "bad"]):
+        path = folder / f"{i:03d}.png"
+        if kind == "ok":
+            cv2.imwrite(str(path), make_frame(False))
+        else:
+            path.write_bytes(b"not a png")
+    events_file = tmp_path / "events.jsonl"
+    summary = run_stream(export_dir, str(folder), events=events_file, batch=2, print_summary=False)
+    order = [(e["event"], Path(e["name"]).name) for e in _events(events_file)]
+    assert order == [("frame", "000.png"), ("corrupt", "001.png"), ("frame", "002.png"), ("frame", "003.png"),
+                     ("corrupt", "004.png")]
+    corrupt = [e for e in _events(events_file) if e["event"] == "corrupt"]
+    assert all(e["reason"] and e["time"].endswith("Z") for e in corrupt) and corrupt[0]["frame"] == 1
+    assert summary["corrupt"] == 2
+
+
+def test_ctrl_c_in_the_runtime_cli_exits_130(export_dir, monkeypatch, capsys):
+    import adtr_edge.runtime.pipeline as pipeline
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_stream", interrupted)
+    assert cli_main(["stream", str(export_dir), "--camera", "0"]) == 130
+    assert "aborted" in capsys.readouterr().err

@@ -79,10 +79,6 @@ class ImageSet:
         return [s.defect for s in self._samples]
 
     @property
-    def defect_names(self) -> list[str]:
-        return sorted(set(self.defects))
-
-    @property
     def paths(self) -> list[Path]:
         return [s.path for s in self._samples]
 

@@ -23,8 +23,9 @@ from typing import Callable
 import onnx
 
 from ..errors import AdtrError
-from ..fileio import read_json, sha256_bytes, sha256_file, write_bytes_atomic
-from ..metadata import BACKBONE, GRAPHS, TRANSFORMER, ModelMeta
+from ..fileio import sha256_bytes, sha256_file, write_bytes_atomic
+from ..folder import read_export
+from ..metadata import BACKBONE, GRAPHS, TRANSFORMER
 from . import calibration as calib
 from . import onnx_tools
 from .manifest import EngineKey, Profile, engine_path, existing_entry_matches, read_manifest, write_manifest
@@ -259,24 +260,6 @@ class BuildSerializedEngine:
 # -- the whole build -------------------------------------------------------------------------------
 
 
-def read_export(folder: Path) -> tuple[dict, ModelMeta]:
-    """Read and verify an export (or quantize) folder: manifest, both graphs, their sha256s."""
-    folder = Path(folder)
-    path = folder / "manifest.json"
-    doc = read_json(path, missing=f"not an export folder (no manifest.json): {folder}")
-    meta = ModelMeta.validate(doc.get("meta"), str(path))
-    for g in GRAPHS:
-        entry = doc.get("graphs", {}).get(g)
-        if not entry:
-            raise AdtrError(f"{path}: no '{g}' graph listed")
-        f = folder / entry["file"]
-        if not f.is_file():
-            raise AdtrError(f"{f}: graph file missing")
-        if sha256_file(f) != entry.get("sha256"):
-            raise AdtrError(f"{f}: sha256 does not match {path} (modified or half-copied)")
-    return doc, meta
-
-
 @dataclass
 class BuildReport:
     folder: Path
@@ -317,19 +300,20 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
                   options: BuildOptions | None = None, *, api: TrtApi | None = None, cuda=None,
                   log: Callable[[str], None] = print) -> BuildReport:
     """Build (or reuse) both engines; write the engine folder's manifest last."""
-    from ..runtime.cuda import make_cuda_runtime  # noqa: PLC0415
+    from ..cuda import make_cuda_runtime  # noqa: PLC0415
     from .trt_api import load_api  # noqa: PLC0415
 
     options = options or BuildOptions()
     options.validate()
     onnx_dir = Path(onnx_dir)
-    export, meta = read_export(onnx_dir)
+    export = read_export(onnx_dir, purpose="build-engine")
+    meta = export.meta
     name = name or onnx_dir.resolve().name
     out = Path(out_root) / name
     api = api or load_api()
     cuda = cuda or make_cuda_runtime()  # cuda-python, else pycuda (the calibrator copies through it)
     gpu = cuda.device_info()
-    graphs = {g: onnx_dir / export["graphs"][g]["file"] for g in GRAPHS}
+    graphs = {g: export.graph_file(g) for g in GRAPHS}
     models = {g: onnx_tools.load(p) for g, p in graphs.items()}
     plans = plan_precisions(api, options, {g: onnx_tools.has_qdq(m) for g, m in models.items()})
     if not api.has_normalization_layer:

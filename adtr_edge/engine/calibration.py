@@ -4,7 +4,7 @@ Data preparation is GPU-free: backbone batches come from a folder of normal imag
 ``preprocessing.prepare_batch``; transformer batches are the backbone's outputs on those images,
 computed with ONNX Runtime on the CPU from ``backbone.onnx``. Only the calibrator copies them to
 device memory, through the ``CudaRuntime`` interface it is given (cuda-python or pycuda, see
-``runtime.cuda.make_cuda_runtime``).
+``adtr_edge.cuda.make_cuda_runtime``).
 
 Cache files: ``<graph>-<graph_sha[:12]>-<data_sha[:12]>-<preprocess_sha[:8]>.cache`` plus a
 ``.json`` sidecar recording the full key. A matching cache is reused (TensorRT then skips

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size"),
     ):
         """Write INT8 Q/DQ copies of the graphs (ONNX Runtime static quantisation, symmetric)."""
-        from ..export.quantize import parse_graphs, quantize_export
+        from .quantize import parse_graphs, quantize_export
 
         folder = quantize_export(onnx_dir, calib_images, out, parse_graphs(graphs), calib_count, batch_size, log=typer.echo)
         typer.echo(f"Q/DQ graphs: {folder} (build with: adtr-edge build-engine {folder} --precision int8)")

@@ -15,13 +15,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import AdtrError
-from ..fileio import read_json, sha256_file, write_json_atomic
-from ..metadata import GRAPHS, ModelMeta
-
-ENGINE_FORMAT = "adtr-edge-engine/1"
-MANIFEST = "manifest.json"
+from ..fileio import sha256_file, write_json_atomic
+from ..folder import ENGINE_FORMAT, MANIFEST, TENSORRT, read_model_folder
+from ..metadata import GRAPHS
 
 
 @dataclass(frozen=True)
@@ -70,14 +68,11 @@ def engine_path(folder: Path, graph: str) -> Path:
 
 
 def read_manifest(folder: Path) -> dict:
-    path = Path(folder) / MANIFEST
-    d = read_json(path, missing=f"not an engine folder (no {MANIFEST}): {folder}")
-    if d.get("format") != ENGINE_FORMAT:
-        raise AdtrError(f"{path}: format {d.get('format')!r}, expected {ENGINE_FORMAT!r}")
+    """The manifest of an engine folder (adtr_edge.folder reads it), with both engines listed."""
+    d = read_model_folder(folder, accept=(TENSORRT,), purpose="the TensorRT backend").manifest
     for g in GRAPHS:
-        if g not in d.get("engines", {}):
-            raise AdtrError(f"{path}: no '{g}' engine listed")
-    ModelMeta.validate(d.get("meta"), str(path))
+        if g not in (d.get("engines") or {}):
+            raise AdtrError(f"{Path(folder) / MANIFEST}: no '{g}' engine listed")
     return d
 
 
@@ -86,7 +81,7 @@ def write_manifest(folder: Path, *, name: str, source: str, meta: dict, trt_vers
     doc = {
         "format": ENGINE_FORMAT,
         "toolkit_version": __version__,
-        "kind": "tensorrt",
+        "kind": TENSORRT,
         "name": name,
         "source": source,
         "build_command": build_command,

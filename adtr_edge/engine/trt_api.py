@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import AdtrError
+from ..export.opset import parse_version
 
 MIN_VERSION = (8, 5)
-
-
-def parse_version(text: str) -> tuple[int, int]:
-    """'10.3.0.30' -> (10, 3). Unparseable text is a clear error (a broken install)."""
-    m = re.match(r"^\s*(\d+)\.(\d+)", str(text))
-    if not m:
-        raise AdtrError(f"cannot read the TensorRT version from tensorrt.__version__ = {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def import_tensorrt():
@@ -238,10 +230,6 @@ class TrtApi:
             })
         return out
 
-    def profile_shape(self, engine, name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-        mn, opt, mx = engine.get_tensor_profile_shape(name, 0)
-        return tuple(int(d) for d in mn), tuple(int(d) for d in opt), tuple(int(d) for d in mx)
-
 
 # -- the one logger --------------------------------------------------------------------------------
 #
@@ -347,7 +335,7 @@ def load_api() -> TrtApi:
 
 
 def trt_available() -> tuple[bool, str]:
-    """Whether tensorrt imports and is new enough (the GPU check is in runtime.cuda)."""
+    """Whether tensorrt imports and is new enough (the GPU check is in adtr_edge.cuda)."""
     try:
         api = load_api()
     except AdtrError as e:

@@ -15,8 +15,13 @@ Choices that matter downstream:
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import os
+import re
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -25,15 +30,17 @@ from pathlib import Path
 import onnx
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..errors import AdtrError, require
 from ..fileio import sha256_bytes, sha256_file, write_json_atomic
-from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, FORMAT, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
+from ..folder import KINDS, MANIFEST, ONNX
+from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
 from ..model.adtr import preprocess_spec
 from ..train.checkpoint import load_checkpoint
 
+log = logging.getLogger(__name__)
+
 SUPPORTED_OPSETS = range(13, 21)
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -69,10 +76,54 @@ def simplify(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
         import onnxsim
     except ImportError:
         return model
-    simplified, ok = onnxsim.simplify(model)
+    with _native_output() as captured:
+        simplified, ok = onnxsim.simplify(model)
+    _report_native_output(captured(), name)
     if not ok:
         raise AdtrError(f"onnxsim could not validate the simplified {name} graph; export with --no-simplify")
     return simplified
+
+
+# onnxsim's C++ side prints this when constant folding meets a node it cannot evaluate ahead of time
+# (here: the Reshape of the transformer's tokens, whose shape depends on the dynamic batch). The
+# node stays in the graph and runs at inference; onnxsim still checks the result against ONNX
+# Runtime (``ok`` below). A new user reads "WARNING: failed to run" as a failed export, so it is
+# reported as one log line that says it is harmless; any other native output passes through.
+_HARMLESS_FOLD = re.compile(r'^WARNING: failed to run "(\w+)" op \(name is "([^"]*)"\), skip\.\.\.$')
+
+
+@contextlib.contextmanager
+def _native_output():
+    """Capture what native code writes to fd 1 and 2 (Python's sys.stdout cannot see it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as tmp:
+        text: list[str] = []
+        try:
+            os.dup2(tmp.fileno(), 1)
+            os.dup2(tmp.fileno(), 2)
+            yield lambda: text[0] if text else ""
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            tmp.seek(0)
+            text.append(tmp.read().decode(errors="replace"))
+
+
+def _report_native_output(text: str, graph: str) -> None:
+    folded = []
+    for line in text.splitlines():
+        m = _HARMLESS_FOLD.match(line.strip())
+        if m:
+            folded.append(f"{m.group(1)} {m.group(2)}")
+        elif line.strip():
+            print(line, file=sys.stderr)
+    if folded:
+        log.info("onnxsim left %d node(s) of the %s graph unfolded (computed at run time, harmless): %s",
+                 len(folded), graph, ", ".join(folded))
 
 
 def pin_output_shapes(model: onnx.ModelProto, shapes: dict) -> None:
@@ -99,6 +150,15 @@ def set_metadata(model: onnx.ModelProto, doc_json: str) -> None:
     entry.key, entry.value = METADATA_KEY, doc_json
 
 
+def checkpoint_metadata(model, ckpt, thresholds, **extra_fields):
+    """The model metadata (adtr_edge.metadata) of a loaded checkpoint: what the export writes into
+    its graphs and what bench's torch backend runs with, made in one place."""
+    cfg = ckpt.model_config
+    return build_metadata(model_config=cfg.to_dict(), preprocess=preprocess_spec(cfg), channels=model.backbone.channels,
+                          grid=cfg.grid, stages=list(cfg.stages), thresholds=thresholds, pool_kernel=model.head.kernel,
+                          **extra_fields)
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = 17, force: bool = False,
                       do_simplify: bool = True) -> ExportResult:
     out_dir = Path(out_dir)
@@ -116,13 +176,11 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
         BACKBONE: _to_onnx(model.backbone, images, [IMAGES], [FEATURES], opset),
         TRANSFORMER: _to_onnx(model.transformer_graph(), features, [FEATURES], [ANOMALY_MAP, SCORE], opset),
     }
-    meta = build_metadata(
-        model_config=cfg.to_dict(), preprocess=spec, channels=model.backbone.channels, grid=cfg.grid,
-        stages=list(cfg.stages), thresholds=ckpt.thresholds, pool_kernel=model.head.kernel,
-        data_summary=ckpt.data_summary,
+    meta = checkpoint_metadata(
+        model, ckpt, ckpt.thresholds, data_summary=ckpt.data_summary,
         extra={"opset": opset, "weights_source": ckpt.extra.get("weights_source"), "checkpoint_files": {"model.safetensors": sha256_file(Path(checkpoint) / "model.safetensors")}},
     )
-    manifest = {"format": FORMAT, "toolkit_version": __version__, "kind": "onnx", "graphs": {}, "meta": meta.raw}
+    manifest = {"format": KINDS[ONNX].format, "toolkit_version": __version__, "kind": ONNX, "graphs": {}, "meta": meta.raw}
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=out_dir))
     try:

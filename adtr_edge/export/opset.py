@@ -7,14 +7,24 @@ so it needs opset 16, where LayerNorm is decomposed into elementwise ops the bui
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
-from ..engine.trt_api import parse_version
 from ..errors import AdtrError
 
 DEFAULT_OPSET = 17
 OLD_TRT_OPSET = 16
 LAYERNORM_TRT = (8, 6)  # first TensorRT with a LayerNormalization importer
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """'10.3.0.30' -> (10, 3). Unparseable text is a clear error (a broken install).
+
+    Here, below ``engine/``, because both the exporter (which opset) and the TensorRT shim read it."""
+    m = re.match(r"^\s*(\d+)\.(\d+)", str(text))
+    if not m:
+        raise AdtrError(f"cannot read the TensorRT version from tensorrt.__version__ = {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def opset_for_trt(trt_version: str) -> int:

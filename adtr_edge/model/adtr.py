@@ -14,7 +14,6 @@ data-dependent control flow, no masks and no -inf constants (they turn into NaN 
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -143,23 +142,9 @@ def sine_position(grid: tuple[int, int], d: int, temperature: float = 10000.0) -
     return torch.cat([rows, cols], dim=-1).reshape(gh * gw, d)
 
 
-_PLAIN = [False]
-
-
-@contextlib.contextmanager
-def plain_attention():
-    """Run attention as the exported graph does (MatMul/Softmax), e.g. for torch's FLOP counter,
-    which does not see inside the fused kernel on a CPU."""
-    _PLAIN[0] = True
-    try:
-        yield
-    finally:
-        _PLAIN[0] = False
-
-
 def _exporting() -> bool:
     """True while torch.onnx traces the model: the graph then gets plain MatMul/Softmax nodes."""
-    return _PLAIN[0] or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 class Attention(nn.Module):

@@ -13,8 +13,9 @@ from typing import List, Optional
 
 import typer
 
+from ..commands import run_app
 from ..errors import AdtrError
-from .cuda import CUDA_BINDINGS
+from ..cuda.base import CUDA_BINDINGS
 from .loading import default_model_dir, read_model_folder
 
 
@@ -106,21 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         """adtr-edge streaming runtime."""
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        app(args=argv, standalone_mode=False)
-    except AdtrError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except typer.Exit as e:  # --help and friends
-        return e.exit_code
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
-    return 0
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 OpenCV loop::
 
     import cv2
-    from adtr_edge.runtime.detector import Detector
+    from adtr_edge import Detector
 
     with Detector.load("export/", backend="auto") as det:
         cap = cv2.VideoCapture(0)
@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import AdtrError
 from ..metadata import ModelMeta
-from ..postprocessing import Thresholds, label, map_to_frame, normalize_map, normalize_score
+from ..postprocessing import Thresholds, check_threshold, label, map_to_frame, normalize_map, normalize_score
 from ..preprocessing import prepare_batch
 from .backends.base import Backend
 
@@ -111,6 +111,7 @@ class Detector:
         """Open a model folder (ONNX export or TensorRT engine folder) with the chosen backend."""
         from .loading import load_backend
 
+        check_threshold(threshold)  # before the (slow) backend load
         return cls(load_backend(path, backend, **backend_options), threshold=threshold)
 
     @property

@@ -1,12 +1,11 @@
-"""Find and validate a model folder, and pick the backend that runs it.
+"""Find a model folder to run, and pick the backend that runs it.
 
-Two kinds of folder carry a ``manifest.json`` (``"format": "adtr-edge/1"``):
+What a folder is (its kind, manifest and graph files) is decided by ``adtr_edge.folder``, the
+one reader every command uses; the runtime runs its ``RUNTIME_KINDS``: ONNX exports and Q/DQ
+exports on ONNX Runtime (CPU, or CUDA where onnxruntime-gpu is installed), engine folders on
+TensorRT. A checkpoint needs torch, which the runtime never imports: it is refused with the fix.
 
-* ``"kind": "onnx"``: what ``adtr-edge export`` writes (backbone.onnx, transformer.onnx); run by
-  ONNX Runtime, on the CPU or on CUDA where onnxruntime-gpu is installed.
-* ``"kind": "tensorrt"``: an engine folder built from such an export; run by TensorRT.
-
-``backend="auto"`` follows the folder's kind; the choice and the reason are logged, because "why is
+``backend="auto"`` follows the kind table; the choice and the reason are logged, because "why is
 this running on the CPU?" is the first question on a device.
 """
 
@@ -15,69 +14,24 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import AdtrError
-from ..fileio import read_json, sha256_file
-from ..metadata import FORMAT, GRAPHS, ModelMeta
+from ..folder import (  # noqa: F401  (re-exported: the runtime's view of a folder)
+    ENGINE_FORMAT,
+    KINDS,
+    MANIFEST,
+    RUNTIME_KINDS,
+    ModelFolder,
+    check_meta_agrees,
+    read_model_folder,
+    verify_graph_files,
+)
 from .backends.base import Backend
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-KINDS = ("onnx", "tensorrt")
-ENGINE_FORMAT = "adtr-edge-engine/1"  # adtr_edge.engine.manifest.ENGINE_FORMAT, without importing engine/
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-
-
-@dataclass(frozen=True)
-class ModelFolder:
-    """A validated model folder: where it is, what kind, its manifest and metadata."""
-
-    path: Path
-    kind: str
-    manifest: dict[str, Any]
-    meta: ModelMeta
-
-    def graph_file(self, graph: str) -> Path:
-        """Path of one graph's file as named by the manifest (must stay inside the folder)."""
-        entry = self.manifest.get("graphs", {}).get(graph)
-        if not isinstance(entry, dict) or not entry.get("file"):
-            raise AdtrError(f"{self.path / MANIFEST}: no entry for graph '{graph}'")
-        name = Path(str(entry["file"]))
-        if name.is_absolute() or ".." in name.parts:
-            raise AdtrError(f"{self.path / MANIFEST}: graph '{graph}' file {str(name)!r} must be a name inside the folder")
-        return self.path / name
-
-
-def read_model_folder(path: str | Path) -> ModelFolder:
-    """Read ``path`` (a model folder, or its manifest.json) and check the manifest's shape."""
-    p = Path(path)
-    if p.is_file() and p.name == MANIFEST:
-        p = p.parent
-    if not p.exists():
-        raise AdtrError(f"model folder not found: {p}")
-    if not p.is_dir():
-        raise AdtrError(f"not a model folder (expected a folder with {MANIFEST}): {p}")
-    manifest_path = p / MANIFEST
-    manifest = read_json(manifest_path, missing=f"{p}: no {MANIFEST} (is this a folder written by 'adtr-edge export'?)")
-    if not isinstance(manifest, dict):
-        raise AdtrError(f"{manifest_path}: not an adtr-edge manifest (a JSON object is expected)")
-    kind = manifest.get("kind")
-    if kind == "onnx-qdq":  # Q/DQ INT8 graphs (adtr-edge quantize) are ONNX graphs to every runtime
-        kind = "onnx"
-    if kind not in KINDS:
-        raise AdtrError(f"{manifest_path}: kind {kind!r}, expected one of {list(KINDS)}")
-    # Engine folders have their own format and layout, checked by the TensorRT backend itself.
-    expected_format = FORMAT if kind == "onnx" else ENGINE_FORMAT
-    if manifest.get("format") != expected_format:
-        raise AdtrError(f"{manifest_path}: format {manifest.get('format')!r}, expected {expected_format!r}")
-    if kind == "onnx" and not isinstance(manifest.get("graphs"), dict):
-        raise AdtrError(f"{manifest_path}: lacks 'graphs'")
-    meta = ModelMeta.validate(manifest.get("meta"), str(manifest_path))
-    return ModelFolder(p, kind, manifest, meta)
 
 
 ENGINES_DIR = Path("engines")  # where 'adtr-edge build-engine' writes engine folders by default
@@ -101,38 +55,6 @@ def default_model_dir(cwd: str | Path | None = None) -> Path:
         f"no model folder given and none found ({engines_dir}/<name>/ with {MANIFEST}, or {root / DEMO_EXPORT}); "
         "pass MODEL_DIR (make one with 'adtr-edge demo' or 'adtr-edge build-engine')"
     )
-
-
-def verify_graph_files(folder: ModelFolder) -> None:
-    """Every graph file exists and has the sha256 the manifest recorded (a mixed-up or partly
-    copied folder would otherwise run with the wrong weights or thresholds)."""
-    for graph in GRAPHS:
-        f = folder.graph_file(graph)
-        if not f.is_file():
-            raise AdtrError(f"{folder.path / MANIFEST}: graph file missing: {f}")
-        expected = folder.manifest["graphs"][graph].get("sha256")
-        if not expected:
-            raise AdtrError(f"{folder.path / MANIFEST}: graph '{graph}' has no sha256")
-        actual = sha256_file(f)
-        if actual != expected:
-            raise AdtrError(
-                f"{f}: sha256 {actual[:12]}... does not match {MANIFEST} ({str(expected)[:12]}...); "
-                "the folder was modified or mixed with another export"
-            )
-
-
-# Only these keys decide what the graphs compute and how their outputs are read; a graph may add
-# its own keys (its name, quantisation notes) without disagreeing with the manifest.
-ESSENTIAL_META_KEYS = ("format", "model", "preprocess", "features", "postprocess")
-
-
-def check_meta_agrees(graph_meta: ModelMeta, manifest_meta: ModelMeta, graph: str, source: str) -> None:
-    """The metadata inside a graph says the same as the manifest (same model, same thresholds)."""
-    if graph_meta.graph not in (None, graph):
-        raise AdtrError(f"{source}: metadata says graph {graph_meta.graph!r}, the manifest lists it as {graph!r}")
-    for key in ESSENTIAL_META_KEYS:
-        if graph_meta.raw.get(key) != manifest_meta.raw.get(key):
-            raise AdtrError(f"{source}: metadata '{key}' differs from {MANIFEST}; the graph belongs to another export")
 
 
 def _module_available(name: str) -> tuple[bool, str]:
@@ -160,26 +82,24 @@ def choose_backend(folder: ModelFolder, backend: str = "auto") -> tuple[str, str
     """(backend name, why) for ``folder``; raise AdtrError when the request cannot be met."""
     if backend not in BACKENDS:
         raise AdtrError(f"--backend {backend!r}: choose one of {list(BACKENDS)}")
-    if folder.kind == "onnx":
-        if backend == "tensorrt":
-            raise AdtrError(
-                f"{folder.path}: is an ONNX export; the tensorrt backend runs an engine folder built from it"
-            )
-        ok, why = _module_available("onnxruntime")
-        if not ok:
-            raise AdtrError(f"{folder.path}: ONNX export needs onnxruntime: {why} (pip install onnxruntime)")
-        reason = "requested" if backend == "onnxruntime" else "the folder is an ONNX export"
-        return "onnxruntime", reason
-    # kind == "tensorrt"
-    if backend == "onnxruntime":
-        raise AdtrError(
-            f"{folder.path}: is a TensorRT engine folder; onnxruntime runs the ONNX export it was built from"
-        )
-    ok, why = tensorrt_available()
+    if folder.kind not in RUNTIME_KINDS:
+        raise AdtrError(f"{folder.path}: is {folder.spec.what}; the runtime runs an ONNX export of it "
+                        f"(adtr-edge export {folder.path} --out DIR) or engines built from that")
+    natural = folder.backend
+    if backend not in ("auto", natural):
+        if natural == "onnxruntime":
+            raise AdtrError(f"{folder.path}: is {folder.spec.what}; the tensorrt backend runs an engine folder built from it")
+        raise AdtrError(f"{folder.path}: is {folder.spec.what}; onnxruntime runs the ONNX export it was built from")
+    ok, why = _module_available("onnxruntime") if natural == "onnxruntime" else tensorrt_available()
     if not ok:
+        if natural == "onnxruntime":
+            raise AdtrError(f"{folder.path}: ONNX export needs onnxruntime: {why} (pip install onnxruntime)")
         raise AdtrError(f"{folder.path}: TensorRT engine folder, but TensorRT cannot run here: {why}")
-    reason = "requested" if backend == "tensorrt" else "the folder holds TensorRT engines"
-    return "tensorrt", f"{reason}; {why}"
+    if backend != "auto":
+        return natural, "requested" if natural == "onnxruntime" else f"requested; {why}"
+    if natural == "onnxruntime":
+        return natural, f"the folder is {folder.spec.what}"
+    return natural, f"the folder holds TensorRT engines; {why}"
 
 
 def load_backend(path: str | Path, backend: str = "auto", **options) -> Backend:

@@ -28,7 +28,8 @@ from typing import Any, Iterator, Sequence
 from ..errors import AdtrError
 from ..fileio import write_json_atomic
 from .detector import Detection, Detector
-from .sinks import AlarmEvent, AnomalySaver, FrameResult, JsonlSink, Sink, VideoRecorder, WindowSink
+from .events import AlarmEvent, FrameResult, SourceEvent
+from .sinks import AnomalySaver, JsonlSink, Sink, VideoRecorder, WindowSink
 from .sources import Frame, Opener, ReconnectPolicy, Source, open_source
 from .stats import FpsMeter, StageStats
 
@@ -151,24 +152,33 @@ class Pipeline:
         return False
 
     # -- threads ---------------------------------------------------------------------------
+    def _skipped(self) -> list[SourceEvent]:
+        """The source's skipped inputs as ``corrupt`` events (taken in the capture thread, so they
+        travel with the batch of the next good frame and reach the sinks in input order)."""
+        return [SourceEvent("corrupt", self.source.label, name, reason, ts, index)
+                for name, reason, ts, index in self.source.take_skipped()]
+
     def _capture(self) -> None:
         taken = 0
         pending: list[Frame] = []
+        notices: list[SourceEvent] = []
         try:
             for frame in self.source:
+                notices += self._skipped()
                 pending.append(frame)
                 taken += 1
                 if len(pending) >= self.batch:
-                    if not self._put_frames(pending):
+                    if not self._put_frames((pending, notices)):
                         return
-                    pending = []
+                    pending, notices = [], []
                 if self.max_frames is not None and taken >= self.max_frames:
                     self.stop("max frames")
                     break
                 if self._stop.is_set():
                     break
-            if pending:
-                self._put_frames(pending)
+            notices += self._skipped()
+            if pending or notices:
+                self._put_frames((pending, notices))
         except AdtrError as e:
             self.errors.append(str(e))
         except Exception as e:  # a bug or an OpenCV failure: report it, still shut down cleanly
@@ -210,8 +220,12 @@ class Pipeline:
                 continue
             if item is _END:
                 return
+            frames, notices = item
+            if not frames:  # only skipped inputs (the last files of a folder): nothing to infer
+                self.out_q.put(([], notices))
+                continue
             frames_in_flight.append(item)
-            yield [f.image for f in item]
+            yield [f.image for f in frames]
 
     # -- run -------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -220,20 +234,27 @@ class Pipeline:
         deliver = threading.Thread(target=self._deliver, name="sinks", daemon=True)
         deliver.start()
         capture.start()
-        in_flight: deque[list[Frame]] = deque()
+        in_flight: deque[tuple[list[Frame], list[SourceEvent]]] = deque()
         try:
             for detections in self.detector.detect_batches(self._batches(in_flight)):
-                frames = in_flight.popleft()
+                frames, notices = in_flight.popleft()
                 results = []
                 self.fps.tick(len(frames))
                 for frame, det in zip(frames, detections):
+                    due = [n for n in notices if n.frame is not None and n.frame <= frame.index]
+                    if due:  # inputs skipped just before this frame: in input order in the events
+                        if results:
+                            self.out_q.put((results, []))
+                            results = []
+                        self.out_q.put(([], due))
+                        notices = notices[len(due):]
                     self.stats.add(det.timings)
                     self.processed += 1
                     self.anomalous += int(det.label)
                     events = self.alarms.update(frame, det)
                     results.append(FrameResult(frame, det, self.source.label, self.alarms.active, self.fps.current, events))
                 # The sink thread never dies (it contains sink failures), so this put always returns.
-                self.out_q.put((results, []))
+                self.out_q.put((results, notices))  # inputs skipped after the batch's last frame
         except Exception as e:
             self.errors.append(str(e) if isinstance(e, AdtrError) else f"inference failed: {e.__class__.__name__}: {e}")
             if not isinstance(e, AdtrError):

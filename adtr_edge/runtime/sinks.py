@@ -1,18 +1,16 @@
 """Where results go: JSON Lines events, saved anomalous frames, a recording, a live window.
 
-Every sink gets ``on_frame`` for each processed frame, ``on_alarm`` for debounced alarm starts and
-ends, and ``close`` exactly once (also after Ctrl-C), which flushes what it holds.
+Every sink gets ``on_frame`` for each processed frame, ``on_alarm`` for the other events (debounced
+alarm starts and ends, a ``corrupt`` input the source skipped; ``adtr_edge.runtime.events``), and
+``close`` exactly once (also after Ctrl-C), which flushes what it holds.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import functools
 import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
 
@@ -22,56 +20,9 @@ import numpy as np
 from .. import visualize
 from ..errors import AdtrError
 from ..fileio import write_bytes_atomic
-from .detector import Detection
-from .sources import Frame
+from .events import AlarmEvent, FrameResult, SourceEvent, iso_utc
 
 log = logging.getLogger(__name__)
-
-
-def iso_utc(epoch_s: float) -> str:
-    """ISO-8601 UTC with milliseconds and a Z: 2024-05-01T12:00:00.123Z."""
-    t = _dt.datetime.fromtimestamp(epoch_s, tz=_dt.timezone.utc)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class FrameResult:
-    """One processed frame as the sinks see it."""
-
-    frame: Frame
-    detection: Detection
-    source: str
-    alarm: bool = False  # a debounced alarm is active at this frame
-    fps: float | None = None  # smoothed current rate, for display
-    alarm_events: list = field(default_factory=list)  # AlarmEvents this frame caused, sent right after it
-
-    @functools.cached_property
-    def overlay(self) -> np.ndarray:
-        """Heat-map overlay on the original frame, drawn once however many sinks use it
-        (--save-anomalies and --record both want it for an anomalous frame)."""
-        return visualize.overlay(self.frame.image, self.detection.anomaly_map, self.detection.thresholds)
-
-
-@dataclass
-class AlarmEvent:
-    kind: str  # "alarm_start" | "alarm_end"
-    source: str
-    frame: int  # frame index where it started / ended
-    timestamp: float
-    score: float
-    normalized_score: float
-    start_frame: int | None = None
-    frames: int | None = None  # anomalous frames in the alarm (end events)
-    peak_score: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = {"event": self.kind, "time": iso_utc(self.timestamp), "source": self.source, "frame": self.frame,
-             "score": round(self.score, 6), "normalized_score": round(self.normalized_score, 6)}
-        if self.kind == "alarm_end":
-            d.update(start_frame=self.start_frame, frames=self.frames, peak_score=round(float(self.peak_score), 6))
-        d.update(self.extra)
-        return d
 
 
 class Sink:
@@ -80,7 +31,7 @@ class Sink:
     def on_frame(self, result: FrameResult) -> None:
         pass
 
-    def on_alarm(self, event: AlarmEvent) -> None:
+    def on_alarm(self, event: AlarmEvent | SourceEvent) -> None:
         pass
 
     def close(self) -> None:
@@ -130,7 +81,7 @@ class JsonlSink(Sink):
     def on_frame(self, result: FrameResult) -> None:
         self._write(frame_event(result))
 
-    def on_alarm(self, event: AlarmEvent) -> None:
+    def on_alarm(self, event: AlarmEvent | SourceEvent) -> None:
         self._write(event.to_dict())
 
     def close(self) -> None:
@@ -187,6 +138,16 @@ class VideoRecorder(Sink):
         # CAP_PROP_FPS of 0 means "unknown": record at 10 FPS rather than failing.
         self.fps = float(fps) if fps and fps > 0 else 10.0
         self.tmp = self.path.with_name(f".tmp-{self.path.stem}-{os.getpid()}{self.path.suffix}")
+        # At start, not at the end of a long stream: the folder must take the temporary file and
+        # the final name (a read-only mount, a name that is a folder).
+        if self.path.is_dir():
+            raise AdtrError(f"--record {self.path}: is a folder; give a file name such as {self.path / 'overlay.mp4'}")
+        try:
+            with open(self.tmp, "wb"):
+                pass
+            self.tmp.unlink()
+        except OSError as e:
+            raise AdtrError(f"--record {self.path}: cannot write there ({e.strerror})") from None
         self.opener = opener
         self.writer = None
         self.size: tuple[int, int] | None = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import logging
 import threading
+from collections import deque
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,9 @@ class Source:
         self.frames = 0  # frames delivered
         self.drops = 0  # live frames replaced by a newer one before anyone took them
         self.corrupt = 0  # unreadable images skipped
+        # (name, reason, time, index of the next frame) of each skipped input, taken by the pipeline
+        # with take_skipped() so the events file shows them (deque: appended and taken from two threads)
+        self.skipped: deque = deque()
         self.reconnects = 0  # successful reopenings of a live source
         self.error: str | None = None  # why the source ended early, if it did
         self.fps: float | None = None  # nominal rate, None when unknown
@@ -189,6 +193,13 @@ class Source:
 
     def close(self) -> None:
         self.stop()
+
+    def take_skipped(self) -> list:
+        """The skipped inputs recorded since the last call, oldest first."""
+        out = []
+        while self.skipped:
+            out.append(self.skipped.popleft())
+        return out
 
     def counters(self) -> dict:
         return {"frames": self.frames, "drops": self.drops, "corrupt": self.corrupt,
@@ -225,6 +236,7 @@ class ImageFolderSource(Source):
                 image = read_image(path)
             except AdtrError as e:
                 self.corrupt += 1
+                self.skipped.append((str(path), str(e), time.time(), self.frames))
                 log.warning("skipping %s", e)
                 continue
             yield Frame(image, self.frames, time.time(), str(path))

@@ -18,7 +18,7 @@ def trt_version(request):
 def standin(trt_version, monkeypatch):
     """(tensorrt stand-in, cudart stand-in, TrtApi, CudaRuntime) for one simulated version."""
     from adtr_edge.engine.trt_api import TrtApi
-    from adtr_edge.runtime.cuda import CudaRuntime
+    from adtr_edge.cuda import CudaRuntime
 
     rt = make_cudart()
     trt = make_tensorrt(trt_version, cudart=rt)

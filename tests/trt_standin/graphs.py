@@ -58,7 +58,7 @@ def backbone_graph(h, w, channels, grid, seed=0, opset=17):
 
 def transformer_graph(h, w, channels, grid, pool_kernel=4, seed=1, decomposed_ln=False):
     rng = np.random.default_rng(seed)
-    c, L = channels, grid[0] * grid[1]
+    c = channels
     opset = 16 if decomposed_ln else 17
     nodes = [
         helper.make_node("Reshape", ["features", "flat_shape"], ["flat"], name="flatten"),

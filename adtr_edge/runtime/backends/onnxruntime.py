@@ -14,7 +14,7 @@ import numpy as np
 
 from ...errors import AdtrError
 from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, ModelMeta
-from ..loading import check_meta_agrees, read_model_folder, verify_graph_files
+from ...folder import ONNX_KINDS, check_meta_agrees, read_model_folder, verify_graph_files
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ class OnnxRuntimeBackend(Backend):
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
     ):
-        folder = read_model_folder(model_dir)
-        if folder.kind != "onnx":
-            raise AdtrError(f"{folder.path}: kind {folder.kind!r}; the onnxruntime backend needs an ONNX export")
+        folder = read_model_folder(model_dir, accept=ONNX_KINDS, purpose="the onnxruntime backend")
         if intra_op_threads is not None and int(intra_op_threads) < 1:
             raise AdtrError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
         verify_graph_files(folder)

@@ -8,7 +8,7 @@ events (transformer waits for "features of slot s ready"; the backbone waits for
 before overwriting it). Name-based I/O (``set_input_shape``/``set_tensor_address``/
 ``execute_async_v3``) works from TensorRT 8.5 on. Optional CUDA graphs (10+, cuda-python binding)
 replay each (stage, slot, batch) enqueue. Device buffers go through cuda-python or pycuda
-(``cuda_binding``; see ``runtime.cuda.make_cuda_runtime``).
+(``cuda_binding``; see ``adtr_edge.cuda.make_cuda_runtime``), typed against ``adtr_edge.cuda.CudaMemory``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from ...engine.manifest import check_loadable, engine_path, read_manifest
 from ...errors import AdtrError
 from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, SCORE, TRANSFORMER, ModelMeta
-from ..cuda import CUDA_BINDINGS, CudaRuntime, gpu_available, make_cuda_runtime
+from ...cuda import CUDA_BINDINGS, CudaMemory, gpu_available, make_cuda_runtime
 from .base import Backend, InferResult
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, engine_dir: str | Path, *, cuda_graphs: bool = False, cuda_binding: str = "auto", api=None,
-                 cuda: CudaRuntime | None = None):
+                 cuda: CudaMemory | None = None):
         if cuda_binding not in CUDA_BINDINGS:
             raise AdtrError(f"--cuda-binding {cuda_binding!r}: choose one of {', '.join(CUDA_BINDINGS)}")
         self.folder = Path(engine_dir)

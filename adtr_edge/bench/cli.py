@@ -1,4 +1,4 @@
-"""``adtr-edge bench``: parse options, call ``adtr_edge.bench.run_bench``, print a table, write files."""
+"""``adtr-edge bench``: parse options, call ``adtr_edge.bench.timing.run_bench``, print a table, write files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional, Tuple
 
 import typer
 
-from .errors import AdtrError
+from ..errors import AdtrError
 
 
 def _parse_batches(text: str) -> Tuple[int, ...]:
@@ -24,7 +24,7 @@ def print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .bench import TABLE_HEADER, table_rows
+    from .report import TABLE_HEADER, table_rows
 
     peak = report["gemm_peak"]
     table = Table(title=f"adtr-edge bench - ms per batch: mean (p95); GEMM peak {peak['gflops']} GFLOP/s ({peak['engine']})")
@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
         frame: str = typer.Option("640x480", "--frame", help="Camera frame size WxH that preprocessing resizes from."),
     ) -> None:
         """Latency per stage, throughput, memory and FLOP/s of one or more model folders."""
-        from .bench import BenchSettings, run_bench, write_reports
+        from .report import write_reports
+        from .timing import BenchSettings, run_bench
 
         try:
             w, h = (int(p) for p in frame.lower().split("x"))

@@ -1,21 +1,22 @@
-"""Device memory, streams, events and CUDA graphs through cuda-python's runtime API.
+"""Device memory, streams, events and CUDA graphs through cuda-python's runtime API (``CudaRuntime``).
 
 Two import spellings exist: ``from cuda.bindings import runtime`` (cuda-python 12.x+, the only one
 in 13) and ``from cuda import cudart`` (JetPack 5's cuda-python 11.4). Every call returns a tuple
 whose first item is a ``cudaError_t``; ``CudaRuntime`` checks it and turns failures into one clear
-``AdtrError``. Where pycuda is the binding a device has, ``cuda_pycuda.PycudaRuntime`` offers the
-same methods; ``make_cuda_runtime`` picks one. Nothing here imports torch or tensorrt.
+``AdtrError``. Where pycuda is the binding a device has, ``pycuda_binding.PycudaRuntime`` offers the
+same methods (``adtr_edge.cuda.base.CudaMemory``); ``adtr_edge.cuda.make_cuda_runtime`` picks one.
+Nothing here imports torch or tensorrt.
 """
 
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import AdtrError
+from .base import DeviceInfo, stream_handle
 
 
 def import_cudart():
@@ -34,18 +35,12 @@ def import_cudart():
         raise AdtrError(f"cuda-python is not installed ({e}); install it with 'pip install cuda-python'") from None
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    index: int
-    name: str
-    compute_capability: str  # "8.7"
-
-
 class CudaRuntime:
     """Thin checked wrapper over a cudart module (real or a test stand-in)."""
 
     name = "cuda-python"
     supports_graphs = True
+    graphs_unsupported_reason = ""
 
     def __init__(self, cudart: Any | None = None):
         self.rt = cudart if cudart is not None else import_cudart()
@@ -223,48 +218,3 @@ def driver_mismatch_message(driver_version: int, runtime_version: int) -> str:
     return (f"{installed} is built for CUDA {_cuda_text(runtime_version)} but the NVIDIA driver supports CUDA "
             f"{_cuda_text(driver_version)} (cudaDriverGetVersion = {driver_version}); install matching bindings with "
             f'pip install "{binding_pin_for_driver(driver_version)}" (cuda-python 13 needs driver >= 580), or update the driver')
-
-
-def stream_handle(stream) -> int:
-    """TensorRT's execute_async_v3 takes the stream as an integer handle."""
-    return int(stream)
-
-
-CUDA_BINDINGS = ("auto", "cuda-python", "pycuda")
-
-
-def make_cuda_runtime(prefer: str = "auto"):
-    """A ``CudaRuntime`` (cuda-python) or ``PycudaRuntime``: ``auto`` tries cuda-python, then pycuda."""
-    if prefer not in CUDA_BINDINGS:
-        raise AdtrError(f"--cuda-binding {prefer!r}: choose one of {', '.join(CUDA_BINDINGS)}")
-    from . import cuda_pycuda  # noqa: PLC0415  (imports pycuda itself only when asked to)
-
-    if prefer == "cuda-python":
-        return CudaRuntime()
-    if prefer == "pycuda":
-        return cuda_pycuda.PycudaRuntime()
-    try:
-        cudart = import_cudart()
-    except AdtrError as e:
-        why_cuda_python = str(e)
-    else:
-        return CudaRuntime(cudart)
-    try:
-        driver, context = cuda_pycuda.import_pycuda()
-    except AdtrError as e:
-        raise AdtrError(f"no CUDA binding for Python: {why_cuda_python}; and {e}") from None
-    return cuda_pycuda.PycudaRuntime(driver, context)
-
-
-def gpu_available(prefer: str = "auto") -> tuple[bool, str]:
-    """Whether a CUDA binding (cuda-python or pycuda) imports and at least one GPU answers."""
-    try:
-        rt = make_cuda_runtime(prefer)
-        n = rt.device_count()
-    except AdtrError as e:
-        return False, str(e)
-    except Exception as e:  # a broken driver install raises from the bindings themselves
-        return False, f"CUDA is not usable: {e}"
-    if n < 1:
-        return False, "no CUDA GPU found"
-    return True, rt.device_info(0).name

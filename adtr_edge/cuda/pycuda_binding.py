@@ -1,4 +1,4 @@
-"""The ``CudaRuntime`` interface over pycuda, for devices where pycuda is the CUDA binding installed.
+"""The CUDA memory interface (``adtr_edge.cuda.base.CudaMemory``) over pycuda, for devices where pycuda is the CUDA binding installed.
 
 ``import pycuda.autoprimaryctx`` retains and pushes the device's *primary* context, the one the
 CUDA runtime API (and so TensorRT) uses; ``pycuda.autoinit`` would create a separate context and
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AdtrError
-from .cuda import DeviceInfo
+from .base import DeviceInfo
 
 # cuda.h: CU_STREAM_NON_BLOCKING. pycuda's Stream(flags) passes the value to cuStreamCreate and has
 # no named constant for it.

@@ -7,6 +7,9 @@ runs the result, so INT8 accuracy can be measured without a GPU.
 
 Output: a folder like the export (``backbone.onnx``, ``transformer.onnx``, ``manifest.json``)
 whose metadata gains ``{"quantization": {...}}``; a graph left unquantised is copied unchanged.
+
+It lives in ``engine/`` because its inputs do: the calibration images and batches and the ONNX
+graph tools that the engine builder uses too (no tensorrt import here: ONNX Runtime quantises).
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import onnx
 
 from ..errors import AdtrError
 from ..fileio import atomic_path, sha256_file, write_json_atomic
+from ..folder import QDQ, read_export
 from ..metadata import BACKBONE, FEATURES, GRAPHS, IMAGES, METADATA_KEY, TRANSFORMER
+from . import calibration as calib
+from . import onnx_tools
 
 QUANT_SETTINGS = {"format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
                   "activation_symmetric": True, "weight_symmetric": True, "method": "Percentile", "percentile": 99.99}
@@ -68,23 +74,21 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
     except ImportError:
         raise AdtrError("adtr-edge quantize needs onnxruntime (pip install onnxruntime)") from None
-    from ..engine import calibration as calib  # noqa: PLC0415
-    from ..engine import onnx_tools  # noqa: PLC0415
-    from ..engine.builder import read_export  # noqa: PLC0415
 
     onnx_dir, out = Path(onnx_dir), Path(out)
     if out.resolve() == onnx_dir.resolve():
         raise AdtrError(f"--out {out}: must differ from the export folder")
-    export, meta = read_export(onnx_dir)
+    export = read_export(onnx_dir, purpose="quantize")
+    meta = export.meta
     for g in GRAPHS:
-        if onnx_tools.has_qdq(onnx_tools.load(onnx_dir / export["graphs"][g]["file"])):
+        if onnx_tools.has_qdq(onnx_tools.load(export.graph_file(g))):
             raise AdtrError(f"{onnx_dir}/{g}.onnx is already quantised")
     paths = calib.calibration_images(Path(calib_images), calib_count)
     batch = min(batch_size, len(paths))
     image_batches = calib.backbone_batches(paths, meta.preprocess, batch)
     data = {BACKBONE: (IMAGES, image_batches)}
     if TRANSFORMER in graphs:
-        data[TRANSFORMER] = (FEATURES, calib.transformer_batches(onnx_dir / export["graphs"][BACKBONE]["file"], image_batches))
+        data[TRANSFORMER] = (FEATURES, calib.transformer_batches(export.graph_file(BACKBONE), image_batches))
     info = dict(QUANT_SETTINGS, graphs=list(graphs), calib_images=len(image_batches) * batch,
                 calib_image_sha256=calib.image_list_sha(paths[:len(image_batches) * batch]), source=str(onnx_dir))
     meta_doc = dict(meta.raw, quantization=info)
@@ -92,7 +96,7 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
     out.mkdir(parents=True, exist_ok=True)
     entries = {}
     for g in GRAPHS:
-        src = onnx_dir / export["graphs"][g]["file"]
+        src = export.graph_file(g)
         dst = out / f"{g}.onnx"
         with atomic_path(dst) as tmp:
             if g in graphs:
@@ -120,7 +124,7 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
             onnx.save(qmodel, str(tmp))
         entries[g] = {"file": dst.name, "sha256": sha256_file(dst), "graph_sha256": sha256_file(dst),
                       "quantized": g in graphs}
-    manifest = dict(export, graphs=entries, meta=meta_doc, kind="onnx-qdq")
+    manifest = dict(export.manifest, graphs=entries, meta=meta_doc, kind=QDQ)
     write_json_atomic(out / "manifest.json", manifest)
     return out
 
