@@ -35,8 +35,7 @@ def make_probe(backbone, images: list, clean: torch.Tensor, spec: PreprocessSpec
                device, seed: int = 0) -> DefectProbe | None:
     """Paste one confetti defect on each image (fixed seed) and compute its standardised features."""
     from ..data.anomalies import SyntheticAnomalies
-    from .features import extract_raw_features
-    from .loop import grid_masks
+    from .features import extract_raw_features, grid_masks
 
     if not images:
         return None

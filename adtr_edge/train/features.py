@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -87,3 +88,12 @@ def cached_raw_features(backbone, imageset, indices: Sequence[int], spec: Prepro
     with atomic_path(path) as tmp:
         save_file({"features": raw.contiguous()}, str(tmp))
     return raw
+
+
+def grid_masks(masks: list, spec, grid: tuple[int, int]) -> torch.Tensor:
+    """Masks at image size -> anomalous fraction of each grid cell, (M, h, w) in [0, 1]."""
+    out = []
+    for m in masks:
+        m = cv2.resize(m.astype(np.float32), (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
+        out.append(cv2.resize(m, (grid[1], grid[0]), interpolation=cv2.INTER_AREA))
+    return torch.from_numpy(np.stack(out)).float()

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import torch
 
@@ -27,7 +26,7 @@ from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
-from .features import cached_raw_features, channel_stats, extract_raw_features
+from .features import cached_raw_features, channel_stats, extract_raw_features, grid_masks
 
 PROBE_IMAGES = 16  # held-out normals that get a synthetic defect for the pass-through figure
 
@@ -86,15 +85,6 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
         return (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def grid_masks(masks: list, spec, grid: tuple[int, int]) -> torch.Tensor:
-    """Masks at image size -> anomalous fraction of each grid cell, (M, h, w) in [0, 1]."""
-    out = []
-    for m in masks:
-        m = cv2.resize(m.astype(np.float32), (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
-        out.append(cv2.resize(m, (grid[1], grid[0]), interpolation=cv2.INTER_AREA))
-    return torch.from_numpy(np.stack(out)).float()
 
 
 def choose_loss(cfg: TrainConfig, pool: AnomalyPool | None) -> str:
