@@ -316,11 +316,7 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
     graphs = {g: export.graph_file(g) for g in GRAPHS}
     models = {g: onnx_tools.load(p) for g, p in graphs.items()}
     plans = plan_precisions(api, options, {g: onnx_tools.has_qdq(m) for g, m in models.items()})
-    if not api.has_normalization_layer:
-        for g, m in models.items():
-            if any(n.op_type == "LayerNormalization" for n in m.graph.node):
-                raise AdtrError(f"{graphs[g]}: TensorRT {api.version_string} cannot import LayerNormalization; "
-                                f"re-export at ONNX opset 16 (decomposed LayerNorm) for JetPack 5")
+    _check_importable(api, graphs, models)
     calib_dir = Path(options.calib_dir) if options.calib_dir else Path("calibration") / name
     for line in describe_plan(api, plans, options, out, calib_dir):
         log(line)
@@ -328,12 +324,7 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
     calib_batch = options.calib_batch_size or options.profile.opt
     store = calib.CacheStore(calib_dir)
     image_paths: list[Path] | None = None
-    old = {}
-    if (out / "manifest.json").is_file():
-        try:
-            old = read_manifest(out)["engines"]
-        except AdtrError:
-            old = {}
+    old = _previous_engines(out)
     engines, built, skipped, calib_used = {}, [], [], {}
     logger = process_logger(api)
     sink = LogSink(options.build_log, verbose=options.build_log is not None)
@@ -350,13 +341,7 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
                         image_paths = calib.calibration_images(Path(options.calib_images), options.calib_batches * calib_batch)
                     cache_key = calib.make_key(g, onnx_sha, calib.image_list_sha(image_paths), meta.preprocess,
                                                backbone_sha=sha256_file(graphs[BACKBONE]) if g == TRANSFORMER else None)
-                key = EngineKey(
-                    graph=g, onnx_sha256=onnx_sha,
-                    calibration_sha256=sha256_bytes(cache_key.filename.encode() + json.dumps(cache_key.__dict__, sort_keys=True).encode()) if cache_key else None,
-                    trt_version=api.version_string, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-                    precision=plan.precision, profile=(options.profile.min, options.profile.opt, options.profile.max),
-                    flags=dict(plan.flags(), calib_batch=calib_batch if cache_key else None),
-                )
+                key = _engine_key(api, gpu, options, plan, g, onnx_sha, cache_key, calib_batch)
                 if not options.force and not options.recalibrate and existing_entry_matches(out, g, key):
                     engines[g] = old[g]
                     skipped.append(g)
@@ -369,24 +354,11 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
                     calibrator_factory = _calibrator_factory(api, cuda, g, graphs, image_paths, meta, calib_batch,
                                                              cached, store, cache_key, log)
                 t0 = time.perf_counter()
-                with tempfile.TemporaryDirectory(prefix="adtr-trt-") as tmp:
-                    source = graphs[g]
-                    if plan.convert_fp16:
-                        source = Path(tmp) / f"{g}.fp16.onnx"
-                        onnx.save(onnx_tools.convert_to_fp16(models[g]), str(source))
-                    network_loader = NetworkFromOnnx(api, source, logger, strongly_typed=plan.strongly_typed)
-                    config_loader = EngineConfig(api, plan, calib.input_name(g), options.profile, options.workspace_mb,
-                                                 set(onnx_tools.sensitive_nodes(models[g])), options.timing_cache,
-                                                 calibrator_factory, calib_batch)
-                    plan_bytes = BuildSerializedEngine(api, network_loader, config_loader, sink)()
+                plan_bytes, config_loader = _build_plan(api, plan, graphs[g], models[g], options, logger, sink,
+                                                        calibrator_factory, calib_batch)
                 path = write_bytes_atomic(engine_path(out, g), plan_bytes)
-                engines[g] = {
-                    "file": path.name, "sha256": sha256_bytes(plan_bytes), "onnx_sha256": onnx_sha,
-                    "precision": plan.precision, "profile": options.profile.as_list(), "input": calib.input_name(g),
-                    "key": key.digest, "key_fields": key.to_dict(), "pinned_fp32": config_loader.pinned,
-                    "calibration_cache": calib_used.get(g), "build_seconds": round(time.perf_counter() - t0, 2),
-                    "notes": plan.notes, "dla_core": plan.dla_core, "dla_gpu_fallback": config_loader.dla_fallback,
-                }
+                engines[g] = _engine_entry(path, plan_bytes, onnx_sha, plan, options, key, config_loader,
+                                           calib_used.get(g), time.perf_counter() - t0)
                 if config_loader.dla_fallback:
                     log(f"{g}: {len(config_loader.dla_fallback)} layers cannot run on DLA core {plan.dla_core} and fall back "
                         f"to the GPU: {', '.join(config_loader.dla_fallback)}")
@@ -402,6 +374,66 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
         build_command=build_command(onnx_dir, name, Path(out_root), options),
     )
     return BuildReport(out, plans, built, skipped, calib_used, json.loads(manifest_path.read_text()))
+
+
+def _check_importable(api: TrtApi, graphs: dict, models: dict) -> None:
+    """TensorRT 8.5 has no LayerNormalization importer: say so before any build starts."""
+    if api.has_normalization_layer:
+        return
+    for g, m in models.items():
+        if any(n.op_type == "LayerNormalization" for n in m.graph.node):
+            raise AdtrError(f"{graphs[g]}: TensorRT {api.version_string} cannot import LayerNormalization; "
+                            f"re-export at ONNX opset 16 (decomposed LayerNorm) for JetPack 5")
+
+
+def _previous_engines(out: Path) -> dict:
+    """The engine entries of an earlier build in ``out`` (reused when their key matches), else {}."""
+    if not (out / "manifest.json").is_file():
+        return {}
+    try:
+        return read_manifest(out)["engines"]
+    except AdtrError:
+        return {}
+
+
+def _engine_key(api: TrtApi, gpu, options: BuildOptions, plan: GraphPlan, graph: str, onnx_sha: str, cache_key,
+                calib_batch: int) -> EngineKey:
+    """Everything the engine of ``graph`` depends on (the cache key of manifest.EngineKey)."""
+    return EngineKey(
+        graph=graph, onnx_sha256=onnx_sha,
+        calibration_sha256=sha256_bytes(cache_key.filename.encode() + json.dumps(cache_key.__dict__, sort_keys=True).encode()) if cache_key else None,
+        trt_version=api.version_string, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+        precision=plan.precision, profile=(options.profile.min, options.profile.opt, options.profile.max),
+        flags=dict(plan.flags(), calib_batch=calib_batch if cache_key else None),
+    )
+
+
+def _engine_entry(path: Path, plan_bytes: bytes, onnx_sha: str, plan: GraphPlan, options: BuildOptions, key: EngineKey,
+                  config_loader: EngineConfig, calibration_cache: str | None, seconds: float) -> dict:
+    """The manifest entry of one built engine: its file, digests, precision, profile and key."""
+    return {
+        "file": path.name, "sha256": sha256_bytes(plan_bytes), "onnx_sha256": onnx_sha,
+        "precision": plan.precision, "profile": options.profile.as_list(), "input": calib.input_name(plan.graph),
+        "key": key.digest, "key_fields": key.to_dict(), "pinned_fp32": config_loader.pinned,
+        "calibration_cache": calibration_cache, "build_seconds": round(seconds, 2),
+        "notes": plan.notes, "dla_core": plan.dla_core, "dla_gpu_fallback": config_loader.dla_fallback,
+    }
+
+
+def _build_plan(api: TrtApi, plan: GraphPlan, graph_path: Path, model, options: BuildOptions, logger, sink,
+                calibrator_factory, calib_batch: int):
+    """One engine's plan bytes (from a float16 copy of the graph on strongly typed TensorRT), and
+    the config loader that built it (its pinned layers and DLA fallbacks go into the manifest)."""
+    with tempfile.TemporaryDirectory(prefix="adtr-trt-") as tmp:
+        source = graph_path
+        if plan.convert_fp16:
+            source = Path(tmp) / f"{plan.graph}.fp16.onnx"
+            onnx.save(onnx_tools.convert_to_fp16(model), str(source))
+        network_loader = NetworkFromOnnx(api, source, logger, strongly_typed=plan.strongly_typed)
+        config_loader = EngineConfig(api, plan, calib.input_name(plan.graph), options.profile, options.workspace_mb,
+                                     set(onnx_tools.sensitive_nodes(model)), options.timing_cache,
+                                     calibrator_factory, calib_batch)
+        return BuildSerializedEngine(api, network_loader, config_loader, sink)(), config_loader
 
 
 def _calibrator_factory(api, cuda, graph, graphs, image_paths, meta, calib_batch, cached, store, cache_key, log):

@@ -144,6 +144,23 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     g = m.graph
     types = _elem_types(model)
     sensitive = set(sensitive_nodes(m))
+    stays32 = _float32_keeper(g, sensitive)
+    _halve_constants(g, stays32)
+    nodes, fp32_of = _cast_inputs_and_sensitive_nodes(g, sensitive, types, stays32)
+    _cast_outputs_back(g, nodes, fp32_of)
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]  # stale float32 annotations; shape inference re-derives them
+    try:
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+        onnx.checker.check_model(m)
+    except Exception as e:
+        raise AdtrError(f"FP16 conversion produced an invalid graph: {e}") from None
+    return m
+
+
+def _float32_keeper(g, sensitive: set):
+    """Which float32 tensors stay float32: read only by sensitive nodes or as Resize scales."""
     keep32 = set()  # tensor names that must stay float32
     for n in g.node:
         if n.name in sensitive:
@@ -156,6 +173,11 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         users = consumers.get(name, [])
         return name in keep32 and all(u.name in sensitive or u.op_type == "Resize" for u in users)
 
+    return stays32
+
+
+def _halve_constants(g, stays32) -> None:
+    """Initializers, Constant and ConstantOfShape values to float16; Casts to FLOAT become FLOAT16."""
     for init in g.initializer:
         if init.data_type == _FLOAT and not stays32(init.name):
             arr = numpy_helper.to_array(init).astype(np.float16)
@@ -174,15 +196,18 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                 if a.name == "value" and a.t.data_type == _FLOAT:
                     a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
 
+
+def _cast_inputs_and_sensitive_nodes(g, sensitive: set, types: dict, stays32) -> tuple[list, dict]:
+    """The new node list: float32 graph inputs cast to float16 on entry, and each sensitive node
+    wrapped in Casts (float32 in, float16 out), except between two sensitive nodes, which pass
+    float32 directly; and the float32 name of every sensitive node's output."""
     new_nodes = []
-    # Graph inputs: float32 in, float16 inside.
     renamed = {}
     for inp in g.input:
         if inp.type.tensor_type.elem_type == _FLOAT:
             inner = f"{inp.name}__fp16"
             renamed[inp.name] = inner
             new_nodes.append(helper.make_node("Cast", [inp.name], [inner], to=_HALF, name=f"{inp.name}__to_fp16"))
-    out_names = {o.name for o in g.output if o.type.tensor_type.elem_type == _FLOAT}
     init_names = {i.name for i in g.initializer}
     fp32_of: dict[str, str] = {}  # output of a sensitive node -> its float32 name
     for n in g.node:
@@ -210,7 +235,13 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                 new_nodes.append(helper.make_node("Cast", [inner], [name], to=_HALF, name=f"{name}__to_fp16"))
             continue
         new_nodes.append(n)
-    # Graph outputs made in float32 (the head) leave as they are; the others are cast back.
+    return new_nodes, fp32_of
+
+
+def _cast_outputs_back(g, new_nodes: list, fp32_of: dict) -> None:
+    """Graph outputs: those made in float32 (the head) leave as they are; the others are float16
+    inside and cast back to float32 (a node appended to ``new_nodes`` per output)."""
+    out_names = {o.name for o in g.output if o.type.tensor_type.elem_type == _FLOAT}
     for name in out_names & set(fp32_of):
         half = f"{name}__fp16"
         for n in new_nodes:
@@ -227,12 +258,3 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                 if i == name:
                     n.input[k] = inner
         new_nodes.append(helper.make_node("Cast", [inner], [name], to=_FLOAT, name=f"{name}__to_fp32"))
-    del g.node[:]
-    g.node.extend(new_nodes)
-    del g.value_info[:]  # stale float32 annotations; shape inference re-derives them
-    try:
-        m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
-        onnx.checker.check_model(m)
-    except Exception as e:
-        raise AdtrError(f"FP16 conversion produced an invalid graph: {e}") from None
-    return m
