@@ -31,6 +31,7 @@ BACKBONES = {
 }
 
 
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 POS_EMBEDS = ("learned", "sine")
 SCORES = ("l2", "mahalanobis")
 
@@ -50,8 +51,8 @@ def _from_dict(cls, d: dict, what: str):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "tf_efficientnet_lite0"
-    stages: tuple[int, ...] = (1, 2, 3)
+    backbone: str = DEFAULT_BACKBONE
+    stages: tuple[int, ...] = BACKBONES[DEFAULT_BACKBONE]["stages"]
     input_size: tuple[int, int] = (256, 256)  # (H, W)
     feature_stride: int = 16  # every stage is resized to input_size / feature_stride
     d_model: int = 256
@@ -70,8 +71,8 @@ class ModelConfig:
     # training and stored in the head, so every runtime computes the same score inside the graph.
     score: str = "l2"
     map_blur: float = 0.0  # sigma (pixels at input size) of a Gaussian blur of the anomaly map, in the graph; 0 = off
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] = BACKBONES[DEFAULT_BACKBONE]["mean"]  # of the backbone's ImageNet weights
+    std: tuple[float, float, float] = BACKBONES[DEFAULT_BACKBONE]["std"]
 
     def __post_init__(self):
         h, w = self.input_size

@@ -166,7 +166,7 @@ def collapse_report(model, test: ImageSet, device, spec: PreprocessSpec) -> dict
 
 def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | Path | None = None, *,
                         device: str = "auto", batch_size: int = 8, progress: bool = True, pictures: bool = True) -> dict:
-    from .model.adtr import preprocess_spec
+    from .preprocessing import preprocess_spec
     from .train.checkpoint import load_checkpoint
     from .train.device import resolve_device
 

@@ -28,8 +28,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # ImageNet statistics (torchvision / timm convention), and the [-1, 1] scaling of the TensorFlow
 # EfficientNet(-Lite) checkpoints.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
@@ -173,3 +171,9 @@ def list_images(folder: str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) ->
     return sorted(
         f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes and not f.name.startswith(".")
     )
+
+
+def preprocess_spec(cfg) -> PreprocessSpec:
+    """A model config's preprocessing facts (``adtr_edge.config.ModelConfig``: input size, mean, std):
+    the single source for training, export and every runtime."""
+    return PreprocessSpec(height=cfg.input_size[0], width=cfg.input_size[1], mean=tuple(cfg.mean), std=tuple(cfg.std))

@@ -40,7 +40,7 @@ from adtr_edge.evaluate import Scored, report_for  # noqa: E402
 from adtr_edge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from adtr_edge.metrics import auroc, pixel_auroc  # noqa: E402
 from adtr_edge.model import build_model  # noqa: E402
-from adtr_edge.model.adtr import preprocess_spec  # noqa: E402
+from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.preprocessing import resize_mask  # noqa: E402
 from adtr_edge.train.features import cached_raw_features  # noqa: E402
 from adtr_edge.train.loop import score_features, split_normals, train_model  # noqa: E402

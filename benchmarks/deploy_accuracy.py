@@ -25,7 +25,7 @@ from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, sco
 from adtr_edge.export.onnx_export import export_checkpoint  # noqa: E402
 from adtr_edge.engine.quantize import quantize_export  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
-from adtr_edge.model.adtr import preprocess_spec  # noqa: E402
+from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.runtime.loading import load_backend  # noqa: E402
 from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
 

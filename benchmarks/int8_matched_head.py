@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adtr_edge.data.datasets import load_batch, load_dataset  # noqa: E402
 from adtr_edge.evaluate import Scored, report_for  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
-from adtr_edge.model.adtr import preprocess_spec  # noqa: E402
+from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
 from adtr_edge.train.loop import score_features, split_normals  # noqa: E402
 from adtr_edge.train.residual_stats import fit_head  # noqa: E402

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adtr_edge.export.onnx_export import export_checkpoint  # noqa: E402
-from adtr_edge.model.adtr import preprocess_spec  # noqa: E402
+from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.preprocessing import list_images, prepare_batch, read_image  # noqa: E402
 from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
 

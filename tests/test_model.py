@@ -5,7 +5,8 @@ import torch
 from adtr_edge.config import ModelConfig
 from adtr_edge.errors import AdtrError
 from adtr_edge.model import build_model
-from adtr_edge.model.adtr import InGraphPreprocess, preprocess_spec
+from adtr_edge.model.adtr import InGraphPreprocess
+from adtr_edge.preprocessing import preprocess_spec
 from adtr_edge.model.weights import bundled_lite0_path, lukemelas_to_timm, read_state_dict
 from adtr_edge.postprocessing import pooled_max_score
 from adtr_edge.preprocessing import normalize_numpy

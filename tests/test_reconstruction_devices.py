@@ -186,7 +186,7 @@ def test_training_logs_collapse_figures_on_generated_data(trained_checkpoint):
 def test_eval_reports_collapse_figures_and_they_separate_controls(trained_checkpoint, sample_dataset):
     from adtr_edge.data.datasets import load_dataset
     from adtr_edge.evaluate import collapse_report
-    from adtr_edge.model.adtr import preprocess_spec
+    from adtr_edge.preprocessing import preprocess_spec
     from adtr_edge.train.checkpoint import load_checkpoint
 
     model, ckpt = load_checkpoint(trained_checkpoint)

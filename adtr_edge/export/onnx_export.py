@@ -35,7 +35,7 @@ from ..errors import AdtrError, require
 from ..fileio import sha256_bytes, sha256_file, write_json_atomic
 from ..folder import KINDS, MANIFEST, ONNX
 from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
-from ..model.adtr import preprocess_spec
+from ..preprocessing import preprocess_spec
 from ..train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -21,13 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..preprocessing import PreprocessSpec
+from ..preprocessing import PreprocessSpec, preprocess_spec
 from .weights import load_backbone_weights
-
-
-def preprocess_spec(cfg: ModelConfig) -> PreprocessSpec:
-    """The model's preprocessing facts, from its config (the single source for training and export)."""
-    return PreprocessSpec(height=cfg.input_size[0], width=cfg.input_size[1], mean=tuple(cfg.mean), std=tuple(cfg.std))
 
 
 class InGraphPreprocess(nn.Module):

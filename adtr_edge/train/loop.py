@@ -20,7 +20,7 @@ import torch
 from ..config import ModelConfig, TrainConfig
 from ..errors import AdtrError, require
 from ..model import build_model
-from ..model.adtr import preprocess_spec
+from ..preprocessing import preprocess_spec
 from ..model.losses import image_loss, normal_loss, pixel_loss, pseudo_huber
 from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
