@@ -20,6 +20,8 @@ from .preprocessing import PreprocessSpec
 
 FORMAT = "adtr-edge/1"
 METADATA_KEY = "adtr_edge"
+# Set on a quantisation-matched pair: the digest of the Q/DQ backbone graph the score head was fitted on.
+HEAD_MATCH_KEY = "head_matched_to_backbone"
 
 # Tensor names of the two graphs: the contract between export, engine building and the runtime.
 IMAGES = "images"  # backbone input: uint8 (N, H, W, 3) BGR

@@ -11,6 +11,7 @@ Prints Markdown with the cost in AUROC points against ONNX FP32.
 from __future__ import annotations
 
 import argparse
+import shutil
 import json
 import sys
 import time
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adtr_edge.data.datasets import load_dataset  # noqa: E402
 from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor  # noqa: E402
 from adtr_edge.export.onnx_export import export_checkpoint  # noqa: E402
+from adtr_edge.engine.matched import quantize_matched  # noqa: E402
 from adtr_edge.engine.quantize import quantize_export  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
@@ -77,6 +79,10 @@ def main() -> None:
     forms["ONNX INT8 backbone only"] = quantize_export(fp32, calib_dir, out / "onnx-int8-backbone", graphs=("backbone",),
                                                        calib_count=args.calib_count)
     forms["ONNX INT8 both graphs"] = quantize_export(fp32, calib_dir, out / "onnx-int8-both", calib_count=args.calib_count)
+    if ckpt.model_config.score == "mahalanobis":  # the head refitted on the INT8 backbone's features
+        shutil.rmtree(out / "onnx-int8-matched", ignore_errors=True)
+        forms["ONNX INT8 backbone, matched head (quantize-matched)"] = quantize_matched(
+            Path(args.checkpoint), Path(args.data), calib_dir, out / "onnx-int8-matched", calib_count=args.calib_count)
 
     rows = {}
     scored = score_imageset(torch_predictor(model), test, spec, progress=False)

@@ -34,7 +34,7 @@ from ..version import __version__
 from ..errors import AdtrError, require
 from ..fileio import sha256_bytes, sha256_file, write_json_atomic
 from ..folder import KINDS, MANIFEST, ONNX
-from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
+from ..metadata import HEAD_MATCH_KEY, ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
 from ..preprocessing import preprocess_spec
 from ..train.checkpoint import load_checkpoint
 
@@ -178,7 +178,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     }
     meta = checkpoint_metadata(
         model, ckpt, ckpt.thresholds, data_summary=ckpt.data_summary,
-        extra={"opset": opset, "weights_source": ckpt.extra.get("weights_source"), "checkpoint_files": {"model.safetensors": sha256_file(Path(checkpoint) / "model.safetensors")}},
+        extra={"opset": opset, "weights_source": ckpt.extra.get("weights_source"), "checkpoint_files": {"model.safetensors": sha256_file(Path(checkpoint) / "model.safetensors")},
+               **({HEAD_MATCH_KEY: ckpt.extra[HEAD_MATCH_KEY]} if ckpt.extra.get(HEAD_MATCH_KEY) else {})},
     )
     manifest = {"format": KINDS[ONNX].format, "toolkit_version": __version__, "kind": ONNX, "graphs": {}, "meta": meta.raw}
     out_dir.mkdir(parents=True, exist_ok=True)

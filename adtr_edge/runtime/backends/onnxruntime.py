@@ -14,6 +14,7 @@ import numpy as np
 
 from ...errors import AdtrError
 from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, ModelMeta
+from ...engine.matched import check_matched_backbone
 from ...folder import ONNX_KINDS, check_meta_agrees, read_model_folder, verify_graph_files
 from .base import Backend
 
@@ -55,6 +56,7 @@ class OnnxRuntimeBackend(Backend):
         if intra_op_threads is not None and int(intra_op_threads) < 1:
             raise AdtrError(f"intra_op_threads must be >= 1, got {intra_op_threads}")
         verify_graph_files(folder)
+        check_matched_backbone(folder.meta.raw, folder.graph_file(BACKBONE))  # a quantisation-matched head, on its own backbone
         super().__init__(folder.meta)
         self.folder = folder
         self.intra_op_threads = None if intra_op_threads is None else int(intra_op_threads)

@@ -1,0 +1,103 @@
+"""Quantisation-matched INT8 (issue #11): the score head's statistics fitted on the INT8 backbone.
+
+The Mahalanobis head divides by the spread of normal residuals, which is small in some feature
+directions; the INT8 backbone's deterministic quantisation error lands there and, scored against
+FP32 statistics, looks like an anomaly (-27 image-AUROC points on magnetic tile). Fitting the head
+and the threshold on the *quantised* backbone's features of the same training normals makes that
+error part of normal (-0.9 points, docs/benchmarks.md section 4.1). The transformer is not retrained.
+
+``quantize_matched`` makes the pair in one step:
+  1. export the checkpoint and write its Q/DQ backbone (the same recipe as ``adtr-edge quantize``);
+  2. run the training normals through that backbone (ONNX Runtime), refit the head, recalibrate;
+  3. export the refitted checkpoint and quantise its backbone again, which reproduces the same Q/DQ
+     graph (same weights, same calibration images): checked digest for digest.
+The folder's metadata names the backbone graph its head was fitted on
+(``head_matched_to_backbone``); ``check_matched_backbone`` refuses any other backbone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import AdtrError, require
+from ..fileio import sha256_bytes
+from ..metadata import BACKBONE, HEAD_MATCH_KEY as MATCH_KEY, IMAGES
+
+
+def backbone_digest(path: Path) -> str:
+    """sha256 of a graph without its metadata (the same digest ``adtr-edge export`` records)."""
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    return sha256_bytes(model.SerializeToString())
+
+
+def check_matched_backbone(meta_raw: dict, backbone_path: Path) -> None:
+    """Refuse a folder whose head was fitted on another backbone graph than the one it holds."""
+    want = meta_raw.get(MATCH_KEY)
+    if want and backbone_digest(backbone_path) != want:
+        raise AdtrError(f"{backbone_path}: this transformer's head was fitted on another backbone ({want[:12]}...); "
+                        "make the pair again with 'adtr-edge quantize --match CHECKPOINT'")
+
+
+def _qdq_features(session, imageset, indices, spec, batch: int = 16):
+    import torch  # noqa: PLC0415
+
+    from ..data.datasets import load_batch  # noqa: PLC0415
+
+    out = [session.run(None, {IMAGES: load_batch(imageset, indices[s:s + batch], spec)[0]})[0] for s in range(0, len(indices), batch)]
+    return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0)
+
+
+def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out: Path, *, calib_count: int = 64,
+                     batch_size: int = 8, log=print) -> Path:
+    """Write ``out``: a Q/DQ backbone and an FP32 transformer whose head is fitted on that backbone."""
+    import onnxruntime as ort  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from ..data.datasets import load_dataset  # noqa: PLC0415
+    from ..export.onnx_export import export_checkpoint  # noqa: PLC0415
+    from ..preprocessing import preprocess_spec  # noqa: PLC0415
+    from ..train.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
+    from ..train.loop import calibrate_on, split_normals  # noqa: PLC0415
+    from ..train.residual_stats import fit_head  # noqa: PLC0415
+    from .quantize import quantize_export  # noqa: PLC0415
+
+    out = Path(out)
+    require(not out.exists(), f"--out {out} already exists; choose a new folder for the matched pair")
+    model, ckpt = load_checkpoint(checkpoint)
+    require(ckpt.model_config.score == "mahalanobis",
+            f"--match {checkpoint}: its head scores '{ckpt.model_config.score}'; only a mahalanobis head has statistics to match")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-matched-", dir=out.parent))
+    try:
+        first = quantize_export(export_checkpoint(checkpoint, staging / "export").folder, calib_images, staging / "qdq",
+                                (BACKBONE,), calib_count, batch_size, log=log)
+        digest = backbone_digest(first / f"{BACKBONE}.onnx")
+        session = ort.InferenceSession(str(first / f"{BACKBONE}.onnx"), providers=["CPUExecutionProvider"])
+        train_set = load_dataset(train_data, "train")
+        fit_idx, val_idx = split_normals(train_set, ckpt.train_config)
+        spec = preprocess_spec(ckpt.model_config)
+        log(f"fitting the head on the INT8 backbone's features of {len(fit_idx)} training normals")
+        fit8 = _qdq_features(session, train_set, fit_idx, spec)
+        val8 = _qdq_features(session, train_set, val_idx, spec)
+        cpu = torch.device("cpu")
+        tcfg = ckpt.train_config
+        fit_head(model, fit8, cpu, tcfg.score_shrinkage, tcfg.score_target)
+        thresholds = calibrate_on(model, val8 if len(val8) else fit8, cpu, tcfg.threshold_quantile)
+        matched = save_checkpoint(staging / "checkpoint", model, replace(ckpt, thresholds=thresholds,
+                                                                          extra={**ckpt.extra, MATCH_KEY: digest}))
+        result = quantize_export(export_checkpoint(matched, staging / "export-matched").folder, calib_images, staging / "out",
+                                 (BACKBONE,), calib_count, batch_size, log=log)
+        if backbone_digest(result / f"{BACKBONE}.onnx") != digest:
+            raise AdtrError("INT8 calibration did not reproduce the same backbone graph twice; the matched pair was not written")
+        result.replace(out)  # the finished folder appears whole
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"matched pair: {out} (threshold {thresholds.threshold:.4f}, head fitted on backbone {digest[:12]})")
+    return out
