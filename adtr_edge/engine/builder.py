@@ -320,6 +320,10 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
     calib_dir = Path(options.calib_dir) if options.calib_dir else Path("calibration") / name
     for line in describe_plan(api, plans, options, out, calib_dir):
         log(line)
+    if plans[BACKBONE].int8_source == "calibrator" and (meta.raw.get("model") or {}).get("score") == "mahalanobis":
+        # The head's statistics were fitted on FP32 features; TensorRT's own INT8 error is not in them.
+        log("warning: INT8 calibration of the backbone under a Mahalanobis head costs many AUROC points "
+            "(docs/benchmarks.md section 4); build from 'adtr-edge quantize-matched' instead")
 
     calib_batch = options.calib_batch_size or options.profile.opt
     store = calib.CacheStore(calib_dir)
