@@ -24,8 +24,7 @@ from adtr_edge.data.datasets import load_dataset  # noqa: E402
 from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from adtr_edge.train.features import cached_raw_features  # noqa: E402
-from adtr_edge.train.loop import calibrate_on, split_normals  # noqa: E402
-from adtr_edge.train.residual_stats import fit_head  # noqa: E402
+from adtr_edge.train.loop import fit_score, split_normals  # noqa: E402
 
 
 def main() -> None:
@@ -49,8 +48,7 @@ def main() -> None:
     spec = preprocess_spec(cfg)
     feats = [model.backbone.standardize(cached_raw_features(model.backbone, train_set, idx, spec, cfg, cache_dir=args.cache,
                                                             device=cpu)) for idx in (fit_idx, val_idx)]
-    fit_head(model, feats[0], cpu, tcfg.score_shrinkage, tcfg.score_target)
-    thresholds = calibrate_on(model, feats[1], cpu, tcfg.threshold_quantile)
+    thresholds = fit_score(model, tcfg, feats[0], feats[1], cpu)
     save_checkpoint(args.out, model, replace(ckpt, train_config=tcfg, thresholds=thresholds))
     print(f"wrote {args.out}: shrinkage {args.shrinkage} to {args.target}, threshold {thresholds.threshold:.4f}")
 

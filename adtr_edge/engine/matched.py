@@ -64,8 +64,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
     from ..export.onnx_export import export_checkpoint  # noqa: PLC0415
     from ..preprocessing import preprocess_spec  # noqa: PLC0415
     from ..train.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
-    from ..train.loop import calibrate_on, split_normals  # noqa: PLC0415
-    from ..train.residual_stats import fit_head  # noqa: PLC0415
+    from ..train.loop import fit_score, split_normals  # noqa: PLC0415
     from .quantize import quantize_export  # noqa: PLC0415
 
     out = Path(out)
@@ -86,10 +85,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
         log(f"fitting the head on the INT8 backbone's features of {len(fit_idx)} training normals")
         fit8 = _qdq_features(session, train_set, fit_idx, spec)
         val8 = _qdq_features(session, train_set, val_idx, spec)
-        cpu = torch.device("cpu")
-        tcfg = ckpt.train_config
-        fit_head(model, fit8, cpu, tcfg.score_shrinkage, tcfg.score_target)
-        thresholds = calibrate_on(model, val8 if len(val8) else fit8, cpu, tcfg.threshold_quantile)
+        thresholds = fit_score(model, ckpt.train_config, fit8, val8, torch.device("cpu"))
         matched = save_checkpoint(staging / "checkpoint", model, replace(ckpt, thresholds=thresholds,
                                                                           extra={**ckpt.extra, MATCH_KEY: digest}))
         result = quantize_export(export_checkpoint(matched, staging / "export-matched").folder, calib_images, staging / "out",

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..preprocessing import PreprocessSpec
+from .residual_stats import reconstruct
 
 
 @dataclass
@@ -52,21 +53,13 @@ def make_probe(backbone, images: list, clean: torch.Tensor, spec: PreprocessSpec
 
 
 @torch.no_grad()
-def _reconstruct(model, features: torch.Tensor, device, batch_size: int = 32) -> torch.Tensor:
-    out = []
-    for s in range(0, len(features), batch_size):
-        out.append(model.transformer(features[s:s + batch_size].to(device)).float().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def input_following(model, normals: torch.Tensor, train_mean: torch.Tensor, device) -> float | None:
     """Slope of the reconstruction's deviation from the mean on the input's, on normal features."""
     if len(normals) == 0:
         return None
     model.eval()
     dev = normals - train_mean
-    rec = _reconstruct(model, normals, device) - train_mean
+    rec = reconstruct(model, normals, device) - train_mean
     return float((rec * dev).sum() / (dev * dev).sum().clamp_min(1e-12))
 
 
@@ -77,7 +70,7 @@ def defect_pass_through(model, probe: DefectProbe | None, device) -> float | Non
         return None
     model.eval()
     delta = probe.defective - probe.clean
-    delta_rec = _reconstruct(model, probe.defective, device) - _reconstruct(model, probe.clean, device)
+    delta_rec = reconstruct(model, probe.defective, device) - reconstruct(model, probe.clean, device)
     w = probe.cells.unsqueeze(1)
     num = (w * delta_rec * delta).sum()
     den = (w * delta * delta).sum().clamp_min(1e-12)

@@ -301,12 +301,7 @@ def epoch_entry(model, data: RunData, epoch: int, loss: float, loss_kind: str, d
 def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, data: RunData, history: list, fit_idx, val_idx,
            loss_kind: str, anomalies, out_dir: Path, device, t_start: float) -> TrainResult:
     """Fit the score head, calibrate the threshold on held-out normals, write the final checkpoint."""
-    if model_cfg.score == "mahalanobis":
-        from .residual_stats import fit_head
-
-        use_val = train_cfg.score_fit == "val" and len(data.val_feats) >= 2
-        fit_head(model, data.val_feats if use_val else data.feats, device, train_cfg.score_shrinkage, train_cfg.score_target)
-    thresholds = calibrate_on(model, data.val_feats if len(data.val_feats) else data.feats, device, train_cfg.threshold_quantile)
+    thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
@@ -321,6 +316,18 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
 def _figures_text(figures: dict) -> str:
     f, p = figures.get("input_following"), figures.get("defect_pass_through")
     return (f" follow {f:.2f}" if f is not None else "") + (f" pass {p:.2f}" if p is not None else "")
+
+
+def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device):
+    """How a trained transformer's output becomes a decision: fit the ``mahalanobis`` head's residual
+    statistics (on the fit normals, or the held-out ones with ``score_fit="val"``), then calibrate the
+    threshold on the held-out normals. Training, ``quantize-matched`` and head refits all end here."""
+    if model.cfg.score == "mahalanobis":
+        from .residual_stats import fit_head
+
+        use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
+        fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage, train_cfg.score_target)
+    return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
 
 
 def calibrate_on(model, features: torch.Tensor, device, quantile: float):

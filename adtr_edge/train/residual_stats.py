@@ -20,14 +20,16 @@ from ..errors import require
 
 
 @torch.no_grad()
-def residuals(model, features: torch.Tensor, device, batch_size: int = 32) -> torch.Tensor:
-    """f - f_hat for standardised features (N, C, h, w), in eval mode, on the CPU."""
+def reconstruct(model, features: torch.Tensor, device, batch_size: int = 32) -> torch.Tensor:
+    """f_hat for standardised features (N, C, h, w), in eval mode, batched, returned on the CPU."""
     model.eval()
-    out = []
-    for s in range(0, len(features), batch_size):
-        f = features[s:s + batch_size].to(device)
-        out.append((f - model.transformer(f)).float().cpu())
+    out = [model.transformer(features[s:s + batch_size].to(device)).float().cpu() for s in range(0, len(features), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def residuals(model, features: torch.Tensor, device, batch_size: int = 32) -> torch.Tensor:
+    """f - f_hat, on the CPU."""
+    return features.float().cpu() - reconstruct(model, features, device, batch_size) if len(features) else torch.empty(0)
 
 
 SHRINK_TARGETS = ("pooled", "identity")
