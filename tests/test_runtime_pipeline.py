@@ -295,3 +295,26 @@ def test_ctrl_c_in_the_runtime_cli_exits_130(export_dir, monkeypatch, capsys):
     monkeypatch.setattr(pipeline, "run_stream", interrupted)
     assert cli_main(["stream", str(export_dir), "--camera", "0"]) == 130
     assert "aborted" in capsys.readouterr().err
+
+
+def test_sinks_are_attached_and_see_live_status(export_dir, video):
+    class Watcher(Sink):
+        def attach(self, pipeline):
+            self.pipeline = pipeline
+            self.seen = []
+
+        def on_frame(self, r):
+            self.seen.append(self.pipeline.status())
+
+    w = Watcher()
+    summary = run_stream(export_dir, video, backend="onnxruntime", extra_sinks=[w], print_summary=False, handle_signals=False)
+    assert len(w.seen) == summary["frames"]
+    last = w.seen[-1]
+    # the sink thread trails inference by at most the bounded queue (4 batches), so early frames
+    # see a running pipeline; the last may already see inference finished
+    assert w.seen[0]["running"] and last["frames"] == summary["frames"]
+    assert last["backend"] == summary["backend"] and last["threshold"] == summary["threshold"]
+    (label, src), = last["sources"].items()
+    assert label == summary["source"] and src["anomalous"] == summary["anomalous"]
+    assert [s["frames"] for s in w.seen] == sorted(s["frames"] for s in w.seen)
+    assert not w.pipeline.status()["running"]  # after the run

@@ -230,6 +230,9 @@ class Pipeline:
     # -- run -------------------------------------------------------------------------------
     def run(self) -> dict:
         started = time.perf_counter()
+        self._started = started
+        for sink in self.sinks:
+            sink.attach(self)
         capture = threading.Thread(target=self._capture, name="capture", daemon=True)
         deliver = threading.Thread(target=self._deliver, name="sinks", daemon=True)
         deliver.start()
@@ -277,6 +280,27 @@ class Pipeline:
             self.stop_reason = "source lost"
         wall = time.perf_counter() - started
         return self.summary(wall)
+
+    def status(self) -> dict:
+        """Live health, safe to call from any thread while ``run`` goes on (plain reads of counters
+        the pipeline threads update): what a web view or a metrics endpoint shows. ``sources`` maps
+        each source's label to its counters, so many-camera pipelines keep one shape."""
+        started = getattr(self, "_started", None)
+        c = self.source.counters()
+        return {
+            "backend": self.detector.backend_name,
+            "threshold": self.detector.thresholds.threshold,
+            "frames": self.processed,
+            "anomalous": self.anomalous,
+            "alarms": self.alarms.count,
+            "fps": self.fps.current,
+            "uptime_s": round(time.perf_counter() - started, 3) if started is not None else 0.0,
+            "stages_ms": self.stats.summary(),
+            "running": started is not None and not self._inference_done.is_set(),
+            "sources": {self.source.label: {**c, "live": self.source.live, "alarm": self.alarms.active,
+                                            "anomalous": self.anomalous, "alarms": self.alarms.count}},
+            "errors": list(self.errors),
+        }
 
     def summary(self, wall_s: float) -> dict:
         c = self.source.counters()

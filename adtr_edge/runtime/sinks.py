@@ -1,8 +1,12 @@
 """Where results go: JSON Lines events, saved anomalous frames, a recording, a live window.
 
-Every sink gets ``on_frame`` for each processed frame, ``on_alarm`` for the other events (debounced
-alarm starts and ends, a ``corrupt`` input the source skipped; ``adtr_edge.runtime.events``), and
-``close`` exactly once (also after Ctrl-C), which flushes what it holds.
+Every sink gets ``attach`` once before the first frame (the running pipeline, for sinks that show
+its health or change its detector's threshold), ``on_frame`` for each processed frame, ``on_alarm``
+for the other events (debounced alarm starts and ends, a ``corrupt`` input the source skipped;
+``adtr_edge.runtime.events``), and ``close`` exactly once (also after Ctrl-C), which flushes what
+it holds. Sinks run on the pipeline's sink thread behind a bounded queue, so a sink that waits
+(network, a browser) must hand work to its own thread instead of waiting there: a slow sink would
+otherwise slow inference.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ log = logging.getLogger(__name__)
 
 class Sink:
     """Base: ignore everything."""
+
+    def attach(self, pipeline) -> None:
+        """Called once by ``Pipeline.run`` before any frame; ``pipeline.status()`` is its live health."""
 
     def on_frame(self, result: FrameResult) -> None:
         pass
