@@ -22,6 +22,15 @@ FORMAT = "adtr-edge/1"
 METADATA_KEY = "adtr_edge"
 # Set on a quantisation-matched pair: the digest of the Q/DQ backbone graph the score head was fitted on.
 HEAD_MATCH_KEY = "head_matched_to_backbone"
+# Quantisation targets an INT8 folder's metadata names (``{"quantization": {"target": ...}}``):
+# symmetric Q/DQ for TensorRT, or the U8S8/dynamic form for ONNX Runtime on CPUs.
+TARGET_TENSORRT, TARGET_CPU = "tensorrt", "cpu"
+
+
+def quantization_target(meta_raw: dict) -> str | None:
+    """The quantisation target a folder's metadata records (older folders: tensorrt), or None."""
+    q = meta_raw.get("quantization")
+    return (q.get("target") or TARGET_TENSORRT) if q else None
 
 # Tensor names of the two graphs: the contract between export, engine building and the runtime.
 IMAGES = "images"  # backbone input: uint8 (N, H, W, 3) BGR

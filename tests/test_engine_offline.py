@@ -147,7 +147,7 @@ def test_fp16_conversion_keeps_io_types_and_sensitive_fp32(tmp_path):
         assert [i.type.tensor_type.elem_type for i in m16.graph.input] == [onnx.TensorProto.FLOAT]
         assert {o.type.tensor_type.elem_type for o in m16.graph.output} == {onnx.TensorProto.FLOAT}
         types = {i.name: i.data_type for i in m16.graph.initializer}
-        assert types["w1"] == onnx.TensorProto.FLOAT16 and types["ln_scale"] == onnx.TensorProto.FLOAT
+        assert types["w1"] == onnx.TensorProto.FLOAT16 and types["ln_gamma"] == onnx.TensorProto.FLOAT
         assert types["resize_scales"] == onnx.TensorProto.FLOAT
         inferred = {v.name: v.type.tensor_type.elem_type for v in m16.graph.value_info}
         soft = next(n for n in m16.graph.node if n.name == "softmax")
@@ -195,6 +195,45 @@ def test_quantize_writes_qdq_graphs_that_onnxruntime_runs(tmp_path):
         assert ("INT8" in trt._built[0]["flags"]) == (v != "11.1.0.7")
     with pytest.raises(AdtrError, match="cannot build Q/DQ"):
         build_engines(out, tmp_path / "e85", "q", BuildOptions(precision="int8"), api=_api("8.5.2.2"), cuda=cuda, log=lambda s: None)
+
+
+def test_cpu_target_writes_the_onnxruntime_form_that_tensorrt_refuses(tmp_path):
+    from adtr_edge.engine.quantize import parse_graphs, parse_target, quantize_export, target_of
+    from adtr_edge.metadata import read_onnx_metadata
+
+    exp = make_export(tmp_path / "export")
+    imgs = write_images(tmp_path / "imgs", n=8)
+    lines = []
+    out = quantize_export(exp, imgs, tmp_path / "q", None, 8, 4, log=lines.append, target="cpu")
+    bb, tr = (onnx.load(str(out / f"{g}.onnx")) for g in ("backbone", "transformer"))
+    # backbone: static, uint8 activations (non-zero zero points), weights int8
+    zps = {i.name: onnx.numpy_helper.to_array(i) for i in bb.graph.initializer if i.name.endswith("_zero_point")}
+    assert any(z.dtype == np.uint8 and z.any() for z in zps.values())
+    assert any(z.dtype == np.int8 for z in zps.values())
+    # transformer: dynamic (no calibration), the head and LayerNorm/Softmax untouched
+    ops = {n.op_type for n in tr.graph.node}
+    assert "DynamicQuantizeLinear" in ops and onnx_tools.is_quantized(tr)
+    kept = set(onnx_tools.sensitive_nodes(onnx.load(str(exp / "transformer.onnx"))))
+    assert kept and kept <= {n.name for n in tr.graph.node}  # LayerNorm, Softmax (and a head) kept as they were
+    assert any("dynamic" in line for line in lines)
+    meta = read_onnx_metadata(tr).raw
+    assert target_of(meta) == "cpu" and meta["quantization"]["per_graph"]["transformer"]["mode"] == "dynamic"
+    assert parse_graphs(None, "cpu") == ["backbone", "transformer"] and parse_graphs(None, "tensorrt") == ["backbone"]
+    x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    ref = [ort.InferenceSession(str(exp / f"{g}.onnx")) for g in ("backbone", "transformer")]
+    got = [ort.InferenceSession(str(out / f"{g}.onnx")) for g in ("backbone", "transformer")]
+    f_ref, f_q = (s[0].run(None, {"images": x})[0] for s in (ref, got))
+    assert 0 < np.abs(f_q - f_ref).mean() < 0.05 * np.abs(f_ref).max()
+    s_ref, s_q = (s[1].run(None, {"features": f_ref})[1] for s in (ref, got))
+    np.testing.assert_allclose(s_q, s_ref, rtol=0.1)
+    with pytest.raises(AdtrError, match="already quantised"):  # a dynamic graph counts as quantised too
+        quantize_export(out, imgs, tmp_path / "q2", ["transformer"], 8, 4, log=lambda s: None, target="cpu")
+    with pytest.raises(AdtrError, match="--target 'gpu'"):
+        parse_target("gpu")
+    with pytest.raises(AdtrError, match="TensorRT cannot build; make the TensorRT form with 'adtr-edge quantize --target tensorrt'"):
+        build_engines(out, tmp_path / "eng", "q", BuildOptions(precision="int8"), api=_api("10.3.0.30"),
+                      cuda=CudaRuntime(make_cudart()), log=lambda s: None)
+    assert target_of({}) is None and target_of({"quantization": {"graphs": ["backbone"]}}) == "tensorrt"  # older folders
 
 
 def test_export_folder_errors(tmp_path):

@@ -48,15 +48,20 @@ def register(app: typer.Typer) -> None:
         onnx_dir: Path = typer.Argument(..., help="export folder (adtr-edge export)"),
         calib_images: Path = typer.Option(..., "--calib-images", help="folder of normal images"),
         out: Path = typer.Option(..., "--out", help="output folder for the Q/DQ graphs"),
-        graphs: str = typer.Option("backbone", "--graphs", help="backbone | backbone,transformer (transformers lose accuracy under PTQ)"),
+        target: str = typer.Option("tensorrt", "--target", help="tensorrt (symmetric Q/DQ for build-engine) | cpu (fastest INT8 for ONNX Runtime on x86)"),
+        graphs: Optional[str] = typer.Option(None, "--graphs", help="backbone | backbone,transformer (default: backbone for tensorrt, both for cpu)"),
         calib_count: int = typer.Option(64, "--calib-count", help="number of calibration images"),
         batch_size: int = typer.Option(8, "--batch-size"),
     ):
-        """Write INT8 Q/DQ copies of the graphs (ONNX Runtime static quantisation, symmetric)."""
-        from .quantize import parse_graphs, quantize_export
+        """Write INT8 copies of the graphs (ONNX Runtime's quantiser), in the form --target runs fastest."""
+        from .quantize import parse_graphs, parse_target, quantize_export, warn_unmatched
 
-        folder = quantize_export(onnx_dir, calib_images, out, parse_graphs(graphs), calib_count, batch_size, log=typer.echo)
-        typer.echo(f"Q/DQ graphs: {folder} (build with: adtr-edge build-engine {folder} --precision int8)")
+        target = parse_target(target)
+        folder = quantize_export(onnx_dir, calib_images, out, parse_graphs(graphs, target), calib_count, batch_size,
+                                 log=typer.echo, target=target)
+        warn_unmatched(folder, log=typer.echo)
+        typer.echo(f"INT8 graphs: {folder} (" + (f"build with: adtr-edge build-engine {folder} --precision int8" if target == "tensorrt"
+                                                  else f"run with: adtr-edge stream {folder} --backend onnxruntime ...") + ")")
 
     @app.command("quantize-matched")
     def quantize_matched_cmd(
@@ -64,11 +69,16 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="the training dataset: its normals refit the head on the INT8 backbone"),
         calib_images: Path = typer.Option(..., "--calib-images", help="folder of normal images for INT8 calibration"),
         out: Path = typer.Option(..., "--out", help="new folder for the matched pair (Q/DQ backbone, FP32 transformer)"),
+        target: str = typer.Option("tensorrt", "--target", help="tensorrt | cpu (as for quantize; cpu also quantises the transformer dynamically)"),
         calib_count: int = typer.Option(64, "--calib-count", help="number of calibration images"),
         batch_size: int = typer.Option(8, "--batch-size"),
     ):
         """INT8 backbone with the score head refitted on its features (keeps INT8 within ~1 AUROC point)."""
         from .matched import quantize_matched
+        from .quantize import parse_target
 
-        folder = quantize_matched(checkpoint, data, calib_images, out, calib_count=calib_count, batch_size=batch_size, log=typer.echo)
-        typer.echo(f"matched Q/DQ pair: {folder} (build with: adtr-edge build-engine {folder} --precision int8)")
+        target = parse_target(target)
+        folder = quantize_matched(checkpoint, data, calib_images, out, calib_count=calib_count, batch_size=batch_size,
+                                  log=typer.echo, target=target)
+        typer.echo(f"matched INT8 pair: {folder} (" + (f"build with: adtr-edge build-engine {folder} --precision int8" if target == "tensorrt"
+                                                        else f"run with: adtr-edge stream {folder} --backend onnxruntime ...") + ")")

@@ -42,7 +42,7 @@ def check_matched_backbone(meta_raw: dict, backbone_path: Path) -> None:
     want = meta_raw.get(MATCH_KEY)
     if want and backbone_digest(backbone_path) != want:
         raise AdtrError(f"{backbone_path}: this transformer's head was fitted on another backbone ({want[:12]}...); "
-                        "make the pair again with 'adtr-edge quantize --match CHECKPOINT'")
+                        "make the pair again with 'adtr-edge quantize-matched CHECKPOINT'")
 
 
 def _qdq_features(session, imageset, indices, spec, batch: int = 16):
@@ -55,8 +55,9 @@ def _qdq_features(session, imageset, indices, spec, batch: int = 16):
 
 
 def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out: Path, *, calib_count: int = 64,
-                     batch_size: int = 8, log=print) -> Path:
-    """Write ``out``: a Q/DQ backbone and an FP32 transformer whose head is fitted on that backbone."""
+                     batch_size: int = 8, log=print, target: str = "tensorrt") -> Path:
+    """Write ``out``: an INT8 backbone and a transformer whose head is fitted on that backbone's features
+    (FP32 for ``target`` tensorrt; dynamically quantised MatMuls, head FP32, for ``target`` cpu)."""
     import onnxruntime as ort  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
@@ -65,9 +66,9 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
     from ..preprocessing import preprocess_spec  # noqa: PLC0415
     from ..train.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
     from ..train.loop import fit_score, split_normals  # noqa: PLC0415
-    from .quantize import quantize_export  # noqa: PLC0415
+    from .quantize import DEFAULT_GRAPHS, parse_target, quantize_export  # noqa: PLC0415
 
-    out = Path(out)
+    out, target = Path(out), parse_target(target)
     require(not out.exists(), f"--out {out} already exists; choose a new folder for the matched pair")
     model, ckpt = load_checkpoint(checkpoint)
     require(ckpt.model_config.score == "mahalanobis",
@@ -76,7 +77,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
     staging = Path(tempfile.mkdtemp(prefix=".tmp-matched-", dir=out.parent))
     try:
         first = quantize_export(export_checkpoint(checkpoint, staging / "export").folder, calib_images, staging / "qdq",
-                                (BACKBONE,), calib_count, batch_size, log=log)
+                                (BACKBONE,), calib_count, batch_size, log=log, target=target)
         digest = backbone_digest(first / f"{BACKBONE}.onnx")
         session = ort.InferenceSession(str(first / f"{BACKBONE}.onnx"), providers=["CPUExecutionProvider"])
         train_set = load_dataset(train_data, "train")
@@ -89,7 +90,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
         matched = save_checkpoint(staging / "checkpoint", model, replace(ckpt, thresholds=thresholds,
                                                                           extra={**ckpt.extra, MATCH_KEY: digest}))
         result = quantize_export(export_checkpoint(matched, staging / "export-matched").folder, calib_images, staging / "out",
-                                 (BACKBONE,), calib_count, batch_size, log=log)
+                                 DEFAULT_GRAPHS[target], calib_count, batch_size, log=log, target=target)
         if backbone_digest(result / f"{BACKBONE}.onnx") != digest:
             raise AdtrError("INT8 calibration did not reproduce the same backbone graph twice; the matched pair was not written")
         result.replace(out)  # the finished folder appears whole

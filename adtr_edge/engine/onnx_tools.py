@@ -34,6 +34,15 @@ def has_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
+# What ONNX Runtime's quantisers leave in a graph besides Q/DQ: the dynamic form and the QOperator form.
+_INTEGER_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearConv", "QLinearMatMul"}
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Static Q/DQ, dynamic or integer-operator INT8: quantising it again would stack the error."""
+    return has_qdq(model) or any(n.op_type in _INTEGER_OPS for n in model.graph.node)
+
+
 def _consumers(graph) -> dict[str, list]:
     out = defaultdict(list)
     for n in graph.node:

@@ -1,9 +1,23 @@
-"""Explicit INT8: write Q/DQ copies of an export folder with ONNX Runtime's static quantiser.
+"""Explicit INT8: write quantised copies of an export folder with ONNX Runtime's quantiser.
 
-TensorRT (8.6+, the only INT8 path in 11) needs symmetric quantisation, so activations and weights
-are QInt8 with zero point 0, weights per channel. LayerNormalization and Softmax nodes (and a
-decomposed LayerNorm) are excluded: transformers lose most accuracy there. ONNX Runtime on the CPU
-runs the result, so INT8 accuracy can be measured without a GPU.
+Two targets, each the fastest accurate form for its runtime (``TARGETS``):
+
+``tensorrt``  TensorRT (8.6+, the only INT8 path in 11) needs symmetric Q/DQ, so activations and
+              weights are QInt8 with zero point 0, weights per channel, static (calibrated).
+              Only Conv / MatMul / Gemm get Q/DQ: TensorRT fuses the rest around them.
+``cpu``       ONNX Runtime on x86. Activations QUInt8 (U8S8: the fast integer kernels on AVX2 and
+              VNNI; S8S8 falls back to slower paths on CPUs without VNNI), weights 7-bit
+              (``reduce_range``: AVX2's u8*s8 pair sums saturate int16 with full-range weights),
+              every op ONNX Runtime has an integer kernel for quantised in the backbone (so
+              activations stay uint8 between convolutions instead of a Q/DQ pair per op), and the
+              transformer's MatMul/Gemm quantised dynamically (activation ranges per call, the way
+              transformers get their INT8 speed-up on CPUs; no calibration). TensorRT cannot read
+              this form (uint8 activations, DynamicQuantizeLinear): ``build-engine`` refuses it.
+
+In both, LayerNormalization and Softmax nodes (and a decomposed LayerNorm) and the error head are
+excluded (``onnx_tools.sensitive_nodes``): transformers lose most accuracy there, and the head's
+small whitened residuals would round away. ONNX Runtime on the CPU runs either result, so INT8
+accuracy can be measured without a GPU.
 
 Output: a folder like the export (``backbone.onnx``, ``transformer.onnx``, ``manifest.json``)
 whose metadata gains ``{"quantization": {...}}``; a graph left unquantised is copied unchanged.
@@ -25,15 +39,32 @@ import onnx
 from ..errors import AdtrError
 from ..fileio import atomic_path, sha256_file, write_json_atomic
 from ..folder import QDQ, read_export
-from ..metadata import BACKBONE, FEATURES, GRAPHS, IMAGES, METADATA_KEY, TRANSFORMER
+from ..metadata import (BACKBONE, FEATURES, GRAPHS, HEAD_MATCH_KEY, IMAGES, METADATA_KEY, TARGET_CPU, TARGET_TENSORRT, TRANSFORMER,
+                        quantization_target)
 from . import calibration as calib
 from . import onnx_tools
 
+TENSORRT, CPU = TARGET_TENSORRT, TARGET_CPU
+target_of = quantization_target
+# What each target writes per graph: "static" (calibrated Q/DQ) or "dynamic" (weights only, the
+# activation scale computed per call), the integer types, and the op types quantised (None: every op
+# ONNX Runtime can quantise). For TensorRT only the compute-heavy ops get Q/DQ: quantising the cheap
+# glue (preprocessing scale, Resize, Concat, the feature standardisation) only adds error there.
+TARGETS = {
+    TENSORRT: {
+        BACKBONE: {"mode": "static", "activation_type": "QInt8", "symmetric": True, "reduce_range": False, "ops": ["Conv"]},
+        TRANSFORMER: {"mode": "static", "activation_type": "QInt8", "symmetric": True, "reduce_range": False, "ops": ["MatMul", "Gemm"]},
+    },
+    CPU: {
+        BACKBONE: {"mode": "static", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": None},
+        TRANSFORMER: {"mode": "dynamic", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": ["MatMul", "Gemm"]},
+    },
+}
+DEFAULT_GRAPHS = {TENSORRT: (BACKBONE,), CPU: GRAPHS}  # transformers lose accuracy under static PTQ
+CALIBRATION = {"method": "Percentile", "percentile": 99.99}
+# Kept for readers of older folders' metadata: the TensorRT target's settings.
 QUANT_SETTINGS = {"format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
-                  "activation_symmetric": True, "weight_symmetric": True, "method": "Percentile", "percentile": 99.99}
-# Only the compute-heavy ops get Q/DQ: that is where INT8 pays on TensorRT, and quantising the
-# cheap glue (preprocessing scale, Resize, Concat, the feature standardisation) only adds error.
-OPS_TO_QUANTIZE = {BACKBONE: ["Conv"], TRANSFORMER: ["MatMul", "Gemm"]}
+                  "activation_symmetric": True, "weight_symmetric": True, **CALIBRATION}
 
 
 class _Batches:
@@ -52,14 +83,22 @@ class _Batches:
         self.i = 0
 
 
-def _reader(name, batches):
+def calibration_reader(name, batches):
     from onnxruntime.quantization import CalibrationDataReader  # noqa: PLC0415
 
     cls = type("CalibBatches", (_Batches, CalibrationDataReader), {})
     return cls(name, batches)
 
 
-def parse_graphs(text: str) -> list[str]:
+def parse_target(text: str) -> str:
+    if text not in TARGETS:
+        raise AdtrError(f"--target {text!r}: choose one of {', '.join(TARGETS)}")
+    return text
+
+
+def parse_graphs(text: str | None, target: str = TENSORRT) -> list[str]:
+    if text is None:
+        return list(DEFAULT_GRAPHS[target])
     graphs = [g.strip() for g in text.split(",") if g.strip()]
     bad = [g for g in graphs if g not in GRAPHS]
     if bad or not graphs:
@@ -67,13 +106,34 @@ def parse_graphs(text: str) -> list[str]:
     return graphs
 
 
-def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Sequence[str] = GRAPHS,
-                    calib_count: int = 64, batch_size: int = 8, log=print) -> Path:
-    """Write Q/DQ graphs for ``graphs`` (others copied) into ``out``; returns ``out``."""
+def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str], calib_reader, only: Sequence[str] | None = None) -> None:
+    """One graph through ONNX Runtime's static or dynamic quantiser, as ``settings`` (a ``TARGETS``
+    entry) says; ``only``: quantise just these nodes (the per-layer sensitivity study)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static  # noqa: PLC0415
+
+    act = getattr(QuantType, settings["activation_type"])
+    if settings["mode"] == "dynamic":
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=settings["ops"], per_channel=True,
+                         reduce_range=settings["reduce_range"], weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                         nodes_to_quantize=list(only) if only else None)
+        return
+    quantize_static(str(src), str(dst), calib_reader, quant_format=QuantFormat.QDQ, activation_type=act,
+                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=settings["reduce_range"],
+                    nodes_to_exclude=list(exclude), op_types_to_quantize=settings["ops"], nodes_to_quantize=list(only) if only else None,
+                    calibrate_method=getattr(CalibrationMethod, CALIBRATION["method"]),
+                    extra_options={"ActivationSymmetric": settings["symmetric"], "WeightSymmetric": True,
+                                   "CalibPercentile": CALIBRATION["percentile"]})
+
+
+def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Sequence[str] | None = None,
+                    calib_count: int = 64, batch_size: int = 8, log=print, target: str = TENSORRT) -> Path:
+    """Write INT8 graphs for ``graphs`` (others copied) for ``target`` into ``out``; returns ``out``."""
     try:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
+        import onnxruntime.quantization  # noqa: F401, PLC0415
     except ImportError:
         raise AdtrError("adtr-edge quantize needs onnxruntime (pip install onnxruntime)") from None
+    target = parse_target(target)
+    graphs = list(DEFAULT_GRAPHS[target] if graphs is None else graphs)
 
     onnx_dir, out = Path(onnx_dir), Path(out)
     if out.resolve() == onnx_dir.resolve():
@@ -81,15 +141,18 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
     export = read_export(onnx_dir, purpose="quantize")
     meta = export.meta
     for g in GRAPHS:
-        if onnx_tools.has_qdq(onnx_tools.load(export.graph_file(g))):
+        if onnx_tools.is_quantized(onnx_tools.load(export.graph_file(g))):
             raise AdtrError(f"{onnx_dir}/{g}.onnx is already quantised")
     paths = calib.calibration_images(Path(calib_images), calib_count)
     batch = min(batch_size, len(paths))
     image_batches = calib.backbone_batches(paths, meta.preprocess, batch)
+    plan = TARGETS[target]
     data = {BACKBONE: (IMAGES, image_batches)}
-    if TRANSFORMER in graphs:
+    if TRANSFORMER in graphs and plan[TRANSFORMER]["mode"] == "static":
         data[TRANSFORMER] = (FEATURES, calib.transformer_batches(export.graph_file(BACKBONE), image_batches))
-    info = dict(QUANT_SETTINGS, graphs=list(graphs), calib_images=len(image_batches) * batch,
+    info = dict(QUANT_SETTINGS if target == TENSORRT else {"format": "QDQ", "weight_type": "QInt8", "per_channel": True, **CALIBRATION},
+                target=target, per_graph={g: plan[g] for g in graphs}, graphs=list(graphs),
+                calib_images=len(image_batches) * batch,
                 calib_image_sha256=calib.image_list_sha(paths[:len(image_batches) * batch]), source=str(onnx_dir))
     meta_doc = dict(meta.raw, quantization=info)
     meta_doc.pop("graph", None)
@@ -102,18 +165,16 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
             if g in graphs:
                 model = onnx_tools.load(src)
                 exclude = onnx_tools.sensitive_nodes(model)
-                name, batches = data[g]
-                log(f"{g}: quantising (QDQ int8, per-channel, symmetric), {len(batches)} batches, keeping {len(exclude)} nodes float")
+                settings = plan[g]
+                reader = calibration_reader(*data[g]) if g in data else None
+                how = (f"static, {len(data[g][1])} calibration batches" if reader is not None else "dynamic (weights; activations per call)")
+                log(f"{g}: quantising for {target} ({settings['activation_type']} activations, int8 per-channel weights, {how}), "
+                    f"keeping {len(exclude)} nodes float")
                 tmp_in = tmp.with_name(tmp.name + ".in.onnx")
                 try:
                     _strip_metadata(model)
                     onnx.save(model, str(tmp_in))
-                    quantize_static(str(tmp_in), str(tmp), _reader(name, batches), quant_format=QuantFormat.QDQ,
-                                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                                    nodes_to_exclude=exclude, op_types_to_quantize=OPS_TO_QUANTIZE[g],
-                                    calibrate_method=CalibrationMethod.Percentile,
-                                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                                   "CalibPercentile": QUANT_SETTINGS["percentile"]})
+                    quantize_graph(tmp_in, tmp, settings, exclude, reader)
                 finally:
                     tmp_in.unlink(missing_ok=True)
                 qmodel = onnx.load(str(tmp))
@@ -127,6 +188,15 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
     manifest = dict(export.manifest, graphs=entries, meta=meta_doc, kind=QDQ)
     write_json_atomic(out / "manifest.json", manifest)
     return out
+
+
+def warn_unmatched(folder: Path, log=print) -> None:
+    """A quantised backbone under a Mahalanobis head fitted on FP32 features: say what it costs."""
+    meta = read_export(folder, purpose="quantize").meta.raw
+    quantized = (meta.get("quantization") or {}).get("graphs", [])
+    if BACKBONE in quantized and (meta.get("model") or {}).get("score") == "mahalanobis" and not meta.get(HEAD_MATCH_KEY):
+        log("warning: this head's statistics were fitted on FP32 features, and INT8's error looks anomalous to it "
+            "(docs/benchmarks.md section 4); make the pair with 'adtr-edge quantize-matched CHECKPOINT' instead")
 
 
 def _strip_metadata(model) -> None:

@@ -67,8 +67,8 @@ def transformer_graph(h, w, channels, grid, pool_kernel=4, seed=1, decomposed_ln
     inits = [
         _init("flat_shape", np.array([0, c, -1], dtype=np.int64)),
         _init("grid_shape", np.array([0, c, grid[0], grid[1]], dtype=np.int64)),
-        _init("ln_scale", (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)),
-        _init("ln_bias", (0.1 * rng.standard_normal(c)).astype(np.float32)),
+        _init("ln_gamma", (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)),
+        _init("ln_beta", (0.1 * rng.standard_normal(c)).astype(np.float32)),
         _init("w1", (rng.standard_normal((c, c)) / np.sqrt(c)).astype(np.float32)),
         _init("w2", (rng.standard_normal((c, c)) / np.sqrt(c)).astype(np.float32)),
         _init("two", np.array(2.0, dtype=np.float32)),
@@ -84,11 +84,11 @@ def transformer_graph(h, w, channels, grid, pool_kernel=4, seed=1, decomposed_ln
             helper.make_node("Add", ["var", "eps"], ["ve"], name="ln_add_eps"),
             helper.make_node("Sqrt", ["ve"], ["sd"], name="ln_sqrt"),
             helper.make_node("Div", ["d", "sd"], ["nrm"], name="ln_div"),
-            helper.make_node("Mul", ["nrm", "ln_scale"], ["nrm_s"], name="ln_mul"),
-            helper.make_node("Add", ["nrm_s", "ln_bias"], ["ln"], name="ln_affine"),
+            helper.make_node("Mul", ["nrm", "ln_gamma"], ["nrm_s"], name="ln_mul"),
+            helper.make_node("Add", ["nrm_s", "ln_beta"], ["ln"], name="ln_affine"),
         ]
     else:
-        nodes.append(helper.make_node("LayerNormalization", ["tokens", "ln_scale", "ln_bias"], ["ln"], axis=-1, epsilon=1e-5, name="ln"))
+        nodes.append(helper.make_node("LayerNormalization", ["tokens", "ln_gamma", "ln_beta"], ["ln"], axis=-1, epsilon=1e-5, name="ln"))
     nodes += [
         helper.make_node("MatMul", ["ln", "w1"], ["q"], name="proj1"),
         helper.make_node("Softmax", ["q"], ["attn"], axis=-1, name="softmax"),

@@ -1,7 +1,16 @@
 """ONNX Runtime backend: the two exported graphs in two InferenceSessions.
 
 Runs everywhere (CPU), on CUDA where onnxruntime-gpu provides CUDAExecutionProvider, and runs the
-Q/DQ INT8 export folders unchanged (ONNX Runtime executes QuantizeLinear/DequantizeLinear on the CPU).
+INT8 folders of ``adtr-edge quantize`` unchanged.
+
+A ``--target tensorrt`` folder (symmetric int8 activations) runs with ONNX Runtime's Q/DQ fusion off
+(``session.disable_quant_qdq``): each QuantizeLinear/DequantizeLinear pair then rounds exactly as
+TensorRT does, and the float op between computes without overflow. Fused, ONNX Runtime would run its
+integer kernels, and on x86 CPUs without VNNI those form u8*s8 pair sums in int16 (VPMADDUBSW) which
+saturate with int8 activations shifted to uint8: on the magnetic-tile backbone the fused features
+are 129% off FP32, the exact rounding 53% (docs/benchmarks.md section 4.3). So this backend computes
+what the engine would; the fast CPU form is ``--target cpu`` (uint8 activations, 7-bit weights,
+which cannot saturate), run fused.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import AdtrError
-from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, ModelMeta
+from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TARGET_TENSORRT, TRANSFORMER, ModelMeta, quantization_target
 from ...engine.matched import check_matched_backbone
 from ...folder import ONNX_KINDS, check_meta_agrees, read_model_folder, verify_graph_files
 from .base import Backend
@@ -40,7 +49,8 @@ class OnnxRuntimeBackend(Backend):
     """Backend over an ONNX export folder.
 
     ``intra_op_threads``: threads per session (None = ONNX Runtime's default, one per core);
-    ``providers``: explicit execution providers, e.g. ``["CPUExecutionProvider"]``.
+    ``providers``: explicit execution providers, e.g. ``["CPUExecutionProvider"]``;
+    ``exact_qdq``: run Q/DQ pairs unfused (None = only for a ``--target tensorrt`` folder, see above).
     """
 
     name = "onnxruntime"
@@ -51,6 +61,7 @@ class OnnxRuntimeBackend(Backend):
         *,
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
+        exact_qdq: bool | None = None,
     ):
         folder = read_model_folder(model_dir, accept=ONNX_KINDS, purpose="the onnxruntime backend")
         if intra_op_threads is not None and int(intra_op_threads) < 1:
@@ -61,6 +72,7 @@ class OnnxRuntimeBackend(Backend):
         self.folder = folder
         self.intra_op_threads = None if intra_op_threads is None else int(intra_op_threads)
         self.requested_providers = list(providers) if providers else None
+        self.exact_qdq = quantization_target(folder.meta.raw) == TARGET_TENSORRT if exact_qdq is None else bool(exact_qdq)
         self.sessions: dict = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -71,6 +83,9 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         if self.intra_op_threads is not None:
             opts.intra_op_num_threads = self.intra_op_threads
+        if self.exact_qdq:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+            log.info("TensorRT-form INT8 folder: Q/DQ run unfused (exact rounding, as TensorRT computes it)")
         sessions = {}
         for graph in (BACKBONE, TRANSFORMER):
             path = self.folder.graph_file(graph)
