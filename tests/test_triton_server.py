@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from adtr_edge.cli import main
+from adtr_edge.errors import AdtrError
 from adtr_edge.export.triton_repo import TritonOptions, export_triton
+from adtr_edge.runtime.backends.triton import parse_server
 from adtr_edge.runtime.detector import Detector
 from adtr_edge.runtime.pipeline import run_stream
 from adtr_edge.runtime.sinks import Sink
@@ -27,6 +29,25 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (the in-pro
 FRAMES = 36
 DEFECTS = {8, 9, 10, 24}
 TOL = 1e-5
+
+
+def test_server_addresses_and_options_are_checked_before_connecting(exported_model, capsys):
+    assert parse_server("gpu-rack", "grpc") == ("grpc", "gpu-rack:8001")
+    assert parse_server("gpu-rack", "http") == ("http", "gpu-rack:8000")
+    assert parse_server("http://10.0.0.5:9000/", "grpc") == ("http", "10.0.0.5:9000")
+    assert parse_server("grpc://[::1]:8001", "http") == ("grpc", "[::1]:8001")
+    for bad, needle in (("ftp://x:1", "scheme 'ftp'"), ("host:port", "expected HOST[:PORT]"), ("h:70000", "expected HOST[:PORT]")):
+        with pytest.raises(AdtrError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            parse_server(bad, "grpc")
+    with pytest.raises(AdtrError, match="--protocol 'udp'"):
+        parse_server("h", "udp")
+    base = ["stream", str(exported_model), "--source", "x.mp4"]
+    for args, needle in ((["--server", "h:1"], "--server applies to --backend triton only"),
+                         (["--backend", "triton", "--server", "h:1", "--threads", "2"], "do not apply to the triton backend"),
+                         (["--backend", "triton", "--server", "h:1", "--server-timeout", "0"], "--server-timeout must be > 0")):
+        assert main(base + args) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
 
 
 class Collect(Sink):
