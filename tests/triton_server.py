@@ -47,6 +47,18 @@ def _site_packages(venv: Path) -> Path:
     return venv / "lib" / f"python{PY}" / "site-packages"
 
 
+def libpython_dir() -> str | None:
+    """The folder of this Python's ``libpython3.X.so`` for LD_LIBRARY_PATH ("" when the loader finds it
+    on its own, e.g. Debian's /usr/lib/<multiarch>); None when there is none (the stub cannot start)."""
+    import ctypes.util
+
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    for d in (libdir, os.path.join(libdir, sysconfig.get_config_var("MULTIARCH") or "")):
+        if d and any((Path(d) / f"libpython{PY}{suffix}").is_file() for suffix in (".so.1.0", ".so")):
+            return d
+    return "" if ctypes.util.find_library(f"python{PY}") else None
+
+
 def server_dir(venv: Path = VENV) -> Path:
     """The prepared copy of the wheel's tritonserver folder (with the python backend stub in place)."""
     return venv / "tritonserver"
@@ -57,8 +69,9 @@ def ensure_venv(venv: Path = VENV, log=print) -> Path:
     first call (about 150 MB of wheels). Raises ``Unavailable`` with the reason when it cannot be."""
     if (venv / DONE).is_file():
         return venv
-    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        raise Unavailable(f"this Python ({sys.executable}) has no libpython{PY}.so, which the python backend stub needs")
+    if libpython_dir() is None:
+        raise Unavailable(f"no libpython{PY}.so for this Python ({sys.executable}); the python backend stub needs it "
+                          f"(Debian: apt-get install libpython{PY})")
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f".{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one creator; the others wait and reuse it
@@ -114,9 +127,8 @@ class TritonServer:
 
     def _env(self) -> dict:
         env = dict(os.environ)
-        libpython = subprocess.run([str(self.venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-                                   capture_output=True, text=True, check=True).stdout.strip()
-        libs = [str(_site_packages(self.venv) / "nvidia_pytriton.libs"), libpython]
+        # The virtualenv runs on this same interpreter, so its libpython is this one's.
+        libs = [str(_site_packages(self.venv) / "nvidia_pytriton.libs")] + [d for d in [libpython_dir()] if d]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
         env["PATH"] = os.pathsep.join([str(self.venv / "bin"), env.get("PATH", "")])
         env.pop("PYTHONPATH", None)  # the stub must see the virtualenv's packages, not the caller's
@@ -157,11 +169,23 @@ class TritonServer:
             return "no log"
         return " | ".join(text[-lines:])
 
+    def _shm_regions(self) -> set:
+        """The python backend's /dev/shm regions this server maps (a SIGKILL leaves them behind)."""
+        try:
+            maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+        except OSError:
+            return set()
+        return {line.split()[-1] for line in maps.splitlines() if "/dev/shm/triton_python_backend_shm_region" in line}
+
     def kill(self) -> None:
         """SIGKILL: the server dies as in a crash or a pulled cable (no graceful shutdown)."""
         if self.proc is not None and self.proc.poll() is None:
+            regions = self._shm_regions()
             os.killpg(self.proc.pid, signal.SIGKILL)  # the python backend stubs die with it
             self.proc.wait(timeout=30)
+            for region in regions:  # what a graceful shutdown would have removed
+                with contextlib.suppress(OSError):
+                    os.unlink(region)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
