@@ -37,8 +37,10 @@ PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 # gRPC status codes and HTTP-side messages that mean "the server is (momentarily) not there".
 _RETRY_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
-_RETRY_TEXT = ("unknown model", "not ready", "failed to connect", "connection refused", "connection reset",
-               "socket closed", "timed out", "deadline", "unavailable", "is not found", "server is not")
+# Triton answers "Request for unknown model" / "... is not ready" / "no available versions" while
+# it (re)loads the repository after a restart.
+_RETRY_TEXT = ("unknown model", "not ready", "no available versions", "failed to connect", "connection refused",
+               "connection reset", "socket closed", "timed out", "deadline", "unavailable")
 
 
 def available() -> tuple[bool, str]:
