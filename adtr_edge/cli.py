@@ -176,6 +176,31 @@ def export(
     typer.echo(f"manifest: {out / 'manifest.json'}")
 
 
+@app.command("export-triton")
+def export_triton_cmd(
+    model_dir: Path = typer.Argument(..., help="ONNX export folder (python, onnxruntime_onnx) or TensorRT engine folder (tensorrt_plan)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Triton model repository to write (built next to it, then renamed into place)."),
+    flavour: str = typer.Option("python", "--flavour", help="python (ONNX Runtime inside Triton's python backend) | onnxruntime_onnx | tensorrt_plan."),
+    name: str = typer.Option("adtr", "--name", help="Ensemble name; the members are NAME_backbone and NAME_transformer."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="max_batch_size for dynamic batching (default 8; engines: their profile's max)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances per member (instance_group count)."),
+    kind: str = typer.Option("auto", "--kind", help="Instance kind: auto (CPU for python, GPU otherwise) | cpu | gpu."),
+    queue_delay_us: int = typer.Option(2000, "--queue-delay-us", help="Dynamic batching: longest wait to fill a batch (microseconds)."),
+    threads: int = typer.Option(0, "--threads", help="python flavour: ONNX Runtime threads per instance (0 = its default)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing repository at --out."),
+):
+    """Write a Triton model repository: backbone + transformer models and an ensemble chaining them."""
+    from .export.triton_repo import TritonOptions, export_triton
+
+    opts = TritonOptions(flavour=flavour, name=name, max_batch=max_batch, instances=instances, kind=kind,
+                         queue_delay_us=queue_delay_us, threads=threads)
+    summary = export_triton(model_dir, out, opts, force=force)
+    models = summary["models"]
+    typer.echo(f"{summary['flavour']} repository {out}: ensemble {summary['ensemble']!r} = {models['backbone']} -> {models['transformer']}, "
+               f"max batch {summary['max_batch_size']}, threshold {summary['threshold']:.6g}")
+    typer.echo(f"serve: tritonserver --model-repository={out.resolve()}")
+
+
 @app.command()
 def version():
     """Print the toolkit version."""

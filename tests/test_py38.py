@@ -26,7 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_MODULES = (
     "adtr_edge.cli", "adtr_edge.runtime.cli", "adtr_edge.runtime.backends.tensorrt", "adtr_edge.runtime.detector",
-    "adtr_edge.runtime.pipeline", "adtr_edge.engine.builder", "adtr_edge.engine.quantize", "adtr_edge.export.inspect",
+    "adtr_edge.runtime.pipeline", "adtr_edge.runtime.backends.triton", "adtr_edge.engine.builder", "adtr_edge.engine.quantize", "adtr_edge.export.inspect",
     "adtr_edge.export.opset",
 )
 TRAINING_SIDE = ("adtr_edge.model", "adtr_edge.train", "adtr_edge.evaluate", "adtr_edge.plots", "adtr_edge.baselines")

@@ -39,6 +39,17 @@ def tensorrt_options(model_dir: Path, backend: str, cuda_graphs: bool, cuda_bind
     return options
 
 
+def triton_options(backend: str, server: Optional[str], protocol: str, triton_model: str, server_timeout: float,
+                   server_reconnect: float) -> dict:
+    """Backend options from --server / --protocol / --triton-model; refused without --backend triton."""
+    if backend != "triton":
+        if server is not None:
+            raise AdtrError("--server applies to --backend triton only")
+        return {}
+    return {"server": server, "protocol": protocol, "model_name": triton_model, "timeout_s": server_timeout,
+            "reconnect_s": server_reconnect}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("stream")
     def stream(
@@ -52,7 +63,7 @@ def register(app: typer.Typer) -> None:
             None, "--source",
             help="Video file, folder or glob of images, rtsp://..., csi://N, v4l2:///dev/videoN, file://..., or a GStreamer pipeline.",
         ),
-        backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt."),
+        backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt | triton (a Triton server, --server)."),
         events: Optional[str] = typer.Option(None, "--events", help="JSON Lines events to FILE, or '-' for stdout."),
         save_anomalies: Optional[Path] = typer.Option(None, "--save-anomalies", help="Folder for anomalous frames + overlays (PNG)."),
         record: Optional[Path] = typer.Option(None, "--record", help="Record the overlay video to FILE (.mp4/.avi)."),
@@ -66,6 +77,11 @@ def register(app: typer.Typer) -> None:
         reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
         cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
         cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
+        server: Optional[str] = typer.Option(None, "--server", help="Triton backend: server HOST[:PORT] (or grpc://..., http://...), serving 'adtr-edge export-triton' of MODEL_DIR."),
+        protocol: str = typer.Option("grpc", "--protocol", help="Triton backend: grpc (port 8001) | http (port 8000)."),
+        triton_model: str = typer.Option("adtr", "--triton-model", help="Triton backend: the ensemble's name (export-triton --name)."),
+        server_timeout: float = typer.Option(10.0, "--server-timeout", help="Triton backend: seconds per request."),
+        server_reconnect: float = typer.Option(60.0, "--server-reconnect", help="Triton backend: seconds to keep reconnecting to a lost server (0 = forever)."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
@@ -78,6 +94,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"model: {model_dir}", err=True)
         options = {"intra_op_threads": threads} if threads is not None else {}
         options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
+        options.update(triton_options(backend, server, protocol, triton_model, server_timeout, server_reconnect))
         result = run_stream(
             model_dir,
             camera if camera is not None else source,

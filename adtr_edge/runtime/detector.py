@@ -108,7 +108,10 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", threshold: float | None = None, **backend_options) -> "Detector":
-        """Open a model folder (ONNX export or TensorRT engine folder) with the chosen backend."""
+        """Open a model folder (ONNX export or TensorRT engine folder) with the chosen backend.
+
+        ``backend="triton", server="host:8001"`` runs it on a Triton server serving the folder's
+        ``adtr-edge export-triton`` repository (checked against the folder on connecting)."""
         from .loading import load_backend
 
         check_threshold(threshold)  # before the (slow) backend load

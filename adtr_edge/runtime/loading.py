@@ -31,7 +31,7 @@ from .backends.base import Backend
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 ENGINES_DIR = Path("engines")  # where 'adtr-edge build-engine' writes engine folders by default
@@ -85,6 +85,13 @@ def choose_backend(folder: ModelFolder, backend: str = "auto") -> tuple[str, str
     if folder.kind not in RUNTIME_KINDS:
         raise AdtrError(f"{folder.path}: is {folder.spec.what}; the runtime runs an ONNX export of it "
                         f"(adtr-edge export {folder.path} --out DIR) or engines built from that")
+    if backend == "triton":
+        from .backends.triton import available
+
+        ok, why = available()
+        if not ok:
+            raise AdtrError(f"--backend triton: {why}")
+        return "triton", f"requested; the server runs the graphs, {folder.path} gives the metadata to check it against"
     natural = folder.backend
     if backend not in ("auto", natural):
         if natural == "onnxruntime":
@@ -109,6 +116,8 @@ def load_backend(path: str | Path, backend: str = "auto", **options) -> Backend:
     log.info("backend %s for %s (%s)", name, folder.path, why)
     if name == "onnxruntime":
         from .backends.onnxruntime import OnnxRuntimeBackend as cls
+    elif name == "triton":
+        from .backends.triton import TritonBackend as cls
     else:
         from .backends.tensorrt import TensorRTBackend as cls
     accepted = {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY}

@@ -241,6 +241,7 @@ class Pipeline:
         try:
             for detections in self.detector.detect_batches(self._batches(in_flight)):
                 frames, notices = in_flight.popleft()
+                self._report_backend_gaps(frames[0].index if frames else None)
                 results = []
                 self.fps.tick(len(frames))
                 for frame, det in zip(frames, detections):
@@ -281,6 +282,13 @@ class Pipeline:
         wall = time.perf_counter() - started
         return self.summary(wall)
 
+    def _report_backend_gaps(self, next_frame: int | None) -> None:
+        """A remote backend's outages (server lost and back) as ``backend_gap`` events, sent before
+        the first frame that ran after it, so the events file shows where the stream waited."""
+        for gap in self.detector.backend.take_gaps():
+            reason = f"no inference for {gap['seconds']:.2f} s ({gap['reason']})"
+            self.out_q.put(([], [SourceEvent("backend_gap", self.source.label, gap["server"], reason, gap["start"], next_frame)]))
+
     def status(self) -> dict:
         """Live health, safe to call from any thread while ``run`` goes on (plain reads of counters
         the pipeline threads update): what a web view or a metrics endpoint shows. ``sources`` maps
@@ -297,10 +305,15 @@ class Pipeline:
             "uptime_s": round(time.perf_counter() - started, 3) if started is not None else 0.0,
             "stages_ms": self.stats.summary(),
             "running": started is not None and not self._inference_done.is_set(),
+            **self._backend_counters(),
             "sources": {self.source.label: {**c, "live": self.source.live, "alarm": self.alarms.active,
                                             "anomalous": self.anomalous, "alarms": self.alarms.count}},
             "errors": list(self.errors),
         }
+
+    def _backend_counters(self) -> dict:
+        c = self.detector.backend.counters()
+        return {"backend_reconnects": c["reconnects"], "backend_gap_s": c["gap_s"]}
 
     def summary(self, wall_s: float) -> dict:
         c = self.source.counters()
@@ -313,6 +326,7 @@ class Pipeline:
             "drops": c["drops"],
             "corrupt": c["corrupt"],
             "reconnects": c["reconnects"],
+            **self._backend_counters(),
             "wall_s": round(wall_s, 3),
             "fps": round(self.processed / wall_s, 3) if wall_s > 0 else None,
             "stages_ms": self.stats.summary(),
@@ -329,6 +343,8 @@ def format_summary(s: dict) -> str:
     lines = [
         f"source      {s['source']}  (backend {s['backend']}, threshold {s['threshold']:.6g})",
         f"frames      {s['frames']}  anomalous {s['anomalous']}  drops {s['drops']}  corrupt {s['corrupt']}  reconnects {s['reconnects']}",
+        *([f"backend     {s['backend_reconnects']} reconnect(s), {s['backend_gap_s']:.2f} s without inference"]
+          if s.get("backend_reconnects") else []),
         f"throughput  {s['fps'] or 0:.2f} FPS over {s['wall_s']:.2f} s  (stopped by {s['stopped_by']})",
         f"alarms      {s['alarms']} (>= {s['min_consecutive']} consecutive anomalous frames)",
         "stage ms    " + "mean / p50 / p95",

@@ -79,6 +79,16 @@ class Backend(abc.ABC):
         for images in batches:
             yield self.infer(images)
 
+    def counters(self) -> dict:
+        """Connection health for the summary: ``reconnects`` and ``gap_s`` (seconds without a
+        server). In-process backends have no connection: zeros."""
+        return {"reconnects": 0, "gap_s": 0.0}
+
+    def take_gaps(self) -> list:
+        """Outages since the last call, each ``{"start": epoch_s, "seconds", "reason", "server"}``
+        (a remote backend's lost-and-back server); in-process backends have none."""
+        return []
+
     def run_backbone(self, images: np.ndarray) -> np.ndarray:
         """Backbone stage alone (INT8 calibration of the transformer, benchmarks)."""
         if not self.is_active:
