@@ -77,7 +77,7 @@ FORMS = {  # key: row name
 }
 
 
-def make_folders(keys, checkpoint: Path, data: Path, out: Path, calib_count: int, mahalanobis: bool) -> dict[str, Path]:
+def make_folders(keys, checkpoint: Path, data: Path, out: Path, calib_count: int, mahalanobis: bool, keep_float: str) -> dict[str, Path]:
     """The ONNX folder of each requested ONNX form (FP32 export first: the INT8 forms start from it)."""
     calib_dir = data / "train" / "good"
     fp32 = out / "onnx-fp32"
@@ -89,11 +89,13 @@ def make_folders(keys, checkpoint: Path, data: Path, out: Path, calib_count: int
                                      ("cpu", "onnx-int8-cpu", None, "cpu")):
         if key in keys:
             shutil.rmtree(out / sub, ignore_errors=True)
-            folders[key] = quantize_export(fp32, calib_dir, out / sub, graphs=graphs, calib_count=calib_count, target=target)
+            folders[key] = quantize_export(fp32, calib_dir, out / sub, graphs=graphs, calib_count=calib_count, target=target,
+                                           keep_float=keep_float)
     for key, sub, target in (("int8-matched", "onnx-int8-matched", "tensorrt"), ("cpu-matched", "onnx-int8-cpu-matched", "cpu")):
         if key in keys and mahalanobis:  # the head refitted on the INT8 backbone's features
             shutil.rmtree(out / sub, ignore_errors=True)
-            folders[key] = quantize_matched(checkpoint, data, calib_dir, out / sub, calib_count=calib_count, target=target)
+            folders[key] = quantize_matched(checkpoint, data, calib_dir, out / sub, calib_count=calib_count, target=target,
+                                            keep_float=keep_float)
     return folders
 
 
@@ -106,6 +108,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timing-rounds", type=int, default=20)
     ap.add_argument("--forms", default=",".join(FORMS), help=f"comma-separated subset of {', '.join(FORMS)}")
+    ap.add_argument("--keep-float", default="auto", help="mixed-precision plan of every INT8 form (adtr-edge quantize --keep-float)")
     ap.add_argument("--split", choices=("all", "val", "test"), default="all",
                     help="score the whole test set, its validation split (choices) or the held-out rest (reports)")
     args = ap.parse_args()
@@ -121,7 +124,8 @@ def main() -> None:
     if args.split != "all":
         val_part, test_part = validation_split(test)
         test = test.subset(val_part if args.split == "val" else test_part)
-    folders = make_folders(keys, Path(args.checkpoint), Path(args.data), out, args.calib_count, ckpt.model_config.score == "mahalanobis")
+    folders = make_folders(keys, Path(args.checkpoint), Path(args.data), out, args.calib_count, ckpt.model_config.score == "mahalanobis",
+                           args.keep_float)
 
     rows = {}
     if "torch" in keys:

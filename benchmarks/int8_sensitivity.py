@@ -10,7 +10,8 @@ normal location's whitened residual has a norm of about sqrt(C) = 13 for C = 176
 ``e`` is read against that; the plain relative error of each backbone stage's channels is reported
 beside it.
 
-For each target (``adtr_edge.engine.quantize.TARGETS``): the whole backbone quantised (per stage),
+For each target (``adtr_edge.engine.quantize.TARGETS``), run as its runtime computes it (the
+TensorRT form with exact Q/DQ rounding, the CPU form with ONNX Runtime's fused integer kernels): the whole backbone quantised (per stage),
 then every quantisable layer quantised *alone* (the others float) with the same calibration images,
 and the whole backbone with the ``--top`` most sensitive layers left float. Images: the validation
 split of the test set (``validation_split``), normals only, so the figure is the error the head adds
@@ -40,11 +41,15 @@ from adtr_edge.folder import read_export  # noqa: E402
 QUANTISABLE = ("Conv", "Add", "Mul", "MatMul", "Gemm", "Clip", "Relu", "Resize", "Concat", "AveragePool", "GlobalAveragePool")
 
 
-def session(path: Path):
+def session(path: Path, exact: bool = False):
+    """``exact``: Q/DQ unfused, so the rounding is TensorRT's (the backend does the same for
+    ``--target tensorrt`` folders; fused, this CPU's int16 pair sums would saturate)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    if exact:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -119,7 +124,7 @@ def main() -> None:
             if only is not None and settings["ops"] is None:
                 settings["ops"] = list(QUANTISABLE)
             quantize_graph(src, dst, settings, list(exclude) + list(keep_float), calibration_reader("images", batches), only=only)
-            return errors(f_ref, session(dst).run(None, {"images": x})[0], W, stage_slices)
+            return errors(f_ref, session(dst, exact=target == "tensorrt").run(None, {"images": x})[0], W, stage_slices)
 
         for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
             t0 = time.perf_counter()

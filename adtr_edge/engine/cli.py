@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="output folder for the Q/DQ graphs"),
         target: str = typer.Option("tensorrt", "--target", help="tensorrt (symmetric Q/DQ for build-engine) | cpu (fastest INT8 for ONNX Runtime on x86)"),
         graphs: Optional[str] = typer.Option(None, "--graphs", help="backbone | backbone,transformer (default: backbone for tensorrt, both for cpu)"),
+        keep_float: str = typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (stem + blocks to the first feature stage) | none | node-name prefixes"),
         calib_count: int = typer.Option(64, "--calib-count", help="number of calibration images"),
         batch_size: int = typer.Option(8, "--batch-size"),
     ):
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
 
         target = parse_target(target)
         folder = quantize_export(onnx_dir, calib_images, out, parse_graphs(graphs, target), calib_count, batch_size,
-                                 log=typer.echo, target=target)
+                                 log=typer.echo, target=target, keep_float=keep_float)
         warn_unmatched(folder, log=typer.echo)
         typer.echo(f"INT8 graphs: {folder} (" + (f"build with: adtr-edge build-engine {folder} --precision int8" if target == "tensorrt"
                                                   else f"run with: adtr-edge stream {folder} --backend onnxruntime ...") + ")")
@@ -70,6 +71,7 @@ def register(app: typer.Typer) -> None:
         calib_images: Path = typer.Option(..., "--calib-images", help="folder of normal images for INT8 calibration"),
         out: Path = typer.Option(..., "--out", help="new folder for the matched pair (Q/DQ backbone, FP32 transformer)"),
         target: str = typer.Option("tensorrt", "--target", help="tensorrt | cpu (as for quantize; cpu also quantises the transformer dynamically)"),
+        keep_float: str = typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (stem + blocks to the first feature stage) | none | node-name prefixes"),
         calib_count: int = typer.Option(64, "--calib-count", help="number of calibration images"),
         batch_size: int = typer.Option(8, "--batch-size"),
     ):
@@ -79,6 +81,6 @@ def register(app: typer.Typer) -> None:
 
         target = parse_target(target)
         folder = quantize_matched(checkpoint, data, calib_images, out, calib_count=calib_count, batch_size=batch_size,
-                                  log=typer.echo, target=target)
+                                  log=typer.echo, target=target, keep_float=keep_float)
         typer.echo(f"matched INT8 pair: {folder} (" + (f"build with: adtr-edge build-engine {folder} --precision int8" if target == "tensorrt"
                                                         else f"run with: adtr-edge stream {folder} --backend onnxruntime ...") + ")")

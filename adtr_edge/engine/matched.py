@@ -55,7 +55,7 @@ def _qdq_features(session, imageset, indices, spec, batch: int = 16):
 
 
 def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out: Path, *, calib_count: int = 64,
-                     batch_size: int = 8, log=print, target: str = "tensorrt") -> Path:
+                     batch_size: int = 8, log=print, target: str = "tensorrt", keep_float: str = "auto") -> Path:
     """Write ``out``: an INT8 backbone and a transformer whose head is fitted on that backbone's features
     (FP32 for ``target`` tensorrt; dynamically quantised MatMuls, head FP32, for ``target`` cpu)."""
     import onnxruntime as ort  # noqa: PLC0415
@@ -77,7 +77,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
     staging = Path(tempfile.mkdtemp(prefix=".tmp-matched-", dir=out.parent))
     try:
         first = quantize_export(export_checkpoint(checkpoint, staging / "export").folder, calib_images, staging / "qdq",
-                                (BACKBONE,), calib_count, batch_size, log=log, target=target)
+                                (BACKBONE,), calib_count, batch_size, log=log, target=target, keep_float=keep_float)
         digest = backbone_digest(first / f"{BACKBONE}.onnx")
         session = ort.InferenceSession(str(first / f"{BACKBONE}.onnx"), providers=["CPUExecutionProvider"])
         train_set = load_dataset(train_data, "train")
@@ -90,7 +90,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
         matched = save_checkpoint(staging / "checkpoint", model, replace(ckpt, thresholds=thresholds,
                                                                           extra={**ckpt.extra, MATCH_KEY: digest}))
         result = quantize_export(export_checkpoint(matched, staging / "export-matched").folder, calib_images, staging / "out",
-                                 DEFAULT_GRAPHS[target], calib_count, batch_size, log=log, target=target)
+                                 DEFAULT_GRAPHS[target], calib_count, batch_size, log=log, target=target, keep_float=keep_float)
         if backbone_digest(result / f"{BACKBONE}.onnx") != digest:
             raise AdtrError("INT8 calibration did not reproduce the same backbone graph twice; the matched pair was not written")
         result.replace(out)  # the finished folder appears whole

@@ -106,6 +106,29 @@ def parse_graphs(text: str | None, target: str = TENSORRT) -> list[str]:
     return graphs
 
 
+def float_plan(model, spec: str, stages: Sequence[int]) -> list[str]:
+    """Backbone nodes to keep out of INT8 (mixed precision), from ``--keep-float``.
+
+    ``auto``: the stem and every block up to and including the first feature stage, i.e. the
+    high-resolution layers, where the sensitivity study (benchmarks/int8_sensitivity.py, docs
+    section 4.3) finds most of INT8's feature error: one rounding there is carried by every later
+    layer into all three feature stages. Found by timm's node names (``/cnn/conv_stem``,
+    ``/cnn/bn1``, ``/cnn/blocks.N/``); a backbone named otherwise gets none. ``none``: nothing.
+    Otherwise comma-separated node-name prefixes.
+    """
+    spec = (spec or "none").strip()
+    if spec == "none":
+        return []
+    if spec == "auto":
+        prefixes = ["/cnn/conv_stem/", "/cnn/bn1/"] + [f"/cnn/blocks.{i}/" for i in range(min(stages) + 1)] if stages else []
+    else:
+        prefixes = [p.strip() for p in spec.split(",") if p.strip()]
+    nodes = [n.name for n in model.graph.node if any(n.name.startswith(p) for p in prefixes)]
+    if spec != "auto" and prefixes and not nodes:
+        raise AdtrError(f"--keep-float {spec!r}: no backbone node name starts with it (see 'adtr-edge inspect')")
+    return nodes
+
+
 def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str], calib_reader, only: Sequence[str] | None = None) -> None:
     """One graph through ONNX Runtime's static or dynamic quantiser, as ``settings`` (a ``TARGETS``
     entry) says; ``only``: quantise just these nodes (the per-layer sensitivity study)."""
@@ -126,8 +149,10 @@ def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str],
 
 
 def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Sequence[str] | None = None,
-                    calib_count: int = 64, batch_size: int = 8, log=print, target: str = TENSORRT) -> Path:
-    """Write INT8 graphs for ``graphs`` (others copied) for ``target`` into ``out``; returns ``out``."""
+                    calib_count: int = 64, batch_size: int = 8, log=print, target: str = TENSORRT,
+                    keep_float: str = "auto") -> Path:
+    """Write INT8 graphs for ``graphs`` (others copied) for ``target`` into ``out``; returns ``out``.
+    ``keep_float``: the backbone's mixed-precision plan (``float_plan``), recorded in the metadata."""
     try:
         import onnxruntime.quantization  # noqa: F401, PLC0415
     except ImportError:
@@ -150,8 +175,11 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
     data = {BACKBONE: (IMAGES, image_batches)}
     if TRANSFORMER in graphs and plan[TRANSFORMER]["mode"] == "static":
         data[TRANSFORMER] = (FEATURES, calib.transformer_batches(export.graph_file(BACKBONE), image_batches))
+    stages = (meta.raw.get("features") or {}).get("stages") or []
+    float_nodes = {BACKBONE: float_plan(onnx_tools.load(export.graph_file(BACKBONE)), keep_float, stages)} if BACKBONE in graphs else {}
     info = dict(QUANT_SETTINGS if target == TENSORRT else {"format": "QDQ", "weight_type": "QInt8", "per_channel": True, **CALIBRATION},
                 target=target, per_graph={g: plan[g] for g in graphs}, graphs=list(graphs),
+                keep_float=keep_float, float_nodes=float_nodes,
                 calib_images=len(image_batches) * batch,
                 calib_image_sha256=calib.image_list_sha(paths[:len(image_batches) * batch]), source=str(onnx_dir))
     meta_doc = dict(meta.raw, quantization=info)
@@ -164,12 +192,13 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
         with atomic_path(dst) as tmp:
             if g in graphs:
                 model = onnx_tools.load(src)
-                exclude = onnx_tools.sensitive_nodes(model)
+                kept = float_nodes.get(g, [])
+                exclude = onnx_tools.sensitive_nodes(model) + kept
                 settings = plan[g]
                 reader = calibration_reader(*data[g]) if g in data else None
                 how = (f"static, {len(data[g][1])} calibration batches" if reader is not None else "dynamic (weights; activations per call)")
                 log(f"{g}: quantising for {target} ({settings['activation_type']} activations, int8 per-channel weights, {how}), "
-                    f"keeping {len(exclude)} nodes float")
+                    f"keeping {len(exclude)} nodes float" + (f" ({len(kept)} by --keep-float {keep_float})" if kept else ""))
                 tmp_in = tmp.with_name(tmp.name + ".in.onnx")
                 try:
                     _strip_metadata(model)
