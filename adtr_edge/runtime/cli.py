@@ -66,6 +66,10 @@ def register(app: typer.Typer) -> None:
         reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
         cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
         cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
+        http: Optional[str] = typer.Option(None, "--http", help="Live web view on HOST:PORT (PORT alone: 127.0.0.1). Off by default."),
+        http_token: Optional[str] = typer.Option(None, "--http-token", envvar="ADTR_HTTP_TOKEN",
+                                                 help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN)."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics)."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
@@ -78,22 +82,30 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"model: {model_dir}", err=True)
         options = {"intra_op_threads": threads} if threads is not None else {}
         options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
-        result = run_stream(
-            model_dir,
-            camera if camera is not None else source,
-            backend=backend,
-            threshold=threshold,
-            events=events,
-            save_anomalies=save_anomalies,
-            record=record,
-            show=show,
-            min_consecutive=min_consecutive,
-            max_frames=max_frames,
-            batch=batch,
-            summary_path=summary,
-            reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
-            backend_options=options,
-        )
+        from .web import open_frontend  # starlette/uvicorn/prometheus_client only with --http/--metrics
+
+        web = open_frontend(model_dir, http=http, metrics=metrics, token=http_token)  # binds now: a port in use fails first
+        try:
+            result = run_stream(
+                model_dir,
+                camera if camera is not None else source,
+                backend=backend,
+                threshold=threshold,
+                events=events,
+                save_anomalies=save_anomalies,
+                record=record,
+                show=show,
+                min_consecutive=min_consecutive,
+                max_frames=max_frames,
+                batch=batch,
+                summary_path=summary,
+                reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
+                backend_options=options,
+                extra_sinks=web,
+            )
+        finally:
+            for sink in web:  # closed again is a no-op; this covers a model that fails to load
+                sink.close()
         if result["errors"] and result["stopped_by"] in ("source lost", "error", "sink error"):
             raise AdtrError(result["errors"][-1])
 
