@@ -62,7 +62,7 @@ def _folder_source(tmp_path):
 
 def _lost_camera(tmp_path):
     # 40 fast frames, lost, back for 40 more, then gone for good: drops, one reconnect, "source lost".
-    opener = ScriptedOpener([FakeCapture(40, period=0.0005, defect_every=9), FakeCapture(40, period=0.0005, defect_every=9)])
+    opener = ScriptedOpener([FakeCapture(40, period=0.0005, defect_every=3), FakeCapture(40, period=0.0005, defect_every=3)])
     return dict(source="rtsp://line-2/cam", opener=opener, reconnect=ReconnectPolicy(initial_delay=0.01, max_attempts=2, read_failures=1))
 
 

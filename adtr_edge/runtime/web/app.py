@@ -93,7 +93,7 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
             sent = -1
             try:
                 while not frontend.closing:
-                    jpeg, index, version = state.poll(label)
+                    jpeg, index, version = state.poll(label, mark=False)
                     if jpeg is not None and version != sent:
                         sent = version
                         head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"

@@ -34,13 +34,13 @@ def _shrink(image: np.ndarray, width: int) -> np.ndarray:
 
 
 def overlay_for_view(r, width: int = MAX_WIDTH) -> np.ndarray:
-    """The heat-map overlay of ``r`` at most ``width`` wide. Drawn on the shrunk frame (cheaper
-    than drawing at full size), unless another sink already drew the full-size one."""
+    """The heat-map overlay of ``r`` at most ``width`` wide: the preview drawing on the shrunk
+    frame (a few times cheaper than the full one), unless another sink already drew the full one."""
     done = r.__dict__.get("overlay")  # FrameResult.overlay is a cached_property: reuse, never force
     if done is not None:
         return _shrink(done, width)
     d = r.detection
-    return visualize.overlay(_shrink(r.frame.image, width), d.anomaly_map, d.thresholds)
+    return visualize.preview_overlay(_shrink(r.frame.image, width), d.anomaly_map, d.thresholds)
 
 
 def encode_jpeg(image: np.ndarray) -> bytes:
@@ -51,7 +51,7 @@ def encode_jpeg(image: np.ndarray) -> bytes:
 
 
 class Encoder:
-    def __init__(self, state: LiveState, max_fps: float = 15.0):
+    def __init__(self, state: LiveState, max_fps: float = 10.0):
         self.state = state
         self.interval = 1.0 / max_fps
         self.encoded = 0  # JPEGs made (the benchmark and tests read it)

@@ -26,7 +26,7 @@ class Frontend(Sink):
     name = "web"
 
     def __init__(self, model_dir: Path, *, http: Optional[str] = None, metrics: Optional[str] = None,
-                 token: Optional[str] = None, max_fps: float = 15.0, announce: bool = True):
+                 token: Optional[str] = None, max_fps: float = 10.0, announce: bool = True):
         if token is not None and not token.strip():
             raise AdtrError("--http-token: empty; give a secret string or leave the option out")
         self.model_dir = Path(model_dir)

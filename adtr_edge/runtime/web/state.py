@@ -128,13 +128,16 @@ class LiveState:
             view.streams = max(0, view.streams + delta)
         self.wake.set()
 
-    def poll(self, label: str) -> Tuple[Optional[bytes], Optional[int], int]:
-        """(JPEG, frame index, version) for a polled request; marks the source as watched."""
+    def poll(self, label: str, mark: bool = True) -> Tuple[Optional[bytes], Optional[int], int]:
+        """(JPEG, frame index, version); ``mark``: a polled request, which keeps the source watched
+        for ``WATCH_GRACE_S`` (an MJPEG response counts through ``watch`` instead)."""
         with self.lock:
             view = self._source(label)
-            view.polled_at = time.monotonic()
+            if mark:
+                view.polled_at = time.monotonic()
             out = (view.jpeg, view.jpeg_frame, view.jpeg_version)
-        self.wake.set()
+        if mark:
+            self.wake.set()
         return out
 
     def labels(self) -> List[str]:
