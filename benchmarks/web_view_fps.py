@@ -10,9 +10,10 @@ counter at the phase boundaries. Alternating phases (rather than two runs) keeps
 machine's load from looking like the web view's cost. Ratio = FPS with the client / FPS without;
 the issue's floor is 0.95.
 
-``--model default``: the shipped recipe (Lite0 256x256, untrained weights; speed does not depend
-on training). ``--model tiny``: a two-node stand-in graph, so the stream runs at hundreds of FPS
-and the web view's share of the CPU is as large as it gets (the worst case).
+``--model default``: ``ModelConfig()`` (Lite0 256x256, stages 1-3, 4+4 layers, d256; untrained
+weights, speed does not depend on training), the model ``stream_efficiency.py`` streams. ``--model tiny``: the tests' stand-in brightness graphs (tests/runtime_fakes.py), so
+the stream runs at over a hundred FPS and the web view's share of the CPU is as large as it gets
+(the worst case).
 """
 
 from __future__ import annotations

@@ -60,6 +60,9 @@ def test_api_mjpeg_and_threshold_on_the_running_detector(model):
         assert list(status["sources"]) == ["rtsp://line-1/cam"] and status["model"]["name"] == "model"
         assert status["view"]["threshold_range"] == [0.0, 1.0]
 
+        code, _, body = http("GET", base + "stream.mjpg?source=made-up")
+        assert code == 404 and "no such source" in json.loads(body)["error"]  # a client cannot add sources
+        assert "made-up" not in fe.state.labels()
         parts = _mjpeg_parts(base + "stream.mjpg?source=rtsp://line-1/cam", 3)
         indices = [i for i, _ in parts]
         assert indices == sorted(indices) and len(set(indices)) == 3  # a new frame per part

@@ -73,10 +73,12 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
     state = frontend.state
 
     def source_of(request: Request) -> Optional[str]:
+        """The asked source, or the first; None for one the pipeline does not have (a client
+        cannot make the state grow by asking for made-up names)."""
         asked = request.query_params.get("source")
-        if asked:
-            return asked
         labels = frontend.source_labels()
+        if asked:
+            return asked if asked in labels or (frontend.pipeline is None and state.can_add()) else None
         return labels[0] if labels else None
 
     async def index(request: Request):
@@ -85,7 +87,7 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
     async def mjpeg(request: Request):
         label = source_of(request)
         if label is None:
-            return _error(404, "no source yet")
+            return _error(404, "no such source (yet); see /api/status for the sources")
         interval = frontend.encoder.interval / 2
 
         async def parts():
@@ -110,7 +112,7 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
     async def frame_jpg(request: Request):
         label = source_of(request)
         if label is None:
-            return _error(404, "no source yet")
+            return _error(404, "no such source (yet); see /api/status for the sources")
         jpeg, index, _ = state.poll(label)
         if jpeg is None:  # the encoder starts once someone asks: the next poll has one
             return Response(status_code=204, headers={"Retry-After": "1"})

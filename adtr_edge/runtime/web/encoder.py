@@ -10,6 +10,7 @@ calls that release the GIL.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 MAX_WIDTH = 960  # the page shows the overlay at most this wide; larger frames are shrunk first
 THUMB_WIDTH = 200
 JPEG_QUALITY = 80
+NICE = 10  # the encoder thread's nice value (0: as the stream's threads)
 
 
 def _shrink(image: np.ndarray, width: int) -> np.ndarray:
@@ -50,9 +52,19 @@ def encode_jpeg(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _lower_priority(nice: int) -> None:
+    """Linux schedules threads one by one: a higher nice value for this thread only makes a busy
+    CPU serve inference and capture first, so the view's frame rate drops before the stream's."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as e:  # not Linux, or not allowed: the view still works
+        log.debug("web view encoder keeps its priority (%s)", e)
+
+
 class Encoder:
-    def __init__(self, state: LiveState, max_fps: float = 10.0):
+    def __init__(self, state: LiveState, max_fps: float = 10.0, nice: int = NICE):
         self.state = state
+        self.nice = nice
         self.interval = 1.0 / max_fps
         self.encoded = 0  # JPEGs made (the benchmark and tests read it)
         self._stop = threading.Event()
@@ -60,6 +72,8 @@ class Encoder:
         self._thread.start()
 
     def _loop(self) -> None:
+        if self.nice:
+            _lower_priority(self.nice)
         last = 0.0
         while not self._stop.is_set():
             self.state.wake.wait(0.5)

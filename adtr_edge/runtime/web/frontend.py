@@ -85,8 +85,10 @@ class Frontend(Sink):
 
     # -- for the routes (server threads) -------------------------------------------------------
     def source_labels(self) -> List[str]:
-        labels = list(self.pipeline.status()["sources"]) if self.pipeline is not None else []
-        return list(dict.fromkeys(labels + self.state.labels()))
+        """The pipeline's sources (``status()["sources"]``); before it starts, those clients asked for."""
+        if self.pipeline is not None:
+            return list(self.pipeline.status()["sources"])
+        return self.state.labels()
 
     def _detector(self):
         if self.pipeline is None:

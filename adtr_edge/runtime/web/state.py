@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 SCORE_HISTORY = 600  # points per source on the chart (a minute at 10 FPS)
 ALARM_HISTORY = 50  # alarms listed, newest first
 WATCH_GRACE_S = 2.0  # a polled /frame.jpg counts as a watcher this long
+MAX_SOURCES = 64  # views a client may open before the stream names its sources
 
 
 class SourceView:
@@ -139,6 +140,10 @@ class LiveState:
         if mark:
             self.wake.set()
         return out
+
+    def can_add(self) -> bool:
+        with self.lock:
+            return len(self.sources) < MAX_SOURCES
 
     def labels(self) -> List[str]:
         with self.lock:
