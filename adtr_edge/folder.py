@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from .errors import AdtrError
-from .fileio import read_json, sha256_file
+from .fileio import read_json, sha256_file, write_json_atomic
 from .metadata import FORMAT, GRAPHS, ModelMeta
 
 MANIFEST = "manifest.json"
@@ -170,5 +170,58 @@ def check_meta_agrees(graph_meta: ModelMeta, manifest_meta: ModelMeta, graph: st
     if graph_meta.graph not in (None, graph):
         raise AdtrError(f"{source}: metadata says graph {graph_meta.graph!r}, the manifest lists it as {graph!r}")
     for key in ESSENTIAL_META_KEYS:
-        if graph_meta.raw.get(key) != manifest_meta.raw.get(key):
+        if _comparable(graph_meta.raw, key) != _comparable(manifest_meta.raw, key):
             raise AdtrError(f"{source}: metadata '{key}' differs from {MANIFEST}; the graph belongs to another export")
+
+
+# The decision threshold is applied on the host, not in the graphs, and ``save_threshold`` moves it
+# in the manifest after export; the graph keeps the exported value. The calibration (score_min /
+# score_max, which scale the normalised score) must still agree.
+_HOST_DECIDED = ("threshold", "method")
+
+
+def _comparable(meta: Dict[str, Any], key: str) -> Any:
+    value = meta.get(key)
+    if key != "postprocess" or not isinstance(value, dict) or not isinstance(value.get("thresholds"), dict):
+        return value
+    thresholds = {k: v for k, v in value["thresholds"].items() if k not in _HOST_DECIDED}
+    return {**value, "thresholds": thresholds}
+
+
+THRESHOLD_HISTORY = "threshold_history"  # manifest key: the thresholds replaced by save_threshold, oldest first
+
+
+def save_threshold(path: Union[str, Path], threshold: float, by: str = "adtr-edge") -> Dict[str, Any]:
+    """Make ``threshold`` the folder's decision threshold (what ``stream`` and ``Detector.load``
+    use from then on), keeping the value it replaces in the manifest's ``threshold_history``.
+
+    Works for every runtime kind (export, Q/DQ, engine folder): all keep the metadata in
+    ``manifest.json``. The manifest is rewritten atomically (temp file + rename), so a reader or a
+    crash never sees half of it. Returns the history entry it added."""
+    import datetime as _dt
+    import math
+
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value):
+        raise AdtrError(f"threshold {threshold!r}: must be a finite number (the raw-score threshold)")
+    folder = read_model_folder(path, accept=RUNTIME_KINDS, purpose="saving a threshold")
+    manifest = dict(folder.manifest)
+    meta = dict(manifest["meta"])
+    post = dict(meta["postprocess"])
+    old = dict(post["thresholds"])
+    entry = {"threshold": old.get("threshold"), "method": old.get("method"),
+             "replaced_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+             "replaced_by": by, "new_threshold": value}
+    post["thresholds"] = {**old, "threshold": value, "method": "saved"}
+    meta["postprocess"] = post
+    manifest["meta"] = meta
+    history = manifest.get(THRESHOLD_HISTORY)
+    manifest[THRESHOLD_HISTORY] = (list(history) if isinstance(history, list) else []) + [entry]
+    try:
+        write_json_atomic(folder.path / MANIFEST, manifest)
+    except OSError as e:
+        raise AdtrError(f"{folder.path / MANIFEST}: cannot save the threshold ({e.strerror or e})") from None
+    return entry

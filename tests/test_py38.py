@@ -16,6 +16,7 @@ in a fresh interpreter). Three rules:
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -29,6 +30,10 @@ ENTRY_MODULES = (
     "adtr_edge.runtime.pipeline", "adtr_edge.runtime.backends.triton", "adtr_edge.engine.builder", "adtr_edge.engine.quantize", "adtr_edge.export.inspect",
     "adtr_edge.export.opset",
 )
+if all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "prometheus_client")):
+    # The web view and metrics (stream --http/--metrics) run on devices too; checked where the
+    # factory extra is installed (CI installs it).
+    ENTRY_MODULES += ("adtr_edge.runtime.web.frontend",)
 TRAINING_SIDE = ("adtr_edge.model", "adtr_edge.train", "adtr_edge.evaluate", "adtr_edge.plots", "adtr_edge.baselines")
 DEVICE_SCRIPTS = ("scripts/validate_device.py",)
 

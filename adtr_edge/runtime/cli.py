@@ -82,6 +82,10 @@ def register(app: typer.Typer) -> None:
         triton_model: str = typer.Option("adtr", "--triton-model", help="Triton backend: the ensemble's name (export-triton --name)."),
         server_timeout: float = typer.Option(10.0, "--server-timeout", help="Triton backend: seconds per request."),
         server_reconnect: float = typer.Option(60.0, "--server-reconnect", help="Triton backend: seconds to keep reconnecting to a lost server (0 = forever)."),
+        http: Optional[str] = typer.Option(None, "--http", help="Live web view on HOST:PORT (PORT alone: 127.0.0.1). Off by default."),
+        http_token: Optional[str] = typer.Option(None, "--http-token", envvar="ADTR_HTTP_TOKEN",
+                                                 help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN)."),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics)."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
@@ -95,22 +99,30 @@ def register(app: typer.Typer) -> None:
         options = {"intra_op_threads": threads} if threads is not None else {}
         options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
         options.update(triton_options(backend, server, protocol, triton_model, server_timeout, server_reconnect))
-        result = run_stream(
-            model_dir,
-            camera if camera is not None else source,
-            backend=backend,
-            threshold=threshold,
-            events=events,
-            save_anomalies=save_anomalies,
-            record=record,
-            show=show,
-            min_consecutive=min_consecutive,
-            max_frames=max_frames,
-            batch=batch,
-            summary_path=summary,
-            reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
-            backend_options=options,
-        )
+        from .web import open_frontend  # starlette/uvicorn/prometheus_client only with --http/--metrics
+
+        web = open_frontend(model_dir, http=http, metrics=metrics, token=http_token)  # binds now: a port in use fails first
+        try:
+            result = run_stream(
+                model_dir,
+                camera if camera is not None else source,
+                backend=backend,
+                threshold=threshold,
+                events=events,
+                save_anomalies=save_anomalies,
+                record=record,
+                show=show,
+                min_consecutive=min_consecutive,
+                max_frames=max_frames,
+                batch=batch,
+                summary_path=summary,
+                reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
+                backend_options=options,
+                extra_sinks=web,
+            )
+        finally:
+            for sink in web:  # closed again is a no-op; this covers a model that fails to load
+                sink.close()
         if result["errors"] and result["stopped_by"] in ("source lost", "error", "sink error"):
             raise AdtrError(result["errors"][-1])
 

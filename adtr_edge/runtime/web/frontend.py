@@ -1,0 +1,123 @@
+"""The sink ``stream --http/--metrics`` adds: it feeds the live state and the metrics from the
+sink thread (references and counters only) and owns the encoder and the HTTP servers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ...errors import AdtrError
+from ...folder import read_model_folder, save_threshold
+from ..sinks import Sink
+from .app import make_app
+from .encoder import Encoder
+from .metrics import StreamMetrics
+from .server import HttpServer
+from .state import LiveState
+
+log = logging.getLogger(__name__)
+
+
+class Frontend(Sink):
+    """Web view (``http``: HOST:PORT) and/or a metrics-only server (``metrics``: HOST:PORT)."""
+
+    name = "web"
+
+    def __init__(self, model_dir: Path, *, http: Optional[str] = None, metrics: Optional[str] = None,
+                 token: Optional[str] = None, max_fps: float = 10.0, announce: bool = True):
+        if token is not None and not token.strip():
+            raise AdtrError("--http-token: empty; give a secret string or leave the option out")
+        self.model_dir = Path(model_dir)
+        folder = read_model_folder(self.model_dir)
+        model_cfg = folder.meta.raw.get("model", {}) if folder.meta is not None else {}
+        self.model = {"path": str(folder.path), "name": folder.path.name, "kind": folder.kind,
+                      "backbone": model_cfg.get("backbone"), "input_size": list(folder.meta.input_size) if folder.meta else None}
+        self.token = token
+        self.state = LiveState()
+        self.metrics = StreamMetrics()
+        self.pipeline = None
+        self.closing = False
+        self.saved: List[dict] = []
+        self.encoder: Optional[Encoder] = None
+        self.servers: List[HttpServer] = []
+        try:
+            if http is not None:
+                self.encoder = Encoder(self.state, max_fps=max_fps)
+                self.servers.append(HttpServer(make_app(self, token), http, "--http"))
+            if metrics is not None:
+                self.servers.append(HttpServer(make_app(self, token, page=False), metrics, "--metrics"))
+        except BaseException:
+            self.close()
+            raise
+        if announce:
+            for server, what in zip(self.servers, [w for w, a in (("web view", http), ("metrics", metrics)) if a is not None]):
+                path = "metrics" if what == "metrics" else ""
+                note = " (token required)" if token else ""
+                print(f"{what}: {server.url}{path}{note}", file=sys.stderr, flush=True)
+
+    @property
+    def http(self) -> Optional[HttpServer]:
+        return self.servers[0] if self.encoder is not None and self.servers else None
+
+    # -- sink (the pipeline's sink thread: no encoding, no waiting) --------------------------------
+    def attach(self, pipeline) -> None:
+        self.pipeline = pipeline
+        self.metrics.attach(pipeline)
+
+    def on_frame(self, r) -> None:
+        if self.encoder is not None:
+            self.state.add_frame(r)
+        self.metrics.on_frame(r)
+
+    def on_alarm(self, event) -> None:
+        if self.encoder is not None:
+            self.state.add_event(event)
+
+    def close(self) -> None:
+        self.closing = True  # open MJPEG responses end, so the servers stop at once
+        for server in self.servers:
+            server.close()
+        self.servers = []
+        if self.encoder is not None:
+            self.encoder.close()
+
+    # -- for the routes (server threads) -------------------------------------------------------
+    def source_labels(self) -> List[str]:
+        """The pipeline's sources (``status()["sources"]``); before it starts, those clients asked for."""
+        if self.pipeline is not None:
+            return list(self.pipeline.status()["sources"])
+        return self.state.labels()
+
+    def _detector(self):
+        if self.pipeline is None:
+            raise AdtrError("the stream has not started yet")
+        return self.pipeline.detector
+
+    def set_threshold(self, value: Optional[float]) -> None:
+        self._detector().set_threshold(value)
+        log.warning("threshold set to %s from the web view", self._detector().thresholds.threshold)
+
+    def save_threshold(self) -> dict:
+        value = self._detector().thresholds.threshold
+        entry = save_threshold(self.model_dir, value, by="adtr-edge stream web view")
+        self.saved.append(entry)
+        log.warning("threshold %s saved to %s (was %s)", value, self.model_dir, entry["threshold"])
+        return entry
+
+    def status(self) -> dict:
+        s = self.pipeline.status() if self.pipeline is not None else {"running": False, "sources": {}, "errors": []}
+        exported = None
+        span = [0.0, 1.0]
+        if self.pipeline is not None:
+            det = self.pipeline.detector
+            t = det.meta.thresholds
+            exported = t.threshold
+            lo, hi = min(t.score_min, t.threshold, det.thresholds.threshold), max(t.score_max, t.threshold, det.thresholds.threshold)
+            span = [lo, hi if hi > lo else lo + 1.0]
+        s["model"] = self.model
+        s["view"] = {"token": bool(self.token), "folder_threshold": exported, "threshold_range": span,
+                     "saved": self.saved[-1] if self.saved else None, "labels": self.source_labels(),
+                     "encoded": self.encoder.encoded if self.encoder is not None else 0}
+        return s
