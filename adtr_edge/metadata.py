@@ -32,6 +32,18 @@ def quantization_target(meta_raw: dict) -> str | None:
     q = meta_raw.get("quantization")
     return (q.get("target") or TARGET_TENSORRT) if q else None
 
+
+def onnxruntime_config(meta_raw: dict) -> dict[str, str]:
+    """ONNX Runtime session config entries a folder's graphs need to compute what they mean.
+
+    A TensorRT-form INT8 folder runs its Q/DQ pairs unfused: each pair then rounds exactly as
+    TensorRT does. Fused, ONNX Runtime's integer kernels on x86 CPUs without VNNI form u8*s8 pair
+    sums in int16 (VPMADDUBSW), which saturate once int8 activations are shifted to uint8 (on the
+    magnetic-tile backbone: features 129% off FP32 fused, 53% with exact rounding; docs/benchmarks.md
+    section 4.3). The ``cpu`` form (uint8 activations, 7-bit weights) cannot saturate and runs fused.
+    """
+    return {"session.disable_quant_qdq": "1"} if quantization_target(meta_raw) == TARGET_TENSORRT else {}
+
 # Tensor names of the two graphs: the contract between export, engine building and the runtime.
 IMAGES = "images"  # backbone input: uint8 (N, H, W, 3) BGR
 FEATURES = "features"  # backbone output / transformer input: float32 (N, C, h, w)

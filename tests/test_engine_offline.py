@@ -236,6 +236,35 @@ def test_cpu_target_writes_the_onnxruntime_form_that_tensorrt_refuses(tmp_path):
     assert target_of({}) is None and target_of({"quantization": {"graphs": ["backbone"]}}) == "tensorrt"  # older folders
 
 
+def test_keep_float_plan_and_exact_qdq_for_the_tensorrt_form(tmp_path):
+    from adtr_edge.engine.quantize import float_plan, quantize_export
+    from adtr_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    exp = make_export(tmp_path / "export")
+    imgs = write_images(tmp_path / "imgs", n=8)
+    bb = onnx.load(str(exp / "backbone.onnx"))
+    assert float_plan(bb, "none", [1]) == [] and float_plan(bb, "auto", [1]) == []  # no timm names: nothing kept
+    assert float_plan(bb, "conv", [1]) == ["conv"]
+    with pytest.raises(AdtrError, match="--keep-float 'nope': no backbone node"):
+        float_plan(bb, "nope", [1])
+    trt_form = quantize_export(exp, imgs, tmp_path / "t", ["backbone"], 8, 4, log=lambda s: None, keep_float="conv")
+    meta = json.loads((trt_form / "manifest.json").read_text())["meta"]["quantization"]
+    assert meta["float_nodes"] == {"backbone": ["conv"]} and meta["keep_float"] == "conv"
+    # the only Conv kept float: no Q/DQ left around it
+    q = onnx.load(str(trt_form / "backbone.onnx"))
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in {i for c in q.graph.node if c.name == "conv" for i in c.input}
+                   for n in q.graph.node)
+    cpu_form = quantize_export(exp, imgs, tmp_path / "c", None, 8, 4, log=lambda s: None, target="cpu")
+    for folder, exact in ((trt_form, "1"), (cpu_form, None), (exp, None)):
+        b = OnnxRuntimeBackend(folder).activate()
+        try:
+            entry = b.sessions["backbone"].get_session_options().get_session_config_entry("session.disable_quant_qdq") or None
+        except Exception:  # an unset entry raises on some onnxruntime versions
+            entry = None
+        assert entry == exact, folder
+        b.deactivate()
+
+
 def test_export_folder_errors(tmp_path):
     cuda = CudaRuntime(make_cudart())
     with pytest.raises(AdtrError, match="no manifest.json"):

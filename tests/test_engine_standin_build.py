@@ -96,6 +96,24 @@ def test_int8_calibrated_or_refused_and_cache_reuse(tmp_path, export, standin):
     assert len(new) == 1 and new != caches
 
 
+def test_implicit_int8_keeps_the_mixed_precision_plan_in_fp16(tmp_path, export, standin):
+    trt, rt, api, cuda = standin
+    if not api.has_calibrators:
+        pytest.skip(f"TensorRT {api.version_string} has no implicit INT8")
+    images = write_images(tmp_path / "good", n=4)
+    report = _build(tmp_path, export, standin, precision="int8", calib_images=images, calib_batches=2, keep_float="conv")
+    bb = trt._built[0]
+    assert report.plans["backbone"].fp16_nodes == ["conv"] and "conv" in bb["pinned"]
+    assert "OBEY_PRECISION_CONSTRAINTS" in bb["flags"]
+    assert bb["pinned_precision"]["conv"] == "HALF" and bb["output_types"]["conv"] == [0]
+    doc = json.loads((tmp_path / "engines/m/manifest.json").read_text())
+    assert doc["engines"]["backbone"]["pinned_fp16"] == ["conv"]
+    # another plan is another engine (not reused from the manifest), and "none" pins nothing
+    again = _build(tmp_path, export, standin, precision="int8", calib_images=images, calib_batches=2, keep_float="none")
+    assert "backbone" in again.built and again.plans["backbone"].fp16_nodes == []
+    assert "conv" not in trt._built[-2]["pinned"]
+
+
 def test_transformer_int8_calibrates_on_backbone_features(tmp_path, export, standin):
     trt, rt, api, cuda = standin
     if not api.has_calibrators:

@@ -28,7 +28,7 @@ from ..folder import read_export
 from ..metadata import BACKBONE, GRAPHS, TRANSFORMER
 from . import calibration as calib
 from . import onnx_tools
-from .quantize import CPU, target_of
+from .quantize import CPU, float_plan, target_of
 from .manifest import EngineKey, Profile, engine_path, existing_entry_matches, read_manifest, write_manifest
 from .trt_api import LogSink, TrtApi, process_logger
 
@@ -52,6 +52,7 @@ class BuildOptions:
     timing_cache: Path | None = None
     build_log: Path | None = None
     force: bool = False
+    keep_float: str = "auto"  # implicit INT8 of the backbone: layers kept FP16 (quantize.float_plan)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -78,11 +79,15 @@ class GraphPlan:
     int8_flag: bool = False
     pin_sensitive: bool = False  # LayerNorm/Softmax pinned to FP32 by layer constraints
     dla_core: int | None = None
+    fp16_nodes: list[str] = field(default_factory=list)  # implicit INT8: layers kept FP16 (--keep-float plan)
     notes: list[str] = field(default_factory=list)
 
     def flags(self) -> dict:
-        return {"int8_source": self.int8_source, "strongly_typed": self.strongly_typed, "convert_fp16": self.convert_fp16,
-                "fp16": self.fp16_flag, "int8": self.int8_flag, "pin_sensitive": self.pin_sensitive, "dla_core": self.dla_core}
+        d = {"int8_source": self.int8_source, "strongly_typed": self.strongly_typed, "convert_fp16": self.convert_fp16,
+             "fp16": self.fp16_flag, "int8": self.int8_flag, "pin_sensitive": self.pin_sensitive, "dla_core": self.dla_core}
+        if self.fp16_nodes:
+            d["fp16_nodes"] = sha256_bytes("\n".join(self.fp16_nodes).encode())
+        return d
 
 
 def plan_precisions(api: TrtApi, options: BuildOptions, qdq: dict[str, bool]) -> dict[str, GraphPlan]:
@@ -162,6 +167,7 @@ class EngineConfig:
         self.workspace_mb, self.sensitive_names = workspace_mb, sensitive_names or set()
         self.timing_cache, self.calibrator_factory, self.calib_batch = timing_cache, calibrator_factory, calib_batch
         self.pinned: list[str] = []
+        self.pinned_fp16: list[str] = []
         self.dla_fallback: list[str] = []  # layers meant for the DLA that run on the GPU
         self.calibrator = None
 
@@ -186,6 +192,8 @@ class EngineConfig:
         api.set_precision_flags(config, plan.fp16_flag, plan.int8_flag, obey_constraints=plan.pin_sensitive)
         if plan.pin_sensitive:
             self.pinned = pin_sensitive_layers(api, network, self.sensitive_names)
+        if plan.fp16_nodes:  # the mixed-precision plan: constraints obeyed, these layers out of INT8
+            self.pinned_fp16 = pin_layers(api, network, set(plan.fp16_nodes), "fp16")
         if plan.int8_source == "calibrator":
             calib_prof = builder.create_optimization_profile()
             shape = (self.calib_batch, *tail)
@@ -208,15 +216,20 @@ class EngineConfig:
 
 def pin_sensitive_layers(api: TrtApi, network, names: set[str]) -> list[str]:
     """Pin LayerNorm/Softmax layers (by type, and by the ONNX node names of a decomposed
-    LayerNorm: the parser names a node's layers after the node, adding '_<n>' to extra ones)."""
-    types = api.sensitive_layer_types()
+    LayerNorm) to FP32."""
+    return pin_layers(api, network, names, "fp32", by_type=api.sensitive_layer_types())
+
+
+def pin_layers(api: TrtApi, network, names: set[str], precision: str, by_type: set | None = None) -> list[str]:
+    """Pin the layers made from the ONNX nodes ``names`` (the parser names a node's layers after the
+    node, adding '_<n>' to extra ones), and any layer of a type in ``by_type``, to ``precision``."""
     pinned = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         base, _, suffix = layer.name.rpartition("_")
         by_name = layer.name in names or (suffix.isdigit() and base in names)
-        if layer.type in types or by_name:
-            api.pin_layer_fp32(layer)
+        if (by_type and layer.type in by_type) or by_name:
+            api.pin_layer(layer, precision)
             pinned.append(layer.name)
     return pinned
 
@@ -320,6 +333,9 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
     graphs = {g: export.graph_file(g) for g in GRAPHS}
     models = {g: onnx_tools.load(p) for g, p in graphs.items()}
     plans = plan_precisions(api, options, {g: onnx_tools.has_qdq(m) for g, m in models.items()})
+    if plans[BACKBONE].int8_source == "calibrator":  # Q/DQ folders carry their plan as the nodes left float
+        stages = (meta.raw.get("features") or {}).get("stages") or []
+        plans[BACKBONE].fp16_nodes = float_plan(models[BACKBONE], options.keep_float, stages)
     _check_importable(api, graphs, models)
     calib_dir = Path(options.calib_dir) if options.calib_dir else Path("calibration") / name
     for line in describe_plan(api, plans, options, out, calib_dir):
@@ -423,6 +439,7 @@ def _engine_entry(path: Path, plan_bytes: bytes, onnx_sha: str, plan: GraphPlan,
         "file": path.name, "sha256": sha256_bytes(plan_bytes), "onnx_sha256": onnx_sha,
         "precision": plan.precision, "profile": options.profile.as_list(), "input": calib.input_name(plan.graph),
         "key": key.digest, "key_fields": key.to_dict(), "pinned_fp32": config_loader.pinned,
+        "pinned_fp16": config_loader.pinned_fp16,
         "calibration_cache": calibration_cache, "build_seconds": round(seconds, 2),
         "notes": plan.notes, "dla_core": plan.dla_core, "dla_gpu_fallback": config_loader.dla_fallback,
     }

@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         build_log: Optional[Path] = typer.Option(None, "--build-log", help="write TensorRT's verbose build log here"),
         force: bool = typer.Option(False, "--force", help="rebuild even if an engine with the same key exists"),
         recalibrate: bool = typer.Option(False, "--recalibrate", help="replace a stale or existing calibration cache"),
+        keep_float: str = typer.Option("auto", "--keep-float", help="implicit INT8: backbone layers kept FP16 (auto | none | node-name prefixes, as for quantize)"),
     ):
         """Build TensorRT engines for the two graphs of an export into OUT/NAME/."""
         from .builder import BuildOptions, build_engines
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
             precision=precision, backbone_precision=backbone_precision, transformer_precision=transformer_precision,
             calib_images=calib_images, calib_batches=calib_batches, calib_dir=calib_dir, recalibrate=recalibrate,
             workspace_mb=workspace, profile=Profile(min_batch, opt_batch, max_batch), dla_core=dla_core,
-            timing_cache=timing_cache, build_log=build_log, force=force,
+            timing_cache=timing_cache, build_log=build_log, force=force, keep_float=keep_float,
         )
         report = build_engines(onnx_dir, out, name, opts, log=typer.echo)
         typer.echo(f"engines: {report.folder} (built {', '.join(report.built) or 'none'}; up to date {', '.join(report.skipped) or 'none'})")

@@ -27,7 +27,8 @@ import onnx
 
 from ..errors import AdtrError, require
 from ..fileio import sha256_bytes
-from ..metadata import BACKBONE, HEAD_MATCH_KEY as MATCH_KEY, IMAGES
+from ..folder import read_export
+from ..metadata import BACKBONE, HEAD_MATCH_KEY as MATCH_KEY, IMAGES, onnxruntime_config
 
 
 def backbone_digest(path: Path) -> str:
@@ -79,7 +80,10 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
         first = quantize_export(export_checkpoint(checkpoint, staging / "export").folder, calib_images, staging / "qdq",
                                 (BACKBONE,), calib_count, batch_size, log=log, target=target, keep_float=keep_float)
         digest = backbone_digest(first / f"{BACKBONE}.onnx")
-        session = ort.InferenceSession(str(first / f"{BACKBONE}.onnx"), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        for key, value in onnxruntime_config(read_export(first, purpose="quantize-matched").meta.raw).items():
+            opts.add_session_config_entry(key, value)  # compute the features as the target's runtime will
+        session = ort.InferenceSession(str(first / f"{BACKBONE}.onnx"), opts, providers=["CPUExecutionProvider"])
         train_set = load_dataset(train_data, "train")
         fit_idx, val_idx = split_normals(train_set, ckpt.train_config)
         spec = preprocess_spec(ckpt.model_config)

@@ -137,13 +137,15 @@ class TrtApi:
         if obey_constraints:
             config.set_flag(flag.OBEY_PRECISION_CONSTRAINTS)
 
-    def pin_layer_fp32(self, layer) -> None:
-        """Keep one layer (and its outputs) in FP32: LayerNorm/Softmax under FP16/INT8 builds."""
+    def pin_layer(self, layer, precision: str = "fp32") -> None:
+        """Keep one layer (and its outputs) in ``precision`` (fp32 | fp16): LayerNorm/Softmax in FP32
+        under FP16/INT8 builds, the layers of a mixed-precision plan in FP16 under INT8."""
         if not self.weakly_typed:
             raise AdtrError(f"TensorRT {self.version_string}: per-layer precision does not exist (strongly typed)")
-        layer.precision = self.trt.DataType.FLOAT
+        dtype = {"fp32": self.trt.DataType.FLOAT, "fp16": self.trt.DataType.HALF}[precision]
+        layer.precision = dtype
         for i in range(layer.num_outputs):
-            layer.set_output_type(i, self.trt.DataType.FLOAT)
+            layer.set_output_type(i, dtype)
 
     def sensitive_layer_types(self) -> set:
         """Layer types always kept out of reduced precision, whatever their name."""

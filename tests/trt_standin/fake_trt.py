@@ -866,6 +866,7 @@ def make_tensorrt(version, cudart=None):
             "version": version, "flags": sorted(config._flags), "net_flags": network._flags, "strongly_typed": strongly,
             "profile": {k: [list(x) for x in v] for k, v in prof._shapes.items()},
             "pinned": [layer.name for layer in network._layers if layer._precision_set],
+            "pinned_precision": {layer.name: layer._precision.name for layer in network._layers if layer._precision_set},
             "output_types": {layer.name: sorted(layer._output_types) for layer in network._layers if layer._output_types},
             "dla": config.DLA_core if dla else None,
             "dla_gpu_fallback": [layer.name for layer in network._layers if dla and not _dla_capable(layer)],

@@ -3,14 +3,8 @@
 Runs everywhere (CPU), on CUDA where onnxruntime-gpu provides CUDAExecutionProvider, and runs the
 INT8 folders of ``adtr-edge quantize`` unchanged.
 
-A ``--target tensorrt`` folder (symmetric int8 activations) runs with ONNX Runtime's Q/DQ fusion off
-(``session.disable_quant_qdq``): each QuantizeLinear/DequantizeLinear pair then rounds exactly as
-TensorRT does, and the float op between computes without overflow. Fused, ONNX Runtime would run its
-integer kernels, and on x86 CPUs without VNNI those form u8*s8 pair sums in int16 (VPMADDUBSW) which
-saturate with int8 activations shifted to uint8: on the magnetic-tile backbone the fused features
-are 129% off FP32, the exact rounding 53% (docs/benchmarks.md section 4.3). So this backend computes
-what the engine would; the fast CPU form is ``--target cpu`` (uint8 activations, 7-bit weights,
-which cannot saturate), run fused.
+A ``--target tensorrt`` folder runs with ONNX Runtime's Q/DQ fusion off, so it computes what the
+engine would (``metadata.onnxruntime_config`` says why); the fast CPU form is ``--target cpu``.
 """
 
 from __future__ import annotations
@@ -22,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import AdtrError
-from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TARGET_TENSORRT, TRANSFORMER, ModelMeta, quantization_target
+from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, ModelMeta, onnxruntime_config
 from ...engine.matched import check_matched_backbone
 from ...folder import ONNX_KINDS, check_meta_agrees, read_model_folder, verify_graph_files
 from .base import Backend
@@ -72,7 +66,9 @@ class OnnxRuntimeBackend(Backend):
         self.folder = folder
         self.intra_op_threads = None if intra_op_threads is None else int(intra_op_threads)
         self.requested_providers = list(providers) if providers else None
-        self.exact_qdq = quantization_target(folder.meta.raw) == TARGET_TENSORRT if exact_qdq is None else bool(exact_qdq)
+        self.config = onnxruntime_config(folder.meta.raw)
+        if exact_qdq is not None:
+            self.config = {"session.disable_quant_qdq": "1"} if exact_qdq else {}
         self.sessions: dict = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -83,8 +79,9 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         if self.intra_op_threads is not None:
             opts.intra_op_num_threads = self.intra_op_threads
-        if self.exact_qdq:
-            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        for key, value in self.config.items():
+            opts.add_session_config_entry(key, value)
+        if self.config:
             log.info("TensorRT-form INT8 folder: Q/DQ run unfused (exact rounding, as TensorRT computes it)")
         sessions = {}
         for graph in (BACKBONE, TRANSFORMER):
