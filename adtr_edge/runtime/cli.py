@@ -39,6 +39,25 @@ def tensorrt_options(model_dir: Path, backend: str, cuda_graphs: bool, cuda_bind
     return options
 
 
+def stream_sources(camera: Optional[List[str]], source: Optional[List[str]], sources_file: Optional[Path]):
+    """What ``run_stream`` gets from --camera / --source / --sources: one plain spelling (a single
+    unnamed source, as before) or a list of NamedSource entries."""
+    from .source_list import camera_entry, load_source_list, split_name
+
+    given = [v for v in (camera, source, sources_file) if v]
+    if len(given) != 1:
+        raise AdtrError("give exactly one of --camera N or --source S (both repeatable; NAME=... names one) or --sources FILE")
+    if camera:
+        entries = [camera_entry(c) for c in camera]
+    elif source:
+        entries = [split_name(s) for s in source]
+    else:
+        entries = load_source_list(sources_file)
+    if len(entries) == 1 and entries[0].name is None:
+        return entries[0].spec
+    return entries
+
+
 def register(app: typer.Typer) -> None:
     @app.command("stream")
     def stream(
@@ -47,11 +66,15 @@ def register(app: typer.Typer) -> None:
             help="ONNX export folder or TensorRT engine folder (with manifest.json). "
                  "Default: the only folder under ./engines/, else ./adtr-demo/onnx.",
         ),
-        camera: Optional[int] = typer.Option(None, "--camera", help="Camera index, e.g. 0."),
-        source: Optional[str] = typer.Option(
-            None, "--source",
-            help="Video file, folder or glob of images, rtsp://..., csi://N, v4l2:///dev/videoN, file://..., or a GStreamer pipeline.",
+        camera: Optional[List[str]] = typer.Option(
+            None, "--camera", help="Camera index, e.g. 0; NAME=N names it (left=0). Repeat for several cameras.", show_default=False),
+        source: Optional[List[str]] = typer.Option(
+            None, "--source", show_default=False,
+            help="Video file, folder or glob of images, rtsp://..., csi://N, v4l2:///dev/videoN, file://..., or a GStreamer pipeline; "
+                 "NAME=S names it. Repeat for several sources (batched through one model).",
         ),
+        sources_file: Optional[Path] = typer.Option(
+            None, "--sources", help="JSON list (YAML with PyYAML) of {name, source} entries: several sources through one model."),
         backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt."),
         events: Optional[str] = typer.Option(None, "--events", help="JSON Lines events to FILE, or '-' for stdout."),
         save_anomalies: Optional[Path] = typer.Option(None, "--save-anomalies", help="Folder for anomalous frames + overlays (PNG)."),
@@ -66,13 +89,14 @@ def register(app: typer.Typer) -> None:
         reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
         cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
         cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
+        gather_ms: float = typer.Option(5.0, "--gather-ms", min=0.0,
+                                        help="Several sources: how long a step waits for a source with no frame ready (ms)."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
         from .sources import ReconnectPolicy
 
-        if (camera is None) == (source is None):
-            raise AdtrError("give exactly one of --camera N or --source S")
+        chosen = stream_sources(camera, source, sources_file)
         if model_dir is None:
             model_dir = default_model_dir()
             typer.echo(f"model: {model_dir}", err=True)
@@ -80,7 +104,7 @@ def register(app: typer.Typer) -> None:
         options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
         result = run_stream(
             model_dir,
-            camera if camera is not None else source,
+            chosen,
             backend=backend,
             threshold=threshold,
             events=events,
@@ -93,6 +117,7 @@ def register(app: typer.Typer) -> None:
             summary_path=summary,
             reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
             backend_options=options,
+            gather_ms=gather_ms,
         )
         if result["errors"] and result["stopped_by"] in ("source lost", "error", "sink error"):
             raise AdtrError(result["errors"][-1])
