@@ -77,7 +77,7 @@ class Feed:
                     if self._abandoned:
                         return False
                     self._cond.wait(0.1)
-            if self._abandoned:
+            if self._abandoned or (self.live and self.reached_max):  # read after the limit: not processed
                 return False
             self.items.append((frames, notices))
             self._cond.notify_all()
