@@ -293,3 +293,42 @@ def test_lost_source_in_a_single_source_stream_is_an_event(export_dir, tmp_path)
     last = _events(ev)[-1]
     assert last["event"] == "source_lost" and last["source"] == "rtsp://cam/1" and "did not come back" in last["reason"]
     assert summary["stopped_by"] == "source lost" and summary["sources"]["rtsp://cam/1"]["ended_by"] == "source lost"
+
+
+def test_sources_take_turns_when_a_tensorrt_profile_caps_the_batch(tmp_path, videos, monkeypatch):
+    """Three sources through engines built for batches of 1-2 (the simulated TensorRT 10 and GPU of
+    tests/trt_standin): every step stays inside the profile and every frame of every source runs,
+    in order, through the backend's overlapped infer_many."""
+    import sys
+
+    from adtr_edge.cuda import CudaRuntime
+    from adtr_edge.engine.builder import BuildOptions, build_engines
+    from adtr_edge.engine.manifest import Profile
+    from adtr_edge.engine.trt_api import TrtApi
+    from adtr_edge.runtime.backends.tensorrt import TensorRTBackend
+    from adtr_edge.runtime.detector import Detector
+    from adtr_edge.runtime.pipeline import Pipeline
+    from adtr_edge.runtime.sources import open_source
+    from tests.trt_standin.fake_trt import make_cudart, make_tensorrt
+    from tests.trt_standin.graphs import make_export
+
+    rt = make_cudart()
+    trt = make_tensorrt("10.3.0.30", cudart=rt)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    api, cuda = TrtApi(trt), CudaRuntime(rt)
+    build_engines(make_export(tmp_path / "export"), tmp_path / "engines", "m",
+                  BuildOptions(precision="fp32", profile=Profile(1, 1, 2)), api=api, cuda=cuda, log=lambda s: None)
+    detector = Detector(TensorRTBackend(tmp_path / "engines/m", api=api, cuda=cuda))
+    names = ["left", "right", "top"]
+    seen = Collect()
+    try:
+        with pytest.raises(AdtrError, match=r"--batch 3 is more than the engines' profile allows \(max batch 2\)"):
+            Pipeline(detector, [(n, open_source(str(videos[n]))) for n in names], [], batch=3)
+        pipeline = Pipeline(detector, [(n, open_source(str(videos[n]))) for n in names], [seen], gather_s=1.0)
+        summary = pipeline.run()
+    finally:
+        detector.close()
+    assert not summary["errors"] and summary["frames"] == 3 * N
+    for n in names:
+        assert [i for s, i, *_ in seen.frames if s == n] == list(range(N))
+    assert {b for *_, b in seen.frames} == {2}  # full steps of two; the three sources took turns

@@ -6,7 +6,8 @@
     source N --[reader thread]--> feed N (bounded) --+
 
 Each source has a reader thread and a small buffer (its feed). A step takes one item from every
-feed that has one, so N live cameras share one model call of batch <= N. It waits for the feeds
+feed that has one, so N live cameras share one model call of batch <= N (capped by a TensorRT
+profile's max batch: then the sources take turns). It waits for the feeds
 that have nothing yet at most ``gather_s`` after the first one is ready, so a slow or stalled
 camera delays the others by that bound only, never by its own frame period.
 
@@ -166,9 +167,15 @@ class Merge:
     """Steps over the feeds of ``sources`` (pairs of name and opened source)."""
 
     def __init__(self, sources: Sequence[tuple[str, Source]], *, batch: int = 1, max_frames: int | None = None,
-                 capacity: int = 4, gather_s: float = GATHER_S):
+                 capacity: int = 4, gather_s: float = GATHER_S, max_step: int | None = None):
         if gather_s < 0:
             raise AdtrError(f"--gather-ms must be >= 0, got {gather_s * 1e3:g}")
+        if max_step is not None and batch > max_step:
+            raise AdtrError(f"--batch {batch} is more than the engines' profile allows (max batch {max_step}); "
+                            "use a smaller --batch or rebuild with --max-batch")
+        # A TensorRT profile caps the frames of one step: more sources than that take turns.
+        self.max_step = max_step
+        self._first = 0  # which feed a capped step serves first (rotates, so none starves)
         self.cond = threading.Condition()
         self.feeds = [Feed(name, src, self.cond, batch=batch, max_frames=max_frames, capacity=capacity)
                       for name, src in sources]
@@ -228,7 +235,14 @@ class Merge:
                 if left <= 0:
                     break
                 self.cond.wait(left)
-            items = [(f, *f.take()) for f in feeds if f.ready]
+            items: list[tuple[Feed, list[Frame], list[SourceEvent]]] = []
+            total = 0
+            for f in feeds[self._first:] + feeds[:self._first]:
+                if f.ready and (self.max_step is None or total + len(f.items[0][0]) <= self.max_step):
+                    items.append((f, *f.take()))
+                    total += len(items[-1][1])
+            if self.max_step is not None:
+                self._first = (self._first + 1) % len(feeds)
             ended += self._newly_ended()
             self.cond.notify_all()  # room in the file feeds
             return Step(items, ended)

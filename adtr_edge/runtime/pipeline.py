@@ -110,7 +110,8 @@ class Pipeline:
         self.detector = detector
         self.source = pairs[0][1]  # the first (the only one of a single-source stream)
         self.sinks = list(sinks)
-        self.merge = Merge(pairs, batch=batch, max_frames=max_frames, capacity=queue_size, gather_s=gather_s)
+        self.merge = Merge(pairs, batch=batch, max_frames=max_frames, capacity=queue_size, gather_s=gather_s,
+                           max_step=getattr(detector.backend, "max_batch", None))
         self.states = {f.name: SourceState(f, min_consecutive) for f in self.merge.feeds}
         self.sources = {name: st.source for name, st in self.states.items()}
         self.min_consecutive = min_consecutive
