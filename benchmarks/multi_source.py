@@ -11,7 +11,8 @@ the CPU and the same total number of intra-op threads:
 
 - batched:  one process, ``--source cam0=URL0 ... --source cam3=URL3 --threads T``;
 - separate: four processes, one ``--source`` each, ``--threads T/4``;
-- and the batched process with ``--threads 1`` (one inference thread, as each separate process has).
+- the batched process again with ``--no-spin`` (ONNX Runtime's idle threads sleep instead of
+  spinning), and with ``--threads 1`` (one inference thread, as each separate process has).
 
 Measured per configuration, after every stream has produced its first frame, over ``--seconds``:
 total FPS (frames whose capture time falls in the window, all cameras, from the events files),
@@ -141,14 +142,15 @@ def frame_times(events: Path) -> list[tuple[str, float]]:
     return out
 
 
-def run_config(export: Path, cams: MjpegCameras, groups: list[list[int]], threads: int, seconds: float, work: Path) -> dict:
+def run_config(export: Path, cams: MjpegCameras, groups: list[list[int]], threads: int, seconds: float, work: Path,
+               extra: list[str]) -> dict:
     """One process per group of camera indices; returns the measured figures."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = []
     for g, group in enumerate(groups):
         ev, summ = work / f"events-{g}.jsonl", work / f"summary-{g}.json"
         cmd = [sys.executable, str(REPO / "cli.py"), "stream", str(export), "--backend", "onnxruntime",
-               "--threads", str(threads), "--events", str(ev), "--summary", str(summ), "--reconnect-attempts", "3"]
+               "--threads", str(threads), "--events", str(ev), "--summary", str(summ), "--reconnect-attempts", "3", *extra]
         for i in group:
             cmd += ["--source", f"cam{i}={cams.url(i)}"]
         procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
@@ -220,10 +222,11 @@ def main(argv: list[str]) -> int:
     if not video.is_file():
         video = generate_video(video, n_frames=60, size=(480, 640), fps=10.0, defect_frames={20, 21, 22}).path
     frames = jpeg_frames(video)
-    configs = {f"batched, 1 process x {total} threads": ([list(range(n))], total),
-               f"separate, {n} processes x {total // n} threads": ([[i] for i in range(n)], total // n)}
+    configs = {f"batched, 1 process x {total} threads": ([list(range(n))], total, []),
+               f"batched, 1 process x {total} threads, --no-spin": ([list(range(n))], total, ["--no-spin"]),
+               f"separate, {n} processes x {total // n} threads": ([[i] for i in range(n)], total // n, [])}
     if args.single_thread_batched and total != 1:
-        configs["batched, 1 process x 1 thread"] = ([list(range(n))], 1)
+        configs["batched, 1 process x 1 thread"] = ([list(range(n))], 1, [])
     print(f"model {export} (untrained default config, ONNX Runtime CPU); {n} MJPEG cameras 640x480; "
           f"{total} intra-op threads in total; window {args.seconds:g} s; {args.rounds} rounds", flush=True)
     results: dict = {}
@@ -231,9 +234,9 @@ def main(argv: list[str]) -> int:
         cams = MjpegCameras(frames, fps)
         try:
             for r in range(args.rounds):
-                for name, (groups, threads) in configs.items():
+                for name, (groups, threads, extra) in configs.items():
                     with tempfile.TemporaryDirectory() as tmp:
-                        res = run_config(export, cams, groups, threads, args.seconds, Path(tmp))
+                        res = run_config(export, cams, groups, threads, args.seconds, Path(tmp), extra)
                     results.setdefault(f"{fps:g}", {}).setdefault(name, []).append(res)
                     print(f"  {fps:g} fps/camera, round {r + 1}, {name}: {res['fps_total']:.2f} FPS, latency p50 "
                           f"{res['latency_p50_ms']:.0f} / p95 {res['latency_p95_ms']:.0f} ms, drops {res['drops']}, "

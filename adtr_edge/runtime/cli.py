@@ -86,6 +86,8 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(1, "--batch", min=1, help="Micro-batch size for files and folders (live sources use 1)."),
         summary: Optional[Path] = typer.Option(None, "--summary", help="Write the summary JSON to FILE."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads."),
+        spin: Optional[bool] = typer.Option(None, "--spin/--no-spin", show_default=False,
+                                            help="ONNX Runtime: idle threads spin (its default) or sleep (--no-spin: less CPU on a busy machine)."),
         reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
         cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
         cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
@@ -101,6 +103,8 @@ def register(app: typer.Typer) -> None:
             model_dir = default_model_dir()
             typer.echo(f"model: {model_dir}", err=True)
         options = {"intra_op_threads": threads} if threads is not None else {}
+        if spin is not None:
+            options["spinning"] = spin
         options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
         result = run_stream(
             model_dir,

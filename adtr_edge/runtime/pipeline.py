@@ -103,6 +103,9 @@ class Pipeline:
         pairs = [(source.label, source)] if isinstance(source, Source) else list(source)
         if not pairs:
             raise AdtrError("no source to stream")
+        names = [n for n, _ in pairs]
+        if len(set(names)) != len(names):
+            raise AdtrError(f"source names must be unique, got {names}")
         if batch > 1 and any(s.live for _, s in pairs):
             # Waiting for N frames of one camera adds N-1 frames of latency: live sources give one
             # frame per step (a step batches the cameras instead); micro-batching is for files.
@@ -111,7 +114,7 @@ class Pipeline:
         self.source = pairs[0][1]  # the first (the only one of a single-source stream)
         self.sinks = list(sinks)
         self.merge = Merge(pairs, batch=batch, max_frames=max_frames, capacity=queue_size, gather_s=gather_s,
-                           max_step=getattr(detector.backend, "max_batch", None))
+                           max_step=getattr(getattr(detector, "backend", None), "max_batch", None))
         self.states = {f.name: SourceState(f, min_consecutive) for f in self.merge.feeds}
         self.sources = {name: st.source for name, st in self.states.items()}
         self.min_consecutive = min_consecutive

@@ -40,7 +40,10 @@ class OnnxRuntimeBackend(Backend):
     """Backend over an ONNX export folder.
 
     ``intra_op_threads``: threads per session (None = ONNX Runtime's default, one per core);
-    ``providers``: explicit execution providers, e.g. ``["CPUExecutionProvider"]``.
+    ``providers``: explicit execution providers, e.g. ``["CPUExecutionProvider"]``;
+    ``spinning``: whether idle intra-op threads spin (None = ONNX Runtime's default, on). Off, they
+    sleep: on a busy or shared CPU a spinning pool of N threads burns N cores' worth of scheduler
+    share for one thread's work (docs/benchmarks.md section 7).
     """
 
     name = "onnxruntime"
@@ -51,6 +54,7 @@ class OnnxRuntimeBackend(Backend):
         *,
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
+        spinning: bool | None = None,
     ):
         folder = read_model_folder(model_dir, accept=ONNX_KINDS, purpose="the onnxruntime backend")
         if intra_op_threads is not None and int(intra_op_threads) < 1:
@@ -61,6 +65,7 @@ class OnnxRuntimeBackend(Backend):
         self.folder = folder
         self.intra_op_threads = None if intra_op_threads is None else int(intra_op_threads)
         self.requested_providers = list(providers) if providers else None
+        self.spinning = None if spinning is None else bool(spinning)
         self.sessions: dict = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -71,6 +76,8 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         if self.intra_op_threads is not None:
             opts.intra_op_num_threads = self.intra_op_threads
+        if self.spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         sessions = {}
         for graph in (BACKBONE, TRANSFORMER):
             path = self.folder.graph_file(graph)
