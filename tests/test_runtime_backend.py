@@ -171,3 +171,27 @@ def test_backend_options_that_do_not_apply_are_named(export_dir):
     with pytest.raises(AdtrError, match=r"backend option\(s\) \['cuda_graphs'\] do not apply to the onnxruntime backend"):
         loading.load_backend(export_dir, cuda_graphs=True)
     assert loading.load_backend(export_dir, intra_op_threads=1).intra_op_threads == 1
+
+
+def test_spinning_option_reaches_the_sessions(export_dir):
+    be = loading.load_backend(export_dir, backend="onnxruntime", spinning=False, intra_op_threads=2)
+    with be:
+        for sess in be.sessions.values():
+            assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = loading.load_backend(export_dir, backend="onnxruntime")
+    with default:
+        opts = next(iter(default.sessions.values())).get_session_options()
+        with pytest.raises(RuntimeError, match="does not have configuration"):  # left to ONNX Runtime's default
+            opts.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_stream_no_spin_flag_is_a_backend_option(export_dir, monkeypatch):
+    import adtr_edge.runtime.pipeline as pipeline
+    from adtr_edge.runtime.cli import main as cli_main
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_stream", lambda model_dir, source, **kw: calls.append(kw) or {"errors": [], "stopped_by": "end of source"})
+    assert cli_main(["stream", str(export_dir), "--camera", "0", "--threads", "4", "--no-spin"]) == 0
+    assert calls[-1]["backend_options"] == {"intra_op_threads": 4, "spinning": False}
+    assert cli_main(["stream", str(export_dir), "--camera", "0"]) == 0
+    assert calls[-1]["backend_options"] == {}

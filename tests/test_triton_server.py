@@ -41,7 +41,9 @@ def test_server_addresses_and_options_are_checked_before_connecting(exported_mod
             parse_server(bad, "grpc")
     with pytest.raises(AdtrError, match="--protocol 'udp'"):
         parse_server("h", "udp")
-    base = ["stream", str(exported_model), "--source", "x.mp4"]
+    # A spelling that parses (source names are resolved before the model loads) but is never opened:
+    # the options fail first.
+    base = ["stream", str(exported_model), "--source", "rtsp://127.0.0.1:9/never-opened"]
     for args, needle in ((["--server", "h:1"], "--server applies to --backend triton only"),
                          (["--backend", "triton", "--server", "h:1", "--threads", "2"], "do not apply to the triton backend"),
                          (["--backend", "triton", "--server", "h:1", "--server-timeout", "0"], "--server-timeout must be > 0")):

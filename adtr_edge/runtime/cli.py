@@ -50,6 +50,25 @@ def triton_options(backend: str, server: Optional[str], protocol: str, triton_mo
             "reconnect_s": server_reconnect}
 
 
+def stream_sources(camera: Optional[List[str]], source: Optional[List[str]], sources_file: Optional[Path]):
+    """What ``run_stream`` gets from --camera / --source / --sources: one plain spelling (a single
+    unnamed source, as before) or a list of NamedSource entries."""
+    from .source_list import camera_entry, load_source_list, split_name
+
+    given = [v for v in (camera, source, sources_file) if v]
+    if len(given) != 1:
+        raise AdtrError("give exactly one of --camera N or --source S (both repeatable; NAME=... names one) or --sources FILE")
+    if camera:
+        entries = [camera_entry(c) for c in camera]
+    elif source:
+        entries = [split_name(s) for s in source]
+    else:
+        entries = load_source_list(sources_file)
+    if len(entries) == 1 and entries[0].name is None:
+        return entries[0].spec
+    return entries
+
+
 def register(app: typer.Typer) -> None:
     @app.command("stream")
     def stream(
@@ -58,11 +77,15 @@ def register(app: typer.Typer) -> None:
             help="ONNX export folder or TensorRT engine folder (with manifest.json). "
                  "Default: the only folder under ./engines/, else ./adtr-demo/onnx.",
         ),
-        camera: Optional[int] = typer.Option(None, "--camera", help="Camera index, e.g. 0."),
-        source: Optional[str] = typer.Option(
-            None, "--source",
-            help="Video file, folder or glob of images, rtsp://..., csi://N, v4l2:///dev/videoN, file://..., or a GStreamer pipeline.",
+        camera: Optional[List[str]] = typer.Option(
+            None, "--camera", help="Camera index, e.g. 0; NAME=N names it (left=0). Repeat for several cameras.", show_default=False),
+        source: Optional[List[str]] = typer.Option(
+            None, "--source", show_default=False,
+            help="Video file, folder or glob of images, rtsp://..., csi://N, v4l2:///dev/videoN, file://..., or a GStreamer pipeline; "
+                 "NAME=S names it. Repeat for several sources (batched through one model).",
         ),
+        sources_file: Optional[Path] = typer.Option(
+            None, "--sources", help="JSON list (YAML with PyYAML) of {name, source} entries: several sources through one model."),
         backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt | triton (a Triton server, --server)."),
         events: Optional[str] = typer.Option(None, "--events", help="JSON Lines events to FILE, or '-' for stdout."),
         save_anomalies: Optional[Path] = typer.Option(None, "--save-anomalies", help="Folder for anomalous frames + overlays (PNG)."),
@@ -74,6 +97,8 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(1, "--batch", min=1, help="Micro-batch size for files and folders (live sources use 1)."),
         summary: Optional[Path] = typer.Option(None, "--summary", help="Write the summary JSON to FILE."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads."),
+        spin: Optional[bool] = typer.Option(None, "--spin/--no-spin", show_default=False,
+                                            help="ONNX Runtime: idle threads spin (its default) or sleep (--no-spin: less CPU on a busy machine)."),
         reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
         cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
         cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
@@ -86,17 +111,20 @@ def register(app: typer.Typer) -> None:
         http_token: Optional[str] = typer.Option(None, "--http-token", envvar="ADTR_HTTP_TOKEN",
                                                  help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics)."),
+        gather_ms: float = typer.Option(5.0, "--gather-ms", min=0.0,
+                                        help="Several sources: how long a step waits for a source with no frame ready (ms)."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
         from .sources import ReconnectPolicy
 
-        if (camera is None) == (source is None):
-            raise AdtrError("give exactly one of --camera N or --source S")
+        chosen = stream_sources(camera, source, sources_file)
         if model_dir is None:
             model_dir = default_model_dir()
             typer.echo(f"model: {model_dir}", err=True)
         options = {"intra_op_threads": threads} if threads is not None else {}
+        if spin is not None:
+            options["spinning"] = spin
         options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
         options.update(triton_options(backend, server, protocol, triton_model, server_timeout, server_reconnect))
         from .web import open_frontend  # starlette/uvicorn/prometheus_client only with --http/--metrics
@@ -105,7 +133,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = run_stream(
                 model_dir,
-                camera if camera is not None else source,
+                chosen,
                 backend=backend,
                 threshold=threshold,
                 events=events,
@@ -119,6 +147,7 @@ def register(app: typer.Typer) -> None:
                 reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
                 backend_options=options,
                 extra_sinks=web,
+                gather_ms=gather_ms,
             )
         finally:
             for sink in web:  # closed again is a no-op; this covers a model that fails to load

@@ -1,15 +1,21 @@
-"""The streaming pipeline: capture thread -> inference -> sink thread, joined by bounded queues.
+"""The streaming pipeline: capture threads -> inference -> sink thread, joined by bounded buffers.
 
-    source --[capture thread]--> in_q (bounded) --[inference, caller's thread]--> out_q (bounded) --[sink thread]--> sinks
+    sources --[a reader thread each]--> feeds (bounded) --[Merge: one step]--> inference (caller's thread)
+            --> out_q (bounded) --[sink thread]--> sinks
 
-Bounded queues keep memory flat over hours: a slow sink slows inference, slow inference backs up
-capture, and a live source then drops its stale frames (counted) instead of queueing them.
+One source or many (``runtime/multisource.py``): every step batches the frames that the sources
+have ready through one model call, so N cameras share one backend. Each source keeps its own
+alarm debounce, counters and name (events, saved anomalies and recordings carry it); a source that
+ends or is lost ends alone, and the stream ends when every source has ended.
+
+Bounded buffers keep memory flat over hours: a slow sink slows inference, slow inference backs up
+file reading, and a live source then drops its stale frames (counted) instead of queueing them.
 Inference goes through ``Detector.detect_batches`` -> ``backend.infer_many`` so a backend with two
 device streams overlaps the backbone of one batch with the transformer of the previous one.
 
-Stopping (SIGINT/SIGTERM, 'q' in the window, ``--max-frames``, end of a file) always runs the same
-path: capture stops, queued frames are processed, every sink is flushed and closed, the summary is
-printed and returned.
+Stopping (SIGINT/SIGTERM, 'q' in the window, ``--max-frames``, end of the sources) always runs the
+same path: capture stops, buffered frames are processed, every sink is flushed and closed, the
+summary is printed and returned.
 """
 
 from __future__ import annotations
@@ -27,166 +33,111 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import AdtrError
 from ..fileio import write_json_atomic
-from .detector import Detection, Detector
-from .events import AlarmEvent, FrameResult, SourceEvent
-from .sinks import AnomalySaver, JsonlSink, Sink, VideoRecorder, WindowSink
-from .sources import Frame, Opener, ReconnectPolicy, Source, open_source
-from .stats import FpsMeter, StageStats
+from .alarms import MAX_ALARM_HISTORY, AlarmTracker
+from .detector import Detector
+from .events import FrameResult, SourceEvent
+from .multisource import GATHER_S, Feed, Merge, Step
+from .sinks import AnomalySaver, JsonlSink, PerSource, Sink, VideoRecorder, WindowSink
+from .source_list import as_named, file_safe_names, resolve_names
+from .sources import Opener, ReconnectPolicy, Source, open_source
+from .stats import FpsMeter, LatencyStats, StageStats
+
+__all__ = ["MAX_ALARM_HISTORY", "AlarmTracker", "Pipeline", "format_summary", "run_stream", "stop_on_signals"]
 
 log = logging.getLogger(__name__)
 
 _END = object()  # queue sentinel
-MAX_ALARM_HISTORY = 1000  # alarms kept for the summary; the count covers all
+BAD_ENDS = ("source lost", "error")
 
 
-class AlarmTracker:
-    """Debounced alarms: one starts when ``min_consecutive`` frames in a row are anomalous and
-    ends at the next normal frame (or the end of the stream)."""
+class SourceState:
+    """What the pipeline keeps per source: its debounce, counters, frame rate and latency."""
 
-    def __init__(self, source: str, min_consecutive: int = 1):
-        if min_consecutive < 1:
-            raise AdtrError(f"--min-consecutive must be >= 1, got {min_consecutive}")
-        self.source = source
-        self.min_consecutive = min_consecutive
-        self.active = False
-        self.count = 0
-        self.history: deque[dict] = deque(maxlen=MAX_ALARM_HISTORY)
-        self._run: list[tuple[Frame, Detection]] = []  # the current anomalous run (first N only)
-        self._run_len = 0
-        self._start: tuple[Frame, Detection] | None = None
-        self._peak = 0.0
-        self._last: tuple[Frame, Detection] | None = None
+    def __init__(self, feed: Feed, min_consecutive: int):
+        self.feed = feed
+        self.name = feed.name
+        self.source = feed.source
+        self.alarms = AlarmTracker(feed.name, min_consecutive)
+        self.processed = 0
+        self.anomalous = 0
+        self.fps = FpsMeter()
+        self.latency = LatencyStats()
+        self.ended_by: str | None = None  # None while it runs
 
-    def update(self, frame: Frame, det: Detection) -> list[AlarmEvent]:
-        self._last = (frame, det)
-        if not det.label:
-            events = self._end(frame, det) if self.active else []
-            self._run_len = 0
-            return events
-        if self._run_len == 0:
-            self._start = (frame, det)
-            self._peak = det.score
-        self._run_len += 1
-        self._peak = max(self._peak, det.score)
-        if not self.active and self._run_len >= self.min_consecutive:
-            self.active = True
-            self.count += 1
-            return [AlarmEvent("alarm_start", self.source, frame.index, frame.timestamp, det.score, det.normalized_score,
-                               start_frame=self._start[0].index)]
-        return []
+    def counters(self) -> dict:
+        c = self.source.counters()
+        return {"frames": self.processed, "drops": c["drops"] + self.feed.drops, "corrupt": c["corrupt"],
+                "reconnects": c["reconnects"], "error": self.feed.error or c["error"], "live": self.source.live,
+                "alarm": self.alarms.active, "anomalous": self.anomalous, "alarms": self.alarms.count,
+                "fps": self.fps.current, "ended": self.ended_by}
 
-    def _end(self, frame: Frame, det: Detection, reason: str | None = None) -> list[AlarmEvent]:
-        self.active = False
-        start = self._start[0].index
-        event = AlarmEvent("alarm_end", self.source, frame.index, frame.timestamp, det.score, det.normalized_score,
-                           start_frame=start, frames=self._run_len, peak_score=self._peak,
-                           extra={"reason": reason} if reason else {})
-        self.history.append({"start_frame": start, "end_frame": frame.index, "frames": self._run_len,
-                             "peak_score": round(float(self._peak), 6)})
-        return [event]
-
-    def finish(self) -> list[AlarmEvent]:
-        """Close an alarm still active when the stream ends."""
-        if not self.active or self._last is None:
-            return []
-        frame, det = self._last
-        return self._end(frame, det, reason="stream end")
+    def summary(self, wall_s: float) -> dict:
+        c = self.counters()
+        return {"source": self.source.label, "live": self.source.live, "frames": self.processed,
+                "anomalous": self.anomalous, "drops": c["drops"], "corrupt": c["corrupt"], "reconnects": c["reconnects"],
+                "fps": round(self.processed / wall_s, 3) if wall_s > 0 else None, "latency_ms": self.latency.summary(),
+                "alarms": self.alarms.count, "alarm_list": list(self.alarms.history),
+                "ended_by": self.ended_by, "error": c["error"]}
 
 
 class Pipeline:
-    """Runs ``detector`` over ``source`` into ``sinks``; ``run()`` returns the summary dict."""
+    """Runs ``detector`` over ``source`` (one Source, or (name, Source) pairs) into ``sinks``;
+    ``run()`` returns the summary dict."""
 
     def __init__(
         self,
         detector: Detector,
-        source: Source,
+        source: Source | Sequence[tuple[str, Source]],
         sinks: Sequence[Sink],
         *,
         batch: int = 1,
         min_consecutive: int = 1,
         max_frames: int | None = None,
         queue_size: int = 4,
+        gather_s: float = GATHER_S,
     ):
         if batch < 1:
             raise AdtrError(f"--batch must be >= 1, got {batch}")
         if max_frames is not None and max_frames < 1:
             raise AdtrError(f"--max-frames must be >= 1, got {max_frames}")
-        if source.live and batch > 1:
-            # Waiting for N live frames adds N-1 frames of latency; micro-batching is for files.
-            log.info("live source: --batch %d ignored, running batch 1", batch)
-            batch = 1
+        pairs = [(source.label, source)] if isinstance(source, Source) else list(source)
+        if not pairs:
+            raise AdtrError("no source to stream")
+        names = [n for n, _ in pairs]
+        if len(set(names)) != len(names):
+            raise AdtrError(f"source names must be unique, got {names}")
+        if batch > 1 and any(s.live for _, s in pairs):
+            # Waiting for N frames of one camera adds N-1 frames of latency: live sources give one
+            # frame per step (a step batches the cameras instead); micro-batching is for files.
+            log.info("live source: --batch %d applies to files only; each camera gives 1 frame per step", batch)
         self.detector = detector
-        self.source = source
+        self.source = pairs[0][1]  # the first (the only one of a single-source stream)
         self.sinks = list(sinks)
-        self.batch = batch
-        self.max_frames = max_frames
-        self.alarms = AlarmTracker(source.label, min_consecutive)
-        # A live source needs no backlog: one queued batch is enough to keep inference busy.
-        self.in_q: queue.Queue = queue.Queue(maxsize=1 if source.live else queue_size)
+        self.merge = Merge(pairs, batch=batch, max_frames=max_frames, capacity=queue_size, gather_s=gather_s,
+                           max_step=getattr(getattr(detector, "backend", None), "max_batch", None))
+        self.states = {f.name: SourceState(f, min_consecutive) for f in self.merge.feeds}
+        self.sources = {name: st.source for name, st in self.states.items()}
+        self.min_consecutive = min_consecutive
         self.out_q: queue.Queue = queue.Queue(maxsize=queue_size)
         self.stats = StageStats()
+        self.latency = LatencyStats()  # capture -> result, per frame, all sources
         self.fps = FpsMeter()
         self.processed = 0
         self.anomalous = 0
         self.stop_reason = "end of source"
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._inference_done = threading.Event()  # capture must not block on a queue nobody reads
+        self._inference_done = threading.Event()
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
-        """Ask for a clean stop (safe from signal handlers and other threads)."""
+        """Ask for a clean stop of every source (safe from signal handlers and other threads)."""
         if not self._stop.is_set():
             self.stop_reason = reason
             self._stop.set()
-        self.source.stop()
+        self.merge.stop()
 
-    def _put_frames(self, item) -> bool:
-        """Capture -> inference; gives up when inference has ended (it drains nothing more)."""
-        while not self._inference_done.is_set():
-            try:
-                self.in_q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    # -- threads ---------------------------------------------------------------------------
-    def _skipped(self) -> list[SourceEvent]:
-        """The source's skipped inputs as ``corrupt`` events (taken in the capture thread, so they
-        travel with the batch of the next good frame and reach the sinks in input order)."""
-        return [SourceEvent("corrupt", self.source.label, name, reason, ts, index)
-                for name, reason, ts, index in self.source.take_skipped()]
-
-    def _capture(self) -> None:
-        taken = 0
-        pending: list[Frame] = []
-        notices: list[SourceEvent] = []
-        try:
-            for frame in self.source:
-                notices += self._skipped()
-                pending.append(frame)
-                taken += 1
-                if len(pending) >= self.batch:
-                    if not self._put_frames((pending, notices)):
-                        return
-                    pending, notices = [], []
-                if self.max_frames is not None and taken >= self.max_frames:
-                    self.stop("max frames")
-                    break
-                if self._stop.is_set():
-                    break
-            notices += self._skipped()
-            if pending or notices:
-                self._put_frames((pending, notices))
-        except AdtrError as e:
-            self.errors.append(str(e))
-        except Exception as e:  # a bug or an OpenCV failure: report it, still shut down cleanly
-            log.exception("capture failed")
-            self.errors.append(f"capture failed: {e.__class__.__name__}: {e}")
-        finally:
-            self._put_frames(_END)
-
+    # -- sink thread -----------------------------------------------------------------------
     def _deliver(self) -> None:
         failed: set[int] = set()
         while True:
@@ -212,20 +163,93 @@ class Pipeline:
                     log.error("%s", msg)
                     self.stop("sink error")
 
-    def _batches(self, frames_in_flight: deque) -> Iterator[list]:
-        while True:
-            try:
-                item = self.in_q.get(timeout=0.1)
-            except queue.Empty:
+    # -- inference thread ------------------------------------------------------------------
+    def _batches(self, in_flight: deque) -> Iterator[list]:
+        for step in self.merge.steps():
+            if not step.frames and not any(s.frames for s in in_flight):
+                self._emit_frameless(step)  # nothing in flight to keep order with
                 continue
-            if item is _END:
-                return
-            frames, notices = item
-            if not frames:  # only skipped inputs (the last files of a folder): nothing to infer
+            in_flight.append(step)
+            if step.frames:
+                yield [f.image for f in step.frames]
+
+    def _drain_frameless(self, in_flight: deque) -> None:
+        """Steps without frames (skipped inputs, ended sources) that queued behind a batch."""
+        while in_flight and not in_flight[0].frames:
+            self._emit_frameless(in_flight.popleft())
+
+    def _emit_frameless(self, step: Step) -> None:
+        for _, _, notices in step.items:
+            if notices:
                 self.out_q.put(([], notices))
+        self._end_sources(step.ended)
+
+    def _emit(self, step: Step, detections: list) -> None:
+        self._report_backend_gaps(step)
+        self.fps.tick(len(detections))
+        done = time.time()
+        at = 0
+        for feed, frames, notices in step.items:
+            st = self.states[feed.name]
+            dets = detections[at: at + len(frames)]
+            at += len(frames)
+            if frames:
+                st.fps.tick(len(frames))
+            results: list[FrameResult] = []
+            for frame, det in zip(frames, dets):
+                due = [n for n in notices if n.frame is not None and n.frame <= frame.index]
+                if due:  # inputs skipped just before this frame: in input order in the events
+                    if results:
+                        self.out_q.put((results, []))
+                        results = []
+                    self.out_q.put(([], due))
+                    notices = notices[len(due):]
+                self.stats.add(det.timings)
+                ms = (done - frame.timestamp) * 1e3
+                st.latency.add(ms)
+                self.latency.add(ms)
+                self.processed += 1
+                st.processed += 1
+                self.anomalous += int(det.label)
+                st.anomalous += int(det.label)
+                events = st.alarms.update(frame, det)
+                results.append(FrameResult(frame, det, st.name, st.alarms.active, st.fps.current, events))
+            if results or notices:  # notices: inputs skipped after the item's last frame
+                # The sink thread never dies (it contains sink failures), so this put always returns.
+                self.out_q.put((results, notices))
+        self._end_sources(step.ended)
+
+    def _report_backend_gaps(self, step: Step) -> None:
+        """A remote backend's outages (server lost and back) as ``backend_gap`` events, sent before
+        the first frames that ran after it, so the events file shows where the stream waited: one
+        per source with frames in that step (each waited), at the index of its first such frame."""
+        gaps = self.detector.backend.take_gaps()
+        firsts = [(feed.name, frames[0].index) for feed, frames, _ in step.items if frames]
+        for gap in gaps:
+            reason = f"no inference for {gap['seconds']:.2f} s ({gap['reason']})"
+            self.out_q.put(([], [SourceEvent("backend_gap", name, gap["server"], reason, gap["start"], index)
+                                 for name, index in firsts]))
+
+    def _end_sources(self, feeds: Sequence[Feed]) -> None:
+        """Close the alarm of each ended source, report a lost one; the others go on."""
+        for feed in feeds:
+            st = self.states[feed.name]
+            if st.ended_by is not None:
                 continue
-            frames_in_flight.append(item)
-            yield [f.image for f in frames]
+            st.ended_by = "stopped" if self._stop.is_set() and feed.ended_by == "end of source" else feed.ended_by
+            error = feed.error or feed.source.error
+            events: list = st.alarms.finish("source lost" if feed.source.error else "stream end")
+            if error:
+                msg = error if st.name == feed.source.label else f"{st.name}: {error}"
+                self.errors.append(msg)
+                log.error("%s", msg)
+                kind = "source_lost" if feed.source.error else "capture_error"
+                events.append(SourceEvent(kind, st.name, feed.source.label, error, time.time()))
+            running = sum(s.ended_by is None for s in self.states.values())
+            if len(self.states) > 1:
+                log.info("source %r ended (%s); %d of %d still running", st.name, st.ended_by, running, len(self.states))
+            if events:
+                self.out_q.put(([], events))
 
     # -- run -------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -233,32 +257,15 @@ class Pipeline:
         self._started = started
         for sink in self.sinks:
             sink.attach(self)
-        capture = threading.Thread(target=self._capture, name="capture", daemon=True)
         deliver = threading.Thread(target=self._deliver, name="sinks", daemon=True)
         deliver.start()
-        capture.start()
-        in_flight: deque[tuple[list[Frame], list[SourceEvent]]] = deque()
+        self.merge.start()
+        in_flight: deque[Step] = deque()
         try:
             for detections in self.detector.detect_batches(self._batches(in_flight)):
-                frames, notices = in_flight.popleft()
-                self._report_backend_gaps(frames[0].index if frames else None)
-                results = []
-                self.fps.tick(len(frames))
-                for frame, det in zip(frames, detections):
-                    due = [n for n in notices if n.frame is not None and n.frame <= frame.index]
-                    if due:  # inputs skipped just before this frame: in input order in the events
-                        if results:
-                            self.out_q.put((results, []))
-                            results = []
-                        self.out_q.put(([], due))
-                        notices = notices[len(due):]
-                    self.stats.add(det.timings)
-                    self.processed += 1
-                    self.anomalous += int(det.label)
-                    events = self.alarms.update(frame, det)
-                    results.append(FrameResult(frame, det, self.source.label, self.alarms.active, self.fps.current, events))
-                # The sink thread never dies (it contains sink failures), so this put always returns.
-                self.out_q.put((results, notices))  # inputs skipped after the batch's last frame
+                self._drain_frameless(in_flight)
+                self._emit(in_flight.popleft(), detections)
+                self._drain_frameless(in_flight)
         except Exception as e:
             self.errors.append(str(e) if isinstance(e, AdtrError) else f"inference failed: {e.__class__.__name__}: {e}")
             if not isinstance(e, AdtrError):
@@ -266,48 +273,49 @@ class Pipeline:
             self.stop("error")
         finally:
             self._inference_done.set()
-            self.out_q.put(([], self.alarms.finish()))
+            self.merge.abandon()  # readers blocked on a full feed must not wait for a taker
+            for step in in_flight:  # after an error: the ends of sources still get reported
+                self._end_sources(step.ended)
+            self._end_sources(self.merge.feeds)
             self.out_q.put(_END)
-            capture.join(timeout=10.0)
+            self.merge.join(timeout=10.0)
             deliver.join()
-            self.source.close()
+            for src in self.sources.values():
+                src.close()
             for sink in self.sinks:
                 try:
                     sink.close()
                 except Exception as e:
                     self.errors.append(f"closing {type(sink).__name__}: {e}")
-        if self.source.error:
-            self.errors.append(self.source.error)
-            self.stop_reason = "source lost"
+        if not self._stop.is_set():
+            self.stop_reason = self._end_reason()
         wall = time.perf_counter() - started
         return self.summary(wall)
 
-    def _report_backend_gaps(self, next_frame: int | None) -> None:
-        """A remote backend's outages (server lost and back) as ``backend_gap`` events, sent before
-        the first frame that ran after it, so the events file shows where the stream waited."""
-        for gap in self.detector.backend.take_gaps():
-            reason = f"no inference for {gap['seconds']:.2f} s ({gap['reason']})"
-            self.out_q.put(([], [SourceEvent("backend_gap", self.source.label, gap["server"], reason, gap["start"], next_frame)]))
+    def _end_reason(self) -> str:
+        ends = [st.ended_by for st in self.states.values()]
+        if all(e in BAD_ENDS for e in ends):
+            return "source lost" if "source lost" in ends else "error"
+        good = [e for e in ends if e not in BAD_ENDS]
+        return "max frames" if all(e == "max frames" for e in good) else "end of source"
 
     def status(self) -> dict:
         """Live health, safe to call from any thread while ``run`` goes on (plain reads of counters
         the pipeline threads update): what a web view or a metrics endpoint shows. ``sources`` maps
-        each source's label to its counters, so many-camera pipelines keep one shape."""
+        each source's name to its counters, one entry per source."""
         started = getattr(self, "_started", None)
-        c = self.source.counters()
         return {
             "backend": self.detector.backend_name,
             "threshold": self.detector.thresholds.threshold,
             "frames": self.processed,
             "anomalous": self.anomalous,
-            "alarms": self.alarms.count,
+            "alarms": sum(st.alarms.count for st in self.states.values()),
             "fps": self.fps.current,
             "uptime_s": round(time.perf_counter() - started, 3) if started is not None else 0.0,
             "stages_ms": self.stats.summary(),
             "running": started is not None and not self._inference_done.is_set(),
             **self._backend_counters(),
-            "sources": {self.source.label: {**c, "live": self.source.live, "alarm": self.alarms.active,
-                                            "anomalous": self.anomalous, "alarms": self.alarms.count}},
+            "sources": {name: st.counters() for name, st in self.states.items()},
             "errors": list(self.errors),
         }
 
@@ -316,30 +324,38 @@ class Pipeline:
         return {"backend_reconnects": c["reconnects"], "backend_gap_s": c["gap_s"]}
 
     def summary(self, wall_s: float) -> dict:
-        c = self.source.counters()
+        """Totals at the top (the single-source keys), one entry per source under ``sources``."""
+        per = {name: st.summary(wall_s) for name, st in self.states.items()}
+        several = len(per) > 1
+        alarm_list = [dict(a, source=name) if several else a for name, s in per.items() for a in s["alarm_list"]]
         return {
-            "source": self.source.label,
+            "source": ", ".join(per),
             "backend": self.detector.backend_name,
             "threshold": self.detector.thresholds.threshold,
             "frames": self.processed,
             "anomalous": self.anomalous,
-            "drops": c["drops"],
-            "corrupt": c["corrupt"],
-            "reconnects": c["reconnects"],
+            "drops": sum(s["drops"] for s in per.values()),
+            "corrupt": sum(s["corrupt"] for s in per.values()),
+            "reconnects": sum(s["reconnects"] for s in per.values()),
             **self._backend_counters(),
             "wall_s": round(wall_s, 3),
             "fps": round(self.processed / wall_s, 3) if wall_s > 0 else None,
             "stages_ms": self.stats.summary(),
-            "alarms": self.alarms.count,
-            "alarm_list": list(self.alarms.history),
-            "min_consecutive": self.alarms.min_consecutive,
+            "latency_ms": self.latency.summary(),
+            "alarms": sum(s["alarms"] for s in per.values()),
+            "alarm_list": alarm_list,
+            "min_consecutive": self.min_consecutive,
             "stopped_by": self.stop_reason,
             "errors": list(self.errors),
+            "sources_lost": sum(s["ended_by"] == "source lost" for s in per.values()),
+            "sources": per,
         }
 
 
 def format_summary(s: dict) -> str:
     """The summary as a few aligned lines for a terminal."""
+    per = s.get("sources") or {}
+    lat = s.get("latency_ms") or {}
     lines = [
         f"source      {s['source']}  (backend {s['backend']}, threshold {s['threshold']:.6g})",
         f"frames      {s['frames']}  anomalous {s['anomalous']}  drops {s['drops']}  corrupt {s['corrupt']}  reconnects {s['reconnects']}",
@@ -347,8 +363,14 @@ def format_summary(s: dict) -> str:
           if s.get("backend_reconnects") else []),
         f"throughput  {s['fps'] or 0:.2f} FPS over {s['wall_s']:.2f} s  (stopped by {s['stopped_by']})",
         f"alarms      {s['alarms']} (>= {s['min_consecutive']} consecutive anomalous frames)",
-        "stage ms    " + "mean / p50 / p95",
     ]
+    if lat.get("count"):
+        lines.append(f"latency     p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  (capture to result)")
+    if len(per) > 1:
+        for name, p in per.items():
+            lines.append(f"  {name:<12}frames {p['frames']}  anomalous {p['anomalous']}  drops {p['drops']}  "
+                         f"reconnects {p['reconnects']}  alarms {p['alarms']}  ({p['ended_by']})")
+    lines.append("stage ms    " + "mean / p50 / p95")
     for name, st in s["stages_ms"].items():
         if st["count"]:
             lines.append(f"  {name:<12}{st['mean']:9.2f} {st['p50']:9.2f} {st['p95']:9.2f}")
@@ -382,9 +404,26 @@ def stop_on_signals(pipeline: Pipeline):
             signal.signal(sig, old)
 
 
+def _per_source_sinks(opened: Sequence[tuple[str, Source]], save_anomalies, record, show, request_stop) -> list[Sink]:
+    """--save-anomalies, --record and --show of a many-source stream: one sink per source
+    (a subfolder, a file suffix, a window per name)."""
+    sinks: list[Sink] = []
+    if save_anomalies is not None:
+        safe = file_safe_names([n for n, _ in opened], "--save-anomalies")
+        sinks.append(PerSource({n: AnomalySaver(Path(save_anomalies) / safe[n]) for n, _ in opened}))
+    if record is not None:
+        safe = file_safe_names([n for n, _ in opened], "--record")
+        rec = Path(record)
+        sinks.append(PerSource({n: VideoRecorder(rec.with_name(f"{rec.stem}-{safe[n]}{rec.suffix}"), src.fps)
+                                for n, src in opened}))
+    if show:
+        sinks.append(PerSource({n: WindowSink(request_stop, title=f"adtr-edge: {n}") for n, _ in opened}))
+    return sinks
+
+
 def run_stream(
     model_dir: str | Path,
-    source: int | str | Path,
+    source: Any,
     *,
     backend: str = "auto",
     threshold: float | None = None,
@@ -402,29 +441,44 @@ def run_stream(
     extra_sinks: Sequence[Sink] = (),
     print_summary: bool = True,
     handle_signals: bool = True,
+    gather_ms: float = GATHER_S * 1e3,
 ) -> dict:
     """Stream ``source`` through the model in ``model_dir``; returns the summary dict.
 
+    ``source``: one spelling (``open_source``), or several as a list of spellings, (name, spelling)
+    pairs or ``NamedSource`` entries (``runtime/source_list.py``); names must be unique.
     ``events``: a JSON Lines file or "-" for stdout; ``save_anomalies``: folder for anomalous
-    frames + overlays; ``record``: overlay video file; ``show``: live window. The summary is
-    printed (to stderr when events go to stdout) and written to ``summary_path`` if given.
+    frames + overlays; ``record``: overlay video file; ``show``: live window. With several sources
+    these are per source: a subfolder / a ``-NAME`` file suffix / a window per name. ``max_frames``
+    counts per source; ``gather_ms`` bounds how long a step waits for a source with no frame ready.
+    The summary is printed (to stderr when events go to stdout) and written to ``summary_path``.
     """
+    entries = resolve_names(as_named(source))  # a duplicate name fails before anything is opened
     detector = Detector.load(model_dir, backend=backend, threshold=threshold, **(backend_options or {}))
     sinks: list[Sink] = []
-    src = None
+    opened: list[tuple[str, Source]] = []
     try:
-        src = open_source(source, opener=opener, reconnect=reconnect)
+        for name, entry in entries:
+            opened.append((name, open_source(entry.spec, opener=opener, reconnect=reconnect)))
+        pipeline_ref: list[Pipeline] = []
+
+        def request_stop() -> None:
+            pipeline_ref[0].stop("window closed")
+
         if events is not None:
             sinks.append(JsonlSink(events))
-        if save_anomalies is not None:
-            sinks.append(AnomalySaver(save_anomalies))
-        if record is not None:
-            sinks.append(VideoRecorder(record, src.fps))
-        pipeline_ref: list[Pipeline] = []
-        if show:
-            sinks.append(WindowSink(lambda: pipeline_ref[0].stop("window closed")))
+        if len(opened) > 1:
+            sinks.extend(_per_source_sinks(opened, save_anomalies, record, show, request_stop))
+        else:
+            if save_anomalies is not None:
+                sinks.append(AnomalySaver(save_anomalies))
+            if record is not None:
+                sinks.append(VideoRecorder(record, opened[0][1].fps))
+            if show:
+                sinks.append(WindowSink(request_stop))
         sinks.extend(extra_sinks)
-        pipeline = Pipeline(detector, src, sinks, batch=batch, min_consecutive=min_consecutive, max_frames=max_frames)
+        pipeline = Pipeline(detector, opened, sinks, batch=batch, min_consecutive=min_consecutive, max_frames=max_frames,
+                            gather_s=gather_ms / 1e3)
         pipeline_ref.append(pipeline)
         with stop_on_signals(pipeline) if handle_signals else contextlib.nullcontext():
             summary = pipeline.run()
@@ -432,7 +486,7 @@ def run_stream(
         for s in sinks:
             with contextlib.suppress(Exception):
                 s.close()
-        if src is not None:
+        for _, src in opened:
             src.close()
         raise
     finally:

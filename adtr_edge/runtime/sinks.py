@@ -191,9 +191,10 @@ class WindowSink(Sink):
 
     TITLE = "adtr-edge"
 
-    def __init__(self, request_stop: Callable[[], None]):
+    def __init__(self, request_stop: Callable[[], None], title: str = TITLE):
+        self.title = title
         try:
-            cv2.namedWindow(self.TITLE, cv2.WINDOW_NORMAL)
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
         except cv2.error:
             raise AdtrError(
                 "--show needs OpenCV with GUI support (opencv-python-headless has none; use opencv-python or JetPack's OpenCV)"
@@ -203,12 +204,44 @@ class WindowSink(Sink):
     def on_frame(self, r: FrameResult) -> None:
         d = r.detection
         pane = visualize.three_pane(r.frame.image, d.anomaly_map, d.thresholds, d.score, d.normalized_score, d.label, fps=r.fps)
-        cv2.imshow(self.TITLE, pane)
+        cv2.imshow(self.title, pane)
         if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
             self.request_stop()
 
     def close(self) -> None:
         try:
-            cv2.destroyWindow(self.TITLE)
+            cv2.destroyWindow(self.title)
         except cv2.error:
             pass
+
+
+class PerSource(Sink):
+    """One sink per source name (the ``--save-anomalies`` subfolders, ``--record`` files and
+    windows of a many-source stream): each frame and event goes to the sink of its source."""
+
+    def __init__(self, sinks: dict[str, Sink]):
+        self.sinks = dict(sinks)
+
+    def attach(self, pipeline) -> None:
+        for s in self.sinks.values():
+            s.attach(pipeline)
+
+    def on_frame(self, result: FrameResult) -> None:
+        sink = self.sinks.get(result.source)
+        if sink is not None:
+            sink.on_frame(result)
+
+    def on_alarm(self, event: AlarmEvent | SourceEvent) -> None:
+        sink = self.sinks.get(event.source)
+        if sink is not None:
+            sink.on_alarm(event)
+
+    def close(self) -> None:
+        first = None
+        for s in self.sinks.values():  # every one is closed (flushed) even when one fails
+            try:
+                s.close()
+            except Exception as e:
+                first = first or e
+        if first is not None:
+            raise first

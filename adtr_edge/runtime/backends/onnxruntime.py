@@ -45,6 +45,9 @@ class OnnxRuntimeBackend(Backend):
     ``intra_op_threads``: threads per session (None = ONNX Runtime's default, one per core);
     ``providers``: explicit execution providers, e.g. ``["CPUExecutionProvider"]``;
     ``exact_qdq``: run Q/DQ pairs unfused (None = only for a ``--target tensorrt`` folder, see above).
+    ``spinning``: whether idle intra-op threads spin (None = ONNX Runtime's default, on). Off, they
+    sleep: on a busy or shared CPU a spinning pool of N threads burns N cores' worth of scheduler
+    share for one thread's work (docs/benchmarks.md section 9).
     """
 
     name = "onnxruntime"
@@ -56,6 +59,7 @@ class OnnxRuntimeBackend(Backend):
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
         exact_qdq: bool | None = None,
+        spinning: bool | None = None,
     ):
         folder = read_model_folder(model_dir, accept=ONNX_KINDS, purpose="the onnxruntime backend")
         if intra_op_threads is not None and int(intra_op_threads) < 1:
@@ -69,6 +73,7 @@ class OnnxRuntimeBackend(Backend):
         self.config = onnxruntime_config(folder.meta.raw)
         if exact_qdq is not None:
             self.config = {"session.disable_quant_qdq": "1"} if exact_qdq else {}
+        self.spinning = None if spinning is None else bool(spinning)
         self.sessions: dict = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -83,6 +88,8 @@ class OnnxRuntimeBackend(Backend):
             opts.add_session_config_entry(key, value)
         if self.config:
             log.info("TensorRT-form INT8 folder: Q/DQ run unfused (exact rounding, as TensorRT computes it)")
+        if self.spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         sessions = {}
         for graph in (BACKBONE, TRANSFORMER):
             path = self.folder.graph_file(graph)
