@@ -66,6 +66,12 @@ def register(app: typer.Typer) -> None:
         reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
         cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
         cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
+        mqtt: Optional[str] = typer.Option(
+            None, "--mqtt", help="Alarms to MQTT, QoS 1: mqtt://[user:pw@]host[:port][/prefix][?alarms=T&frames=T&status=T] (spooled on disk first)."),
+        mqtt_frames: bool = typer.Option(False, "--mqtt-frames", help="Also publish every frame's score to the frames topic."),
+        webhook: Optional[str] = typer.Option(None, "--webhook", help="Alarms as JSON POSTs to URL, retried with back-off (spooled on disk first)."),
+        spool: Optional[Path] = typer.Option(None, "--spool", help="Folder of the delivery spool (default: ~/.local/state/adtr-edge/spool)."),
+        spool_max_mb: float = typer.Option(64.0, "--spool-max-mb", help="Most MB of undelivered events kept per destination; beyond, new ones are dropped and counted."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
@@ -78,22 +84,30 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"model: {model_dir}", err=True)
         options = {"intra_op_threads": threads} if threads is not None else {}
         options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
-        result = run_stream(
-            model_dir,
-            camera if camera is not None else source,
-            backend=backend,
-            threshold=threshold,
-            events=events,
-            save_anomalies=save_anomalies,
-            record=record,
-            show=show,
-            min_consecutive=min_consecutive,
-            max_frames=max_frames,
-            batch=batch,
-            summary_path=summary,
-            reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
-            backend_options=options,
-        )
+        from .delivery.factory import delivery_sinks
+
+        delivery = delivery_sinks(mqtt=mqtt, mqtt_frames=mqtt_frames, webhook=webhook, spool=spool, spool_max_mb=spool_max_mb)
+        try:
+            result = run_stream(
+                model_dir,
+                camera if camera is not None else source,
+                backend=backend,
+                threshold=threshold,
+                events=events,
+                save_anomalies=save_anomalies,
+                record=record,
+                show=show,
+                min_consecutive=min_consecutive,
+                max_frames=max_frames,
+                batch=batch,
+                summary_path=summary,
+                reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
+                backend_options=options,
+                extra_sinks=delivery,
+            )
+        finally:  # run_stream closes them; this covers a failure before it starts (closing twice is a no-op)
+            for sink in delivery:
+                sink.close()
         if result["errors"] and result["stopped_by"] in ("source lost", "error", "sink error"):
             raise AdtrError(result["errors"][-1])
 

@@ -29,7 +29,7 @@ from ..errors import AdtrError
 from ..fileio import write_json_atomic
 from .detector import Detection, Detector
 from .events import AlarmEvent, FrameResult, SourceEvent
-from .sinks import AnomalySaver, JsonlSink, Sink, VideoRecorder, WindowSink
+from .sinks import AnomalySaver, JsonlSink, Sink, VideoRecorder, WindowSink, merge_sink_summaries
 from .sources import Frame, Opener, ReconnectPolicy, Source, open_source
 from .stats import FpsMeter, StageStats
 
@@ -287,7 +287,7 @@ class Pipeline:
         each source's label to its counters, so many-camera pipelines keep one shape."""
         started = getattr(self, "_started", None)
         c = self.source.counters()
-        return {
+        return merge_sink_summaries({
             "backend": self.detector.backend_name,
             "threshold": self.detector.thresholds.threshold,
             "frames": self.processed,
@@ -300,11 +300,11 @@ class Pipeline:
             "sources": {self.source.label: {**c, "live": self.source.live, "alarm": self.alarms.active,
                                             "anomalous": self.anomalous, "alarms": self.alarms.count}},
             "errors": list(self.errors),
-        }
+        }, self.sinks)
 
     def summary(self, wall_s: float) -> dict:
         c = self.source.counters()
-        return {
+        return merge_sink_summaries({
             "source": self.source.label,
             "backend": self.detector.backend_name,
             "threshold": self.detector.thresholds.threshold,
@@ -321,7 +321,7 @@ class Pipeline:
             "min_consecutive": self.alarms.min_consecutive,
             "stopped_by": self.stop_reason,
             "errors": list(self.errors),
-        }
+        }, self.sinks)
 
 
 def format_summary(s: dict) -> str:
@@ -336,6 +336,8 @@ def format_summary(s: dict) -> str:
     for name, st in s["stages_ms"].items():
         if st["count"]:
             lines.append(f"  {name:<12}{st['mean']:9.2f} {st['p50']:9.2f} {st['p95']:9.2f}")
+    for name, d in s.get("delivery", {}).items():  # the MQTT / webhook sinks (runtime/delivery)
+        lines.append(f"delivery    {name}: delivered {d['delivered']}  backlog {d['backlog']}  dropped {d['dropped']}  (spool {d['spool']})")
     for err in s["errors"]:
         lines.append(f"error       {err}")
     return "\n".join(lines)
@@ -413,7 +415,9 @@ def run_stream(
         with stop_on_signals(pipeline) if handle_signals else contextlib.nullcontext():
             summary = pipeline.run()
     except BaseException:
-        for s in sinks:
+        # extra_sinks too: a failure before they joined ``sinks`` (a bad --source) must still
+        # stop their threads; closing twice is harmless.
+        for s in sinks + [x for x in extra_sinks if x not in sinks]:
             with contextlib.suppress(Exception):
                 s.close()
         if src is not None:
