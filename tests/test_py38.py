@@ -29,6 +29,8 @@ ENTRY_MODULES = (
     "adtr_edge.runtime.pipeline", "adtr_edge.engine.builder", "adtr_edge.engine.quantize", "adtr_edge.export.inspect",
     "adtr_edge.export.opset",
 )
+# Event delivery (runtime/delivery: spool, MQTT, webhook) runs on the device too; paho loads lazily.
+ENTRY_MODULES += ("adtr_edge.runtime.delivery.factory", "adtr_edge.runtime.delivery.mqtt", "adtr_edge.runtime.delivery.webhook")
 TRAINING_SIDE = ("adtr_edge.model", "adtr_edge.train", "adtr_edge.evaluate", "adtr_edge.plots", "adtr_edge.baselines")
 DEVICE_SCRIPTS = ("scripts/validate_device.py",)
 
