@@ -210,6 +210,10 @@ class MqttSink(SpoolingSink):
             if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
                 break
             mids.append(info.mid)
+        if not mids:  # paho refused the first publish outright: do not spin on it
+            log.error("mqtt: publish to %s refused (%s); retrying", self.target.where, self._mqtt.error_string(info.rc))
+            self._stopping.wait(1.0)
+            return 0
         self._wait(lambda: all(m in self._acked for m in mids))
         with self._cond:
             n = 0
