@@ -154,3 +154,16 @@ def test_cli_webhook_errors_are_one_line(model, video, tmp_path, capsys):
     assert rc == 2 and capsys.readouterr().err.strip() == "error: --webhook 'tcp://x': use an http:// or https:// URL"
     rc = cli_main(["stream", str(model), "--source", str(video), "--webhook", "http://127.0.0.1:1/x", "--spool", str(blocker)])
     assert rc == 2 and capsys.readouterr().err.strip() == f"error: --spool {blocker}: is a file, not a folder"
+
+
+def test_a_failed_start_releases_the_spool(video, tmp_path, capsys):
+    """A stream that cannot start (no model there) closes the delivery sinks it was given: the spool
+    is free for the next try in the same process."""
+    from adtr_edge.runtime.delivery.factory import spool_file
+    from adtr_edge.runtime.delivery.spool import Spool
+
+    url = "http://127.0.0.1:1/x"
+    args = ["stream", str(tmp_path / "no-model"), "--source", str(video), "--webhook", url, "--spool", str(tmp_path / "sp")]
+    assert cli_main(args) == 2
+    assert "no-model" in capsys.readouterr().err
+    Spool(spool_file(tmp_path / "sp", "webhook", url), 1000).close()  # not "in use"

@@ -87,27 +87,23 @@ def register(app: typer.Typer) -> None:
         from .delivery.factory import delivery_sinks
 
         delivery = delivery_sinks(mqtt=mqtt, mqtt_frames=mqtt_frames, webhook=webhook, spool=spool, spool_max_mb=spool_max_mb)
-        try:
-            result = run_stream(
-                model_dir,
-                camera if camera is not None else source,
-                backend=backend,
-                threshold=threshold,
-                events=events,
-                save_anomalies=save_anomalies,
-                record=record,
-                show=show,
-                min_consecutive=min_consecutive,
-                max_frames=max_frames,
-                batch=batch,
-                summary_path=summary,
-                reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
-                backend_options=options,
-                extra_sinks=delivery,
-            )
-        finally:  # run_stream closes them; this covers a failure before it starts (closing twice is a no-op)
-            for sink in delivery:
-                sink.close()
+        result = run_stream(
+            model_dir,
+            camera if camera is not None else source,
+            backend=backend,
+            threshold=threshold,
+            events=events,
+            save_anomalies=save_anomalies,
+            record=record,
+            show=show,
+            min_consecutive=min_consecutive,
+            max_frames=max_frames,
+            batch=batch,
+            summary_path=summary,
+            reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
+            backend_options=options,
+            extra_sinks=delivery,
+        )
         if result["errors"] and result["stopped_by"] in ("source lost", "error", "sink error"):
             raise AdtrError(result["errors"][-1])
 

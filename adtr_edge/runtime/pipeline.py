@@ -395,7 +395,13 @@ def run_stream(
     frames + overlays; ``record``: overlay video file; ``show``: live window. The summary is
     printed (to stderr when events go to stdout) and written to ``summary_path`` if given.
     """
-    detector = Detector.load(model_dir, backend=backend, threshold=threshold, **(backend_options or {}))
+    try:
+        detector = Detector.load(model_dir, backend=backend, threshold=threshold, **(backend_options or {}))
+    except BaseException:  # the caller's sinks are ours to close on every path (they may hold threads, locks)
+        for s in extra_sinks:
+            with contextlib.suppress(Exception):
+                s.close()
+        raise
     sinks: list[Sink] = []
     src = None
     try:
