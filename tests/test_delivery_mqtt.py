@@ -72,13 +72,17 @@ class Outage(Sink):
 
     def __init__(self, broker, mqtt_sink, down_at, up_at):
         self.broker, self.mqtt, self.down_at, self.up_at = broker, mqtt_sink, down_at, up_at
-        self.backlog_at_restart = None
+        self.backlog_at_restart = self.status_at_restart = None
+
+    def attach(self, pipeline):
+        self.pipeline = pipeline
 
     def on_frame(self, r):
         if r.frame.index == self.down_at:
             self.broker.stop()
         elif r.frame.index == self.up_at:
             self.backlog_at_restart = self.mqtt.backlog()
+            self.status_at_restart = self.pipeline.status()["delivery"]["mqtt"]  # what a web view / metrics read live
             self.broker.start()
 
 
@@ -106,6 +110,7 @@ def test_broker_outage_mid_stream_loses_nothing(broker, video, tmp_path, caplog)
     assert all(e["source"] == str(video) for e in alarms)
     # The outage happened: events waited in the spool while the broker was down.
     assert outage.backlog_at_restart and outage.backlog_at_restart > 0
+    assert outage.status_at_restart["backlog"] >= outage.backlog_at_restart and outage.status_at_restart["dropped"] == 0
     assert any("lost broker" in r.getMessage() for r in caplog.records)
     assert summary["delivery"]["mqtt"] == {**summary["delivery"]["mqtt"], "delivered": 108, "backlog": 0, "dropped": 0}
     print(f"outage: {outage.backlog_at_restart} events spooled while the broker was down; "
