@@ -22,7 +22,7 @@ from adtr_edge.runtime.pipeline import run_stream
 from adtr_edge.runtime.sinks import Sink
 
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed (pip install -e '.[factory]')")
-from tests.mqtt_broker import Broker, Subscriber, free_port  # noqa: E402
+from tests.mqtt_broker import Broker, Subscriber, free_port, wait_until  # noqa: E402
 
 from adtr_edge.runtime.delivery.factory import delivery_sinks  # noqa: E402
 from adtr_edge.runtime.delivery.mqtt import parse_mqtt_url  # noqa: E402
@@ -147,6 +147,7 @@ def test_retained_status_online_then_offline_and_last_will(broker, tmp_path):
     # A clean stop replaces the retained status with its own "offline".
     sink = delivery_sinks(mqtt=broker.url + "/cell", spool=spool, **FAST)[0]
     sink.start()
+    assert wait_until(lambda: sink._connected, timeout=10)  # an unconnected sink has nothing to announce
     sink.close()
     later = Subscriber(broker.port, ["cell/status"], client_id="status-2")
     assert later.wait_for(lambda: later.events("cell/status"))
