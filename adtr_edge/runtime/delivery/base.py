@@ -90,7 +90,10 @@ class SpoolingSink(Sink, abc.ABC):
         body = json.dumps({"id": eid, **event}, separators=(",", ":")).encode()
         try:
             self._q.put_nowait((kind, eid, body))
-            self._behind = False
+            # Hysteresis: a writer that frees one slot at a time must not make a line per event.
+            if self._behind and self._q.qsize() < self._q.maxsize // 2:
+                self._behind = False
+                log.warning("%s: the spool writer caught up (%d events dropped so far)", self.name, self.dropped)
         except queue.Full:
             self.dropped += 1
             if not self._behind:
