@@ -58,6 +58,7 @@ class SpoolingSink(Sink, abc.ABC):
         self.dropped = 0
         self._full = False  # logging state: one line when the spool fills, one when it has room again
         self._behind = False
+        self._holding = 0  # events the writer took from the queue and has not committed yet
         self._started = False
         self._closed = False
 
@@ -116,7 +117,9 @@ class SpoolingSink(Sink, abc.ABC):
                         batch.append(self._q.get_nowait())
                     except queue.Empty:
                         break
+                self._holding = len(batch)
                 self._write(batch)
+                self._holding = 0
         finally:
             self._writer_done.set()
 
@@ -181,7 +184,7 @@ class SpoolingSink(Sink, abc.ABC):
     # -- end -------------------------------------------------------------------------------
     def backlog(self) -> int:
         """Events not yet confirmed by the destination (spooled or on their way to the spool)."""
-        return self.spool.count + self._q.qsize()
+        return self.spool.count + self._q.qsize() + self._holding
 
     def summary(self) -> dict:
         return {"delivery": {self.name: {"delivered": self.delivered, "backlog": self.backlog(), "dropped": self.dropped,
