@@ -167,3 +167,9 @@ def test_a_failed_start_releases_the_spool(video, tmp_path, capsys):
     assert cli_main(args) == 2
     assert "no-model" in capsys.readouterr().err
     Spool(spool_file(tmp_path / "sp", "webhook", url), 1000).close()  # not "in use"
+
+
+def test_stream_help_lists_the_delivery_options(capsys):
+    assert cli_main(["stream", "--help"]) == 0  # rich renders the help: no stray [markup] in it
+    out = capsys.readouterr().out
+    assert all(opt in out for opt in ("--mqtt", "--mqtt-frames", "--webhook", "--spool", "--spool-max-mb"))

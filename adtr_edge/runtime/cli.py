@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
         cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
         mqtt: Optional[str] = typer.Option(
-            None, "--mqtt", help="Alarms to MQTT, QoS 1: mqtt://[user:pw@]host[:port][/prefix][?alarms=T&frames=T&status=T] (spooled on disk first)."),
+            None, "--mqtt", help="Alarms to MQTT, QoS 1: mqtt://host:port/prefix (also user:pw@host, ?alarms=T&frames=T&status=T topics); spooled on disk first."),
         mqtt_frames: bool = typer.Option(False, "--mqtt-frames", help="Also publish every frame's score to the frames topic."),
         webhook: Optional[str] = typer.Option(None, "--webhook", help="Alarms as JSON POSTs to URL, retried with back-off (spooled on disk first)."),
         spool: Optional[Path] = typer.Option(None, "--spool", help="Folder of the delivery spool (default: ~/.local/state/adtr-edge/spool)."),
