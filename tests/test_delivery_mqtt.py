@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 PATTERN = [i % 10 in (3, 4, 5) for i in range(90)]  # 9 alarms of 3 frames: 18 alarm events
 FAST = {"reconnect_delay": (0.1, 0.5), "drain_s": 20.0}
 
+
 @pytest.fixture
 def broker(tmp_path):
     b = Broker(tmp_path / "broker")
