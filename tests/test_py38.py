@@ -34,6 +34,8 @@ if all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "prometheus
     # The web view and metrics (stream --http/--metrics) run on devices too; checked where the
     # factory extra is installed (CI installs it).
     ENTRY_MODULES += ("adtr_edge.runtime.web.frontend",)
+# Event delivery (runtime/delivery: spool, MQTT, webhook) runs on the device too; paho loads lazily.
+ENTRY_MODULES += ("adtr_edge.runtime.delivery.factory", "adtr_edge.runtime.delivery.mqtt", "adtr_edge.runtime.delivery.webhook")
 TRAINING_SIDE = ("adtr_edge.model", "adtr_edge.train", "adtr_edge.evaluate", "adtr_edge.plots", "adtr_edge.baselines")
 DEVICE_SCRIPTS = ("scripts/validate_device.py",)
 

@@ -113,6 +113,12 @@ def register(app: typer.Typer) -> None:
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics)."),
         gather_ms: float = typer.Option(5.0, "--gather-ms", min=0.0,
                                         help="Several sources: how long a step waits for a source with no frame ready (ms)."),
+        mqtt: Optional[str] = typer.Option(
+            None, "--mqtt", help="Alarms to MQTT, QoS 1: mqtt://host:port/prefix (also user:pw@host, ?alarms=T&frames=T&status=T topics); spooled on disk first."),
+        mqtt_frames: bool = typer.Option(False, "--mqtt-frames", help="Also publish every frame's score to the frames topic."),
+        webhook: Optional[str] = typer.Option(None, "--webhook", help="Alarms as JSON POSTs to URL, retried with back-off (spooled on disk first)."),
+        spool: Optional[Path] = typer.Option(None, "--spool", help="Folder of the delivery spool (default: ~/.local/state/adtr-edge/spool)."),
+        spool_max_mb: float = typer.Option(64.0, "--spool-max-mb", help="Most MB of undelivered events kept per destination; beyond, new ones are dropped and counted."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
@@ -127,10 +133,14 @@ def register(app: typer.Typer) -> None:
             options["spinning"] = spin
         options.update(tensorrt_options(model_dir, backend, cuda_graphs, cuda_binding))
         options.update(triton_options(backend, server, protocol, triton_model, server_timeout, server_reconnect))
+        from .delivery.factory import delivery_sinks  # paho-mqtt only with --mqtt
         from .web import open_frontend  # starlette/uvicorn/prometheus_client only with --http/--metrics
 
         web = open_frontend(model_dir, http=http, metrics=metrics, token=http_token)  # binds now: a port in use fails first
+        delivery: list = []
         try:
+            # Checked (URLs, topics, spool folder) before the model loads; nothing connects yet.
+            delivery = delivery_sinks(mqtt=mqtt, mqtt_frames=mqtt_frames, webhook=webhook, spool=spool, spool_max_mb=spool_max_mb)
             result = run_stream(
                 model_dir,
                 chosen,
@@ -146,11 +156,11 @@ def register(app: typer.Typer) -> None:
                 summary_path=summary,
                 reconnect=ReconnectPolicy(max_attempts=reconnect_attempts or None),
                 backend_options=options,
-                extra_sinks=web,
+                extra_sinks=[*web, *delivery],
                 gather_ms=gather_ms,
             )
         finally:
-            for sink in web:  # closed again is a no-op; this covers a model that fails to load
+            for sink in [*web, *delivery]:  # closed again is a no-op; this covers a model that fails to load
                 sink.close()
         if result["errors"] and result["stopped_by"] in ("source lost", "error", "sink error"):
             raise AdtrError(result["errors"][-1])

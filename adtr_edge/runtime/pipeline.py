@@ -37,10 +37,11 @@ from .alarms import MAX_ALARM_HISTORY, AlarmTracker
 from .detector import Detector
 from .events import FrameResult, SourceEvent
 from .multisource import GATHER_S, Feed, Merge, Step
-from .sinks import AnomalySaver, JsonlSink, PerSource, Sink, VideoRecorder, WindowSink
+from .sinks import AnomalySaver, JsonlSink, PerSource, Sink, VideoRecorder, WindowSink, merge_sink_summaries
 from .source_list import as_named, file_safe_names, resolve_names
 from .sources import Opener, ReconnectPolicy, Source, open_source
 from .stats import FpsMeter, LatencyStats, StageStats
+from .summary import format_summary
 
 __all__ = ["MAX_ALARM_HISTORY", "AlarmTracker", "Pipeline", "format_summary", "run_stream", "stop_on_signals"]
 
@@ -304,7 +305,7 @@ class Pipeline:
         the pipeline threads update): what a web view or a metrics endpoint shows. ``sources`` maps
         each source's name to its counters, one entry per source."""
         started = getattr(self, "_started", None)
-        return {
+        return merge_sink_summaries({
             "backend": self.detector.backend_name,
             "threshold": self.detector.thresholds.threshold,
             "frames": self.processed,
@@ -317,7 +318,7 @@ class Pipeline:
             **self._backend_counters(),
             "sources": {name: st.counters() for name, st in self.states.items()},
             "errors": list(self.errors),
-        }
+        }, self.sinks)
 
     def _backend_counters(self) -> dict:
         c = self.detector.backend.counters()
@@ -328,7 +329,7 @@ class Pipeline:
         per = {name: st.summary(wall_s) for name, st in self.states.items()}
         several = len(per) > 1
         alarm_list = [dict(a, source=name) if several else a for name, s in per.items() for a in s["alarm_list"]]
-        return {
+        return merge_sink_summaries({
             "source": ", ".join(per),
             "backend": self.detector.backend_name,
             "threshold": self.detector.thresholds.threshold,
@@ -349,34 +350,7 @@ class Pipeline:
             "errors": list(self.errors),
             "sources_lost": sum(s["ended_by"] == "source lost" for s in per.values()),
             "sources": per,
-        }
-
-
-def format_summary(s: dict) -> str:
-    """The summary as a few aligned lines for a terminal."""
-    per = s.get("sources") or {}
-    lat = s.get("latency_ms") or {}
-    lines = [
-        f"source      {s['source']}  (backend {s['backend']}, threshold {s['threshold']:.6g})",
-        f"frames      {s['frames']}  anomalous {s['anomalous']}  drops {s['drops']}  corrupt {s['corrupt']}  reconnects {s['reconnects']}",
-        *([f"backend     {s['backend_reconnects']} reconnect(s), {s['backend_gap_s']:.2f} s without inference"]
-          if s.get("backend_reconnects") else []),
-        f"throughput  {s['fps'] or 0:.2f} FPS over {s['wall_s']:.2f} s  (stopped by {s['stopped_by']})",
-        f"alarms      {s['alarms']} (>= {s['min_consecutive']} consecutive anomalous frames)",
-    ]
-    if lat.get("count"):
-        lines.append(f"latency     p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  (capture to result)")
-    if len(per) > 1:
-        for name, p in per.items():
-            lines.append(f"  {name:<12}frames {p['frames']}  anomalous {p['anomalous']}  drops {p['drops']}  "
-                         f"reconnects {p['reconnects']}  alarms {p['alarms']}  ({p['ended_by']})")
-    lines.append("stage ms    " + "mean / p50 / p95")
-    for name, st in s["stages_ms"].items():
-        if st["count"]:
-            lines.append(f"  {name:<12}{st['mean']:9.2f} {st['p50']:9.2f} {st['p95']:9.2f}")
-    for err in s["errors"]:
-        lines.append(f"error       {err}")
-    return "\n".join(lines)
+        }, self.sinks)
 
 
 @contextlib.contextmanager
@@ -453,8 +427,14 @@ def run_stream(
     counts per source; ``gather_ms`` bounds how long a step waits for a source with no frame ready.
     The summary is printed (to stderr when events go to stdout) and written to ``summary_path``.
     """
-    entries = resolve_names(as_named(source))  # a duplicate name fails before anything is opened
-    detector = Detector.load(model_dir, backend=backend, threshold=threshold, **(backend_options or {}))
+    try:
+        entries = resolve_names(as_named(source))  # a bad or duplicate name fails before anything is opened
+        detector = Detector.load(model_dir, backend=backend, threshold=threshold, **(backend_options or {}))
+    except BaseException:  # the caller's sinks are ours to close on every path (they may hold threads, locks)
+        for s in extra_sinks:
+            with contextlib.suppress(Exception):
+                s.close()
+        raise
     sinks: list[Sink] = []
     opened: list[tuple[str, Source]] = []
     try:
@@ -483,7 +463,9 @@ def run_stream(
         with stop_on_signals(pipeline) if handle_signals else contextlib.nullcontext():
             summary = pipeline.run()
     except BaseException:
-        for s in sinks:
+        # extra_sinks too: a failure before they joined ``sinks`` (a bad --source) must still
+        # stop their threads; closing twice is harmless.
+        for s in sinks + [x for x in extra_sinks if x not in sinks]:
             with contextlib.suppress(Exception):
                 s.close()
         for _, src in opened:

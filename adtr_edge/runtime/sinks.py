@@ -4,7 +4,8 @@ Every sink gets ``attach`` once before the first frame (the running pipeline, fo
 its health or change its detector's threshold), ``on_frame`` for each processed frame, ``on_alarm``
 for the other events (debounced alarm starts and ends, a ``corrupt`` input the source skipped;
 ``adtr_edge.runtime.events``), and ``close`` exactly once (also after Ctrl-C), which flushes what
-it holds. Sinks run on the pipeline's sink thread behind a bounded queue, so a sink that waits
+it holds. ``summary`` may add keys to the stream's summary and live status (delivery counts).
+Sinks run on the pipeline's sink thread behind a bounded queue, so a sink that waits
 (network, a browser) must hand work to its own thread instead of waiting there: a slow sink would
 otherwise slow inference.
 """
@@ -43,6 +44,27 @@ class Sink:
 
     def close(self) -> None:
         pass
+
+    def summary(self) -> dict:
+        """Keys this sink adds to the summary and to ``Pipeline.status()`` (read from any thread);
+        a key several sinks add with dict values is merged one level deep (``{"delivery": {...}}``)."""
+        return {}
+
+
+def merge_sink_summaries(out: dict, sinks) -> dict:
+    """Add each sink's ``summary()`` to ``out`` (see ``Sink.summary``); a failing hook is skipped."""
+    for sink in sinks:
+        try:
+            extra = sink.summary()
+        except Exception as e:
+            log.warning("%s.summary failed: %s", type(sink).__name__, e)
+            continue
+        for key, value in (extra or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**out[key], **value}
+            else:
+                out[key] = value
+    return out
 
 
 def frame_event(r: FrameResult) -> dict:
@@ -235,6 +257,9 @@ class PerSource(Sink):
         sink = self.sinks.get(event.source)
         if sink is not None:
             sink.on_alarm(event)
+
+    def summary(self) -> dict:
+        return merge_sink_summaries({}, self.sinks.values())  # what the per-source sinks add, if anything
 
     def close(self) -> None:
         first = None
