@@ -10,6 +10,7 @@ Series (every per-source series carries ``source``, the label ``status()["source
     adtr_reconnects_total{source}              successful reopenings of a lost live source
     adtr_corrupt_inputs_total{source}          unreadable inputs skipped
     adtr_source_live{source}, adtr_alarm_active{source}          gauges, 0/1
+    adtr_source_fps{source}                    gauge: the source's smoothed frame rate
     adtr_stage_latency_seconds{source,stage}   histogram per stage (preprocess, backbone, ...)
     adtr_fps, adtr_threshold, adtr_running, adtr_uptime_seconds  pipeline gauges
     adtr_delivery_backlog{sink}                events a delivering sink still holds (see below)
@@ -132,6 +133,11 @@ class _Collector:
             for label in labels:
                 fam.add_metric([label], float(bool(sources.get(label, {}).get(key))))
             yield fam
+        fam = GaugeMetricFamily("adtr_source_fps", "Smoothed current frame rate of each source (several share one model).",
+                                labels=["source"])
+        for label in labels:
+            fam.add_metric([label], float(sources.get(label, {}).get("fps") or 0.0))
+        yield fam
         backlog = GaugeMetricFamily("adtr_delivery_backlog", "Events a delivering sink accepted but has not delivered yet.",
                                     labels=["sink"])
         for sink, value in _backlogs(self.metrics.pipeline):
