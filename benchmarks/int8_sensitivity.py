@@ -13,7 +13,8 @@ beside it.
 For each target (``adtr_edge.engine.quantize.TARGETS``), run as its runtime computes it (the
 TensorRT form with exact Q/DQ rounding, the CPU form with ONNX Runtime's fused integer kernels): the whole backbone quantised (per stage),
 then every quantisable layer quantised *alone* (the others float) with the same calibration images,
-and the whole backbone with the ``--top`` most sensitive layers left float. Images: the validation
+and the whole backbone with the ``--top`` most sensitive layers left float, and with the shipped
+plan (``--keep-float auto``) left float. Images: the validation
 split of the test set (``validation_split``), normals only, so the figure is the error the head adds
 to normal frames. Writes ``sensitivity.json`` and ``int8_sensitivity.png`` (bars per layer, coloured
 by stage) under ``--out``; the chart in docs/ comes from here.
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adtr_edge.data.datasets import load_batch, load_dataset, validation_split  # noqa: E402
 from adtr_edge.engine import calibration as calib  # noqa: E402
 from adtr_edge.engine import onnx_tools  # noqa: E402
-from adtr_edge.engine.quantize import TARGETS, calibration_reader, quantize_graph  # noqa: E402
+from adtr_edge.engine.quantize import TARGETS, calibration_reader, float_plan, quantize_graph  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.folder import read_export  # noqa: E402
 
@@ -138,8 +139,12 @@ def main() -> None:
             ranked = sorted(layers, key=lambda n: -per_layer[n]["whitened_mean"])
             kept = ranked[: args.top]
             mixed = run(target, keep_float=kept)
-            print(f"{target}: top {args.top} float: whitened error {mixed['whitened_mean']:.2f}; {time.perf_counter() - t0:.0f} s", flush=True)
-            result["targets"][target] = {"whole": whole, "per_layer": per_layer, "ranked": ranked, "top_float": kept, "mixed": mixed}
+            auto_nodes = float_plan(model, "auto", export.meta.raw["features"]["stages"])
+            auto = run(target, keep_float=auto_nodes)
+            print(f"{target}: top {args.top} float: whitened error {mixed['whitened_mean']:.2f}; --keep-float auto "
+                  f"({len(auto_nodes)} nodes): {auto['whitened_mean']:.2f}; {time.perf_counter() - t0:.0f} s", flush=True)
+            result["targets"][target] = {"whole": whole, "per_layer": per_layer, "ranked": ranked, "top_float": kept, "mixed": mixed,
+                                         "auto_nodes": auto_nodes, "auto": auto}
     write_json_atomic(out / "sensitivity.json", result)
     plot(result, out / "int8_sensitivity.png")
     print(f"wrote {out / 'sensitivity.json'} and {out / 'int8_sensitivity.png'}")
@@ -163,6 +168,8 @@ def plot(result: dict, path: Path) -> None:
         ax.axhline(r["whole"]["whitened_mean"], color="k", ls="--", lw=1, label=f"whole backbone INT8: {r['whole']['whitened_mean']:.2f}")
         ax.axhline(r["mixed"]["whitened_mean"], color="tab:red", ls=":", lw=1,
                    label=f"red layers kept float: {r['mixed']['whitened_mean']:.2f}")
+        ax.axhline(r["auto"]["whitened_mean"], color="tab:green", ls="-.", lw=1,
+                   label=f"--keep-float auto (stem + blocks 0-1 float): {r['auto']['whitened_mean']:.2f}")
         ax.set_title(f"--target {target}: whitened feature error with one layer INT8 (normal residual norm ~ {result['normal_whitened_norm']:.0f})")
         ax.set_ylabel("mean ||dF W||")
         ax.set_xticks(range(len(layers)))

@@ -50,3 +50,16 @@ def test_a_head_fitted_on_another_backbone_is_refused(tmp_path, exported_model):
     check_matched_backbone({}, backbone)  # not a matched pair: nothing to check
     with pytest.raises(AdtrError, match="fitted on another backbone"):
         check_matched_backbone({MATCH_KEY: "0" * 64}, backbone)
+
+
+def test_quantize_warns_only_for_an_unmatched_cpu_form(tmp_path, exported_model, sample_dataset):
+    pytest.importorskip("onnxruntime")
+    from adtr_edge.engine.quantize import quantize_export, warn_unmatched
+
+    assert json.loads((exported_model / "manifest.json").read_text())["meta"]["model"]["score"] == "mahalanobis"
+    images = sample_dataset / "train" / "good"
+    for target, warned in (("tensorrt", False), ("cpu", True)):
+        out = quantize_export(exported_model, images, tmp_path / target, None, 8, 4, log=lambda s: None, target=target)
+        lines = []
+        warn_unmatched(out, log=lines.append)
+        assert bool(lines) == warned and all("quantize-matched CHECKPOINT --target cpu" in line for line in lines)
