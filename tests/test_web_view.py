@@ -111,6 +111,8 @@ def test_threshold_saved_from_the_view_lands_in_the_manifest_with_history(model)
         assert code == 200
         saved = json.loads(body)["saved"]
         assert saved["threshold"] == 0.5 and saved["new_threshold"] == 0.42
+        view = json.loads(http("GET", base + "api/status")[2])["view"]
+        assert view["folder_threshold"] == 0.42 and view["saved"]["new_threshold"] == 0.42  # what the folder holds now
     fe.close()
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["meta"]["postprocess"]["thresholds"]["threshold"] == 0.42

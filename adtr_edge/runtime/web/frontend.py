@@ -113,7 +113,7 @@ class Frontend(Sink):
         if self.pipeline is not None:
             det = self.pipeline.detector
             t = det.meta.thresholds
-            exported = t.threshold
+            exported = self.saved[-1]["new_threshold"] if self.saved else t.threshold  # the folder's value now
             lo, hi = min(t.score_min, t.threshold, det.thresholds.threshold), max(t.score_max, t.threshold, det.thresholds.threshold)
             span = [lo, hi if hi > lo else lo + 1.0]
         s["model"] = self.model
