@@ -119,3 +119,43 @@ def test_one_anomaly_source_per_run(sample_dataset):
     ds = load_dataset(sample_dataset, "train")
     with pytest.raises(AdtrError, match="one anomaly source"):
         build_anomaly_pool(ds, synthetic="confetti", external=sample_dataset / "test" / "good")
+
+
+def test_views_are_the_square_symmetries():
+    from adtr_edge.train.features import AUGMENTS, VIEWS, augment_views
+
+    im = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    seen = {im.tobytes()} | {VIEWS[v](im).tobytes() for v in VIEWS}
+    assert len(seen) == 8  # identity + 7 distinct views: the dihedral group of the square
+    assert np.array_equal(VIEWS["hflip"](im)[:, 0], im[:, -1]) and np.array_equal(VIEWS["vflip"](im)[0], im[-1])
+    assert augment_views("none") == [] and augment_views("flip") == ["hflip", "vflip"] and len(AUGMENTS["d4"]) == 7
+    with pytest.raises(AdtrError, match="--augment 'rot'"):
+        augment_views("rot")
+
+
+def test_augmented_views_are_cached_and_trained_on(tmp_path, sample_dataset):
+    ds = load_dataset(sample_dataset, "train")
+    cache = tmp_path / "cache"
+    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", augment="flip")
+    steps = []
+    import adtr_edge.train.loop as loop
+
+    real_step = loop.step_loss
+
+    def counting(model, f, *a, **k):
+        steps.append(f.shape[0])
+        return real_step(model, f, *a, **k)
+
+    loop.step_loss = counting
+    try:
+        result = train_model(ds, tiny_model_config(), cfg, tmp_path / "run", progress=False, feature_cache=cache)
+    finally:
+        loop.step_loss = real_step
+    names = sorted(p.name.rsplit("-", 1)[-1] for p in cache.glob("features-*-*.safetensors"))
+    assert names == ["hflip.safetensors", "vflip.safetensors"]
+    n_fit = len(result.checkpoint.extra["train_paths"])
+    assert sum(steps) == (3 * n_fit // 4) * 4  # one epoch over the fit normals and both views
+    assert result.checkpoint.train_config.augment == "flip"
+    with pytest.raises(AdtrError, match="--augment"):
+        train_model(ds, tiny_model_config(), TrainConfig(epochs=1, device="cpu", augment="rot"), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -2,7 +2,8 @@
 
 The backbone is frozen and the paper trains without augmentation, so the features of the training
 images never change: computing them once makes an epoch cost only the transformer (about 10x less
-on a CPU for Lite0 at 256 px).
+on a CPU for Lite0 at 256 px). Augmented views (``AUGMENTS``: flips, 90-degree rotations, for
+textures) are fixed transforms of the images, so they are computed once and cached the same way.
 """
 
 from __future__ import annotations
@@ -16,8 +17,27 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import AdtrError
 from ..preprocessing import PreprocessSpec, prepare_batch
 from ..progress import Task
+
+# Fixed views of an image (H, W, 3): the dihedral group of the square without the identity.
+VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "hflip": lambda im: im[:, ::-1],
+    "vflip": lambda im: im[::-1],
+    "rot90": lambda im: np.rot90(im, 1),
+    "rot180": lambda im: np.rot90(im, 2),
+    "rot270": lambda im: np.rot90(im, 3),
+    "transpose": lambda im: im.transpose(1, 0, 2),
+    "antitranspose": lambda im: np.rot90(im, 2).transpose(1, 0, 2),
+}
+AUGMENTS = {"none": [], "flip": ["hflip", "vflip"], "d4": list(VIEWS)}
+
+
+def augment_views(name: str) -> list[str]:
+    if name not in AUGMENTS:
+        raise AdtrError(f"--augment {name!r}: choose one of {', '.join(AUGMENTS)}")
+    return AUGMENTS[name]
 
 
 @torch.no_grad()
@@ -64,13 +84,21 @@ def feature_cache_key(cfg, weights_source: str | None, paths: Sequence[Path]) ->
 
 
 def cached_raw_features(backbone, imageset, indices: Sequence[int], spec: PreprocessSpec, cfg, *,
-                        cache_dir: str | Path | None, device, progress=None, description: str = "features") -> torch.Tensor:
+                        cache_dir: str | Path | None, device, progress=None, description: str = "features",
+                        view: str | None = None) -> torch.Tensor:
     """``extract_raw_features`` with an optional disk cache (safetensors, keyed by ``feature_cache_key``).
 
-    Benchmarks and repeated training runs on the same data skip the backbone entirely.
+    Benchmarks and repeated training runs on the same data skip the backbone entirely. ``view``: one
+    of ``VIEWS``, applied to each image first (its own cache entry).
     """
+    transform = VIEWS[view] if view else None
+
+    def load(i):
+        im = imageset.image(i)
+        return np.ascontiguousarray(transform(im)) if transform else im
+
     def compute():
-        return extract_raw_features(backbone, imageset.image, list(indices), spec, device=device, progress=progress,
+        return extract_raw_features(backbone, load, list(indices), spec, device=device, progress=progress,
                                     description=description)
 
     if cache_dir is None or len(indices) == 0:
@@ -80,7 +108,7 @@ def cached_raw_features(backbone, imageset, indices: Sequence[int], spec: Prepro
     from ..fileio import atomic_path
 
     key = feature_cache_key(cfg, getattr(backbone, "weights_source", None), [imageset.paths[i] for i in indices])
-    path = Path(cache_dir) / f"features-{key}.safetensors"
+    path = Path(cache_dir) / (f"features-{key}.safetensors" if not view else f"features-{key}-{view}.safetensors")
     if path.is_file():
         return load_file(str(path))["features"]
     raw = compute()

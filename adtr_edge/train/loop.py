@@ -26,7 +26,7 @@ from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
-from .features import cached_raw_features, channel_stats, extract_raw_features, grid_masks
+from .features import augment_views, cached_raw_features, channel_stats, extract_raw_features, grid_masks
 
 PROBE_IMAGES = 16  # held-out normals that get a synthetic defect for the pass-through figure
 
@@ -128,12 +128,13 @@ def split_normals(train_set, cfg: TrainConfig) -> tuple[list[int], list[int]]:
 class RunData:
     """What one run trains and validates on, standardised with the model's feature statistics."""
 
-    feats: torch.Tensor  # fit normals (N, C, h, w)
+    feats: torch.Tensor  # fit normals (N, C, h, w): the head's statistics
     val_feats: torch.Tensor  # held-out normals: validation loss, collapse figures, threshold
     train_mean: torch.Tensor  # per-location mean of the fit normals, for input following
     probe: object  # DefectProbe on held-out normals, for defect pass-through
     pool_feats: torch.Tensor | None = None  # anomalous examples (ADTR+)
     pool_targets: torch.Tensor | None = None  # their grid masks (pixel loss) or ones (image loss)
+    train_feats: torch.Tensor | None = None  # what the transformer trains on: feats + augmented views (None: feats)
 
 
 def train_model(
@@ -158,6 +159,7 @@ def train_model(
     benchmarks record accuracy against training time.
     """
     out_dir = Path(out_dir)
+    augment_views(train_cfg.augment)  # a bad --augment fails before any feature is computed
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
     fit_idx, val_idx = split_normals(train_set, train_cfg)
@@ -197,6 +199,11 @@ def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_se
     probe = make_probe(model.backbone, [train_set.image(i) for i in probe_idx], val_feats[:len(probe_idx)], spec,
                        model_cfg.grid, device, seed=train_cfg.seed)
     data = RunData(feats, val_feats, feats.mean(dim=0, keepdim=True), probe)
+    views = augment_views(train_cfg.augment)
+    if views:  # the transformer sees more normal variety; the head and threshold stay on the real views
+        extra = [(cached_raw_features(model.backbone, train_set, fit_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
+                                      progress=bar, description=f"features (train, {v})", view=v) - fmean) / fstd for v in views]
+        data.train_feats = torch.cat([feats] + extra)
     if anomalies is not None and loss_kind != "normal":
         require(len(anomalies.images) > 0, f"anomaly source {anomalies.kind}: no images")
         raw_pool = extract_raw_features(model.backbone, lambda i: anomalies.images[i], list(range(len(anomalies.images))), spec,
@@ -228,7 +235,7 @@ def step_loss(model, f: torch.Tensor, data: RunData, loss_kind: str, model_cfg: 
 def run_epochs(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, data: RunData, loss_kind: str, out_dir: Path,
                device, bar, t_start: float, *, resume: bool, progress: bool, on_epoch_end, log) -> list:
     """The optimisation loop; saves a resumable state after every epoch and returns the history."""
-    feats = data.feats
+    feats = data.feats if data.train_feats is None else data.train_feats
     params = [p for p in model.transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     start_epoch, history = 0, []
