@@ -66,7 +66,7 @@ def test_bench_runs_a_qdq_folder_that_stream_runs(tmp_path):
     assert loading.choose_backend(mf.read_model_folder(qdq))[0] == "onnxruntime"
     (target,) = resolve_targets([qdq])
     assert target.available, target.reason
-    assert (target.kind, target.backend, target.precision) == ("onnx-qdq", "onnxruntime", "int8-qdq")
+    assert (target.kind, target.backend, target.precision) == ("onnx-qdq", "onnxruntime", "int8-qdq-emulated")
 
 
 def test_the_runtime_refuses_a_checkpoint_with_the_fix(tmp_path):

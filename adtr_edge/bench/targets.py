@@ -18,7 +18,7 @@ from ..folder import (
     ModelFolder,
     read_model_folder,
 )
-from ..metadata import BACKBONE, GRAPHS, TRANSFORMER
+from ..metadata import BACKBONE, GRAPHS, TARGET_CPU, TRANSFORMER, quantization_target
 from ..postprocessing import Thresholds
 from ..runtime.backends.base import Backend
 from .flops import count_graph_flops
@@ -47,7 +47,8 @@ def _precision(folder: ModelFolder) -> str:
     if folder.kind == CHECKPOINT:
         return "fp32"
     if folder.kind == QDQ or folder.meta.raw.get("quantization"):
-        return "int8-qdq"
+        # the TensorRT form runs its Q/DQ unfused on ONNX Runtime (exact rounding, not a speed figure)
+        return "int8-cpu" if quantization_target(folder.meta.raw) == TARGET_CPU else "int8-qdq-emulated"
     if folder.kind == TENSORRT:
         engines = folder.manifest.get("engines") or {}
         precs = sorted({str(e.get("precision") or e.get("key", {}).get("precision")) for e in engines.values()
