@@ -74,6 +74,7 @@ FORMS = {  # key: row name
     "int8-matched": "ONNX INT8 backbone, matched head (quantize-matched)",
     "cpu": "ONNX INT8 --target cpu (U8S8 backbone, dynamic transformer)",
     "cpu-matched": "ONNX INT8 --target cpu, matched head (quantize-matched --target cpu)",
+    "cpu-matched-backbone": "ONNX INT8 --target cpu, backbone only, matched head (--graphs backbone)",
 }
 
 
@@ -91,11 +92,13 @@ def make_folders(keys, checkpoint: Path, data: Path, out: Path, calib_count: int
             shutil.rmtree(out / sub, ignore_errors=True)
             folders[key] = quantize_export(fp32, calib_dir, out / sub, graphs=graphs, calib_count=calib_count, target=target,
                                            keep_float=keep_float)
-    for key, sub, target in (("int8-matched", "onnx-int8-matched", "tensorrt"), ("cpu-matched", "onnx-int8-cpu-matched", "cpu")):
+    for key, sub, target, graphs in (("int8-matched", "onnx-int8-matched", "tensorrt", None),
+                                     ("cpu-matched", "onnx-int8-cpu-matched", "cpu", None),
+                                     ("cpu-matched-backbone", "onnx-int8-cpu-matched-bb", "cpu", ("backbone",))):
         if key in keys and mahalanobis:  # the head refitted on the INT8 backbone's features
             shutil.rmtree(out / sub, ignore_errors=True)
             folders[key] = quantize_matched(checkpoint, data, calib_dir, out / sub, calib_count=calib_count, target=target,
-                                            keep_float=keep_float)
+                                            keep_float=keep_float, graphs=graphs)
     return folders
 
 

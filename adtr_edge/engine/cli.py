@@ -72,16 +72,17 @@ def register(app: typer.Typer) -> None:
         calib_images: Path = typer.Option(..., "--calib-images", help="folder of normal images for INT8 calibration"),
         out: Path = typer.Option(..., "--out", help="new folder for the matched pair (Q/DQ backbone, FP32 transformer)"),
         target: str = typer.Option("tensorrt", "--target", help="tensorrt | cpu (as for quantize; cpu also quantises the transformer dynamically)"),
+        graphs: Optional[str] = typer.Option(None, "--graphs", help="backbone | backbone,transformer (default: backbone for tensorrt, both for cpu)"),
         keep_float: str = typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (stem + blocks to the first feature stage) | none | node-name prefixes"),
         calib_count: int = typer.Option(64, "--calib-count", help="number of calibration images"),
         batch_size: int = typer.Option(8, "--batch-size"),
     ):
         """INT8 backbone with the score head refitted on its features (keeps INT8 within ~1 AUROC point)."""
         from .matched import quantize_matched
-        from .quantize import parse_target
+        from .quantize import parse_graphs, parse_target
 
         target = parse_target(target)
         folder = quantize_matched(checkpoint, data, calib_images, out, calib_count=calib_count, batch_size=batch_size,
-                                  log=typer.echo, target=target, keep_float=keep_float)
+                                  log=typer.echo, target=target, keep_float=keep_float, graphs=parse_graphs(graphs, target))
         typer.echo(f"matched INT8 pair: {folder} (" + (f"build with: adtr-edge build-engine {folder} --precision int8" if target == "tensorrt"
                                                         else f"run with: adtr-edge stream {folder} --backend onnxruntime ...") + ")")

@@ -56,9 +56,11 @@ def _qdq_features(session, imageset, indices, spec, batch: int = 16):
 
 
 def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out: Path, *, calib_count: int = 64,
-                     batch_size: int = 8, log=print, target: str = "tensorrt", keep_float: str = "auto") -> Path:
+                     batch_size: int = 8, log=print, target: str = "tensorrt", keep_float: str = "auto",
+                     graphs=None) -> Path:
     """Write ``out``: an INT8 backbone and a transformer whose head is fitted on that backbone's features
-    (FP32 for ``target`` tensorrt; dynamically quantised MatMuls, head FP32, for ``target`` cpu)."""
+    (FP32 for ``target`` tensorrt; dynamically quantised MatMuls, head FP32, for ``target`` cpu).
+    ``graphs``: which graphs are INT8 (default: the target's ``DEFAULT_GRAPHS``); the backbone always is."""
     import onnxruntime as ort  # noqa: PLC0415
     import torch  # noqa: PLC0415
 
@@ -70,6 +72,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
     from .quantize import DEFAULT_GRAPHS, parse_target, quantize_export  # noqa: PLC0415
 
     out, target = Path(out), parse_target(target)
+    require(graphs is None or BACKBONE in graphs, f"--graphs {','.join(graphs or [])}: a matched pair quantises the backbone")
     require(not out.exists(), f"--out {out} already exists; choose a new folder for the matched pair")
     model, ckpt = load_checkpoint(checkpoint)
     require(ckpt.model_config.score == "mahalanobis",
@@ -94,7 +97,8 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
         matched = save_checkpoint(staging / "checkpoint", model, replace(ckpt, thresholds=thresholds,
                                                                           extra={**ckpt.extra, MATCH_KEY: digest}))
         result = quantize_export(export_checkpoint(matched, staging / "export-matched").folder, calib_images, staging / "out",
-                                 DEFAULT_GRAPHS[target], calib_count, batch_size, log=log, target=target, keep_float=keep_float)
+                                 graphs or DEFAULT_GRAPHS[target], calib_count, batch_size, log=log, target=target,
+                                 keep_float=keep_float)
         if backbone_digest(result / f"{BACKBONE}.onnx") != digest:
             raise AdtrError("INT8 calibration did not reproduce the same backbone graph twice; the matched pair was not written")
         result.replace(out)  # the finished folder appears whole
