@@ -56,7 +56,10 @@ TARGETS = {
         TRANSFORMER: {"mode": "static", "activation_type": "QInt8", "symmetric": True, "reduce_range": False, "ops": ["MatMul", "Gemm"]},
     },
     CPU: {
-        BACKBONE: {"mode": "static", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": None},
+        # "within": only the CNN's own nodes; the feature assembly after it (resize, pool, concat,
+        # standardisation) stays float, so the features the head reads are not rounded to 8 bits.
+        BACKBONE: {"mode": "static", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": None,
+                   "within": "/cnn/"},
         TRANSFORMER: {"mode": "dynamic", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": ["MatMul", "Gemm"]},
     },
 }
@@ -135,6 +138,10 @@ def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str],
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static  # noqa: PLC0415
 
     act = getattr(QuantType, settings["activation_type"])
+    within = settings.get("within")
+    names = [n.name for n in onnx.load(str(src)).graph.node] if within else []
+    if any(n.startswith(within) for n in names):  # a backbone named otherwise is quantised whole
+        exclude = list(exclude) + [n for n in names if not n.startswith(within)]
     if settings["mode"] == "dynamic":
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=settings["ops"], per_channel=True,
                          reduce_range=settings["reduce_range"], weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
