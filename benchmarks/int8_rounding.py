@@ -28,20 +28,11 @@ from adtr_edge.engine import calibration as calib  # noqa: E402
 from adtr_edge.engine import onnx_tools  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.folder import read_export  # noqa: E402
+from benchmarks.int8_sensitivity import session, stage_channels  # noqa: E402
 
 PLANS = {"nothing": [], "stem": ["/cnn/conv_stem/", "/cnn/bn1/"], "block 0": ["/cnn/blocks.0/"],
          "stem + block 0": ["/cnn/conv_stem/", "/cnn/bn1/", "/cnn/blocks.0/"], "auto (stem + blocks 0-1)": "auto",
          "every depthwise conv": ["conv_dw"]}
-
-
-def session(path: Path, exact: bool):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    if exact:
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:
@@ -59,7 +50,6 @@ def main() -> None:
     good = calib.calibration_images(Path(args.data) / "train" / "good", 64)
     batches = calib.backbone_batches(good[:32], spec, 8)
     x = calib.backbone_batches(good[48:64], spec, 16)[0]
-    from benchmarks.int8_sensitivity import stage_channels
 
     bounds = np.cumsum([0] + stage_channels(export.meta.raw))
     slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -70,12 +60,9 @@ def main() -> None:
         ref = session(src, False).run(None, {"images": x})[0]
 
         def error(target: str, exact: bool, keep=(), method="Percentile") -> dict:
-            quantize.CALIBRATION["method"] = method
-            try:
-                quantize.quantize_graph(src, dst, quantize.TARGETS[target]["backbone"], onnx_tools.sensitive_nodes(model) + list(keep),
-                                        quantize.calibration_reader("images", batches))
-            finally:
-                quantize.CALIBRATION["method"] = "Percentile"
+            quantize.quantize_graph(src, dst, quantize.TARGETS[target]["backbone"], onnx_tools.sensitive_nodes(model) + list(keep),
+                                    quantize.calibration_reader("images", batches),
+                                    calibration=dict(quantize.CALIBRATION, method=method), model=model)
             f = session(dst, exact).run(None, {"images": x})[0]
             return {"relative": round(float(np.linalg.norm(f - ref) / np.linalg.norm(ref)), 4),
                     "stages": [round(float(np.linalg.norm(f[:, s] - ref[:, s]) / np.linalg.norm(ref[:, s])), 4) for s in slices]}

@@ -198,8 +198,8 @@ def test_quantize_writes_qdq_graphs_that_onnxruntime_runs(tmp_path):
 
 
 def test_cpu_target_writes_the_onnxruntime_form_that_tensorrt_refuses(tmp_path):
-    from adtr_edge.engine.quantize import parse_graphs, parse_target, quantize_export, target_of
-    from adtr_edge.metadata import read_onnx_metadata
+    from adtr_edge.engine.quantize import parse_graphs, parse_target, quantize_export
+    from adtr_edge.metadata import quantization_target as target_of, read_onnx_metadata
 
     exp = make_export(tmp_path / "export")
     imgs = write_images(tmp_path / "imgs", n=8)

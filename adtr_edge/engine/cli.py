@@ -49,10 +49,10 @@ def register(app: typer.Typer) -> None:
         onnx_dir: Path = typer.Argument(..., help="export folder (adtr-edge export)"),
         calib_images: Path = typer.Option(..., "--calib-images", help="folder of normal images"),
         out: Path = typer.Option(..., "--out", help="output folder for the Q/DQ graphs"),
-        target: str = typer.Option("tensorrt", "--target", help="tensorrt (symmetric Q/DQ for build-engine) | cpu (fastest INT8 for ONNX Runtime on x86)"),
-        graphs: Optional[str] = typer.Option(None, "--graphs", help="backbone | backbone,transformer (default: backbone for tensorrt, both for cpu)"),
-        keep_float: str = typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (stem + blocks to the first feature stage) | none | node-name prefixes"),
-        calib_count: int = typer.Option(64, "--calib-count", help="number of calibration images"),
+        target: str = _target_option("tensorrt (symmetric Q/DQ for build-engine) | cpu (fastest INT8 for ONNX Runtime on x86)"),
+        graphs: Optional[str] = _graphs_option(),
+        keep_float: str = _keep_float_option(),
+        calib_count: int = _calib_count_option(),
         batch_size: int = typer.Option(8, "--batch-size"),
     ):
         """Write INT8 copies of the graphs (ONNX Runtime's quantiser), in the form --target runs fastest."""
@@ -62,8 +62,7 @@ def register(app: typer.Typer) -> None:
         folder = quantize_export(onnx_dir, calib_images, out, parse_graphs(graphs, target), calib_count, batch_size,
                                  log=typer.echo, target=target, keep_float=keep_float)
         warn_unmatched(folder, log=typer.echo)
-        typer.echo(f"INT8 graphs: {folder} (" + (f"build with: adtr-edge build-engine {folder} --precision int8" if target == "tensorrt"
-                                                  else f"run with: adtr-edge stream {folder} --backend onnxruntime ...") + ")")
+        typer.echo(_next_step("INT8 graphs", folder, target))
 
     @app.command("quantize-matched")
     def quantize_matched_cmd(
@@ -71,10 +70,10 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="the training dataset: its normals refit the head on the INT8 backbone"),
         calib_images: Path = typer.Option(..., "--calib-images", help="folder of normal images for INT8 calibration"),
         out: Path = typer.Option(..., "--out", help="new folder for the matched pair (Q/DQ backbone, FP32 transformer)"),
-        target: str = typer.Option("tensorrt", "--target", help="tensorrt | cpu (as for quantize; cpu also quantises the transformer dynamically)"),
-        graphs: Optional[str] = typer.Option(None, "--graphs", help="backbone | backbone,transformer (default: backbone for tensorrt, both for cpu)"),
-        keep_float: str = typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (stem + blocks to the first feature stage) | none | node-name prefixes"),
-        calib_count: int = typer.Option(64, "--calib-count", help="number of calibration images"),
+        target: str = _target_option("tensorrt | cpu (as for quantize; cpu also quantises the transformer dynamically)"),
+        graphs: Optional[str] = _graphs_option(),
+        keep_float: str = _keep_float_option(),
+        calib_count: int = _calib_count_option(),
         batch_size: int = typer.Option(8, "--batch-size"),
     ):
         """INT8 backbone with the score head refitted on its features (keeps INT8 within ~1 AUROC point)."""
@@ -84,5 +83,27 @@ def register(app: typer.Typer) -> None:
         target = parse_target(target)
         folder = quantize_matched(checkpoint, data, calib_images, out, calib_count=calib_count, batch_size=batch_size,
                                   log=typer.echo, target=target, keep_float=keep_float, graphs=parse_graphs(graphs, target))
-        typer.echo(f"matched INT8 pair: {folder} (" + (f"build with: adtr-edge build-engine {folder} --precision int8" if target == "tensorrt"
-                                                        else f"run with: adtr-edge stream {folder} --backend onnxruntime ...") + ")")
+        typer.echo(_next_step("matched INT8 pair", folder, target))
+
+
+# Options and the closing line that quantize and quantize-matched share.
+def _target_option(help: str):
+    return typer.Option("tensorrt", "--target", help=help)
+
+
+def _graphs_option():
+    return typer.Option(None, "--graphs", help="backbone | backbone,transformer (default: backbone for tensorrt, both for cpu)")
+
+
+def _keep_float_option():
+    return typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (stem + blocks to the first feature stage) | none | node-name prefixes")
+
+
+def _calib_count_option():
+    return typer.Option(64, "--calib-count", help="number of calibration images")
+
+
+def _next_step(what: str, folder: Path, target: str) -> str:
+    step = (f"build with: adtr-edge build-engine {folder} --precision int8" if target == "tensorrt"
+            else f"run with: adtr-edge stream {folder} --backend onnxruntime ...")
+    return f"{what}: {folder} ({step})"

@@ -29,7 +29,6 @@ graph tools that the engine builder uses too (no tensorrt import here: ONNX Runt
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -45,7 +44,6 @@ from . import calibration as calib
 from . import onnx_tools
 
 TENSORRT, CPU = TARGET_TENSORRT, TARGET_CPU
-target_of = quantization_target
 # What each target writes per graph: "static" (calibrated Q/DQ) or "dynamic" (weights only, the
 # activation scale computed per call), the integer types, and the op types quantised (None: every op
 # ONNX Runtime can quantise). For TensorRT only the compute-heavy ops get Q/DQ: quantising the cheap
@@ -65,7 +63,7 @@ TARGETS = {
 }
 DEFAULT_GRAPHS = {TENSORRT: (BACKBONE,), CPU: GRAPHS}  # transformers lose accuracy under static PTQ
 CALIBRATION = {"method": "Percentile", "percentile": 99.99}
-# Kept for readers of older folders' metadata: the TensorRT target's settings.
+# What a TensorRT-target folder's metadata records (older folders recorded only this, without "target").
 QUANT_SETTINGS = {"format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
                   "activation_symmetric": True, "weight_symmetric": True, **CALIBRATION}
 
@@ -132,14 +130,16 @@ def float_plan(model, spec: str, stages: Sequence[int]) -> list[str]:
     return nodes
 
 
-def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str], calib_reader, only: Sequence[str] | None = None) -> None:
+def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str], calib_reader, only: Sequence[str] | None = None,
+                   *, calibration: dict = CALIBRATION, model=None) -> None:
     """One graph through ONNX Runtime's static or dynamic quantiser, as ``settings`` (a ``TARGETS``
-    entry) says; ``only``: quantise just these nodes (the per-layer sensitivity study)."""
+    entry) says; ``only``: quantise just these nodes (the per-layer sensitivity study);
+    ``calibration``: method and percentile; ``model``: ``src`` already loaded (for its node names)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static  # noqa: PLC0415
 
     act = getattr(QuantType, settings["activation_type"])
     within = settings.get("within")
-    names = [n.name for n in onnx.load(str(src)).graph.node] if within else []
+    names = [n.name for n in (model or onnx.load(str(src))).graph.node] if within else []
     if any(n.startswith(within) for n in names):  # a backbone named otherwise is quantised whole
         exclude = list(exclude) + [n for n in names if not n.startswith(within)]
     if settings["mode"] == "dynamic":
@@ -150,9 +150,9 @@ def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str],
     quantize_static(str(src), str(dst), calib_reader, quant_format=QuantFormat.QDQ, activation_type=act,
                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=settings["reduce_range"],
                     nodes_to_exclude=list(exclude), op_types_to_quantize=settings["ops"], nodes_to_quantize=list(only) if only else None,
-                    calibrate_method=getattr(CalibrationMethod, CALIBRATION["method"]),
+                    calibrate_method=getattr(CalibrationMethod, calibration["method"]),
                     extra_options={"ActivationSymmetric": settings["symmetric"], "WeightSymmetric": True,
-                                   "CalibPercentile": CALIBRATION["percentile"]})
+                                   "CalibPercentile": calibration["percentile"]})
 
 
 def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Sequence[str] | None = None,
@@ -172,8 +172,9 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
         raise AdtrError(f"--out {out}: must differ from the export folder")
     export = read_export(onnx_dir, purpose="quantize")
     meta = export.meta
+    models = {g: onnx_tools.load(export.graph_file(g)) for g in GRAPHS}  # each graph read once
     for g in GRAPHS:
-        if onnx_tools.is_quantized(onnx_tools.load(export.graph_file(g))):
+        if onnx_tools.is_quantized(models[g]):
             raise AdtrError(f"{onnx_dir}/{g}.onnx is already quantised")
     paths = calib.calibration_images(Path(calib_images), calib_count)
     batch = min(batch_size, len(paths))
@@ -183,7 +184,7 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
     if TRANSFORMER in graphs and plan[TRANSFORMER]["mode"] == "static":
         data[TRANSFORMER] = (FEATURES, calib.transformer_batches(export.graph_file(BACKBONE), image_batches))
     stages = (meta.raw.get("features") or {}).get("stages") or []
-    float_nodes = {BACKBONE: float_plan(onnx_tools.load(export.graph_file(BACKBONE)), keep_float, stages)} if BACKBONE in graphs else {}
+    float_nodes = {BACKBONE: float_plan(models[BACKBONE], keep_float, stages)} if BACKBONE in graphs else {}
     info = dict(QUANT_SETTINGS if target == TENSORRT else {"format": "QDQ", "weight_type": "QInt8", "per_channel": True, **CALIBRATION},
                 target=target, per_graph={g: plan[g] for g in graphs}, graphs=list(graphs),
                 keep_float=keep_float, float_nodes=float_nodes,
@@ -194,11 +195,10 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
     out.mkdir(parents=True, exist_ok=True)
     entries = {}
     for g in GRAPHS:
-        src = export.graph_file(g)
         dst = out / f"{g}.onnx"
         with atomic_path(dst) as tmp:
             if g in graphs:
-                model = onnx_tools.load(src)
+                model = models[g]
                 kept = float_nodes.get(g, [])
                 exclude = onnx_tools.sensitive_nodes(model) + kept
                 settings = plan[g]
@@ -210,17 +210,16 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
                 try:
                     _strip_metadata(model)
                     onnx.save(model, str(tmp_in))
-                    quantize_graph(tmp_in, tmp, settings, exclude, reader)
+                    quantize_graph(tmp_in, tmp, settings, exclude, reader, model=model)
                 finally:
                     tmp_in.unlink(missing_ok=True)
                 qmodel = onnx.load(str(tmp))
             else:
-                shutil.copyfile(src, tmp)
-                qmodel = onnx.load(str(tmp))
+                qmodel = models[g]  # copied unchanged but for its metadata
             _set_metadata(qmodel, dict(meta_doc, graph=g))
             onnx.save(qmodel, str(tmp))
-        entries[g] = {"file": dst.name, "sha256": sha256_file(dst), "graph_sha256": sha256_file(dst),
-                      "quantized": g in graphs}
+        sha = sha256_file(dst)
+        entries[g] = {"file": dst.name, "sha256": sha, "graph_sha256": sha, "quantized": g in graphs}
     manifest = dict(export.manifest, graphs=entries, meta=meta_doc, kind=QDQ)
     write_json_atomic(out / "manifest.json", manifest)
     return out
@@ -231,8 +230,7 @@ def warn_unmatched(folder: Path, log=print) -> None:
     (Its cost was -8.7 image-AUROC points on magnetic tile before the feature assembly was left
     float, -0.09 since; the matched pair refits the head on the deployed backbone either way.)"""
     meta = read_export(folder, purpose="quantize").meta.raw
-    q = meta.get("quantization") or {}
-    if q.get("target") == CPU and (meta.get("model") or {}).get("score") == "mahalanobis" and not meta.get(HEAD_MATCH_KEY):
+    if quantization_target(meta) == CPU and (meta.get("model") or {}).get("score") == "mahalanobis" and not meta.get(HEAD_MATCH_KEY):
         log("note: this head's statistics were fitted on FP32 features; 'adtr-edge quantize-matched CHECKPOINT --target cpu' "
             "refits them on this INT8 backbone (docs/benchmarks.md section 4.3)")
 

@@ -35,6 +35,26 @@ class FrameResult:
     alarm_events: list = field(default_factory=list)  # AlarmEvents this frame caused, sent right after it
 
     @functools.cached_property
+    def event(self) -> dict:
+        """The frame as an event (JSON Lines, MQTT frame scores), built once however many sinks send
+        it; sinks copy it before adding their own keys."""
+        d = self.detection
+        event = {
+            "event": "frame",
+            "time": iso_utc(self.frame.timestamp),
+            "source": self.source,
+            "frame": self.frame.index,
+            "score": round(d.score, 6),
+            "normalized_score": round(d.normalized_score, 6),
+            "label": d.label,
+            "alarm": self.alarm,
+            "ms": {k: round(v, 3) for k, v in d.timings.items()},
+        }
+        if self.frame.name is not None:
+            event["name"] = self.frame.name
+        return event
+
+    @functools.cached_property
     def overlay(self) -> np.ndarray:
         """Heat-map overlay on the original frame, drawn once however many sinks use it
         (--save-anomalies and --record both want it for an anomalous frame)."""

@@ -25,7 +25,7 @@ import numpy as np
 from .. import visualize
 from ..errors import AdtrError
 from ..fileio import write_bytes_atomic
-from .events import AlarmEvent, FrameResult, SourceEvent, iso_utc
+from .events import AlarmEvent, FrameResult, SourceEvent, iso_utc  # noqa: F401  (iso_utc: re-exported, tests import it here)
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +67,6 @@ def merge_sink_summaries(out: dict, sinks) -> dict:
     return out
 
 
-def frame_event(r: FrameResult) -> dict:
-    d = r.detection
-    event = {
-        "event": "frame",
-        "time": iso_utc(r.frame.timestamp),
-        "source": r.source,
-        "frame": r.frame.index,
-        "score": round(d.score, 6),
-        "normalized_score": round(d.normalized_score, 6),
-        "label": d.label,
-        "alarm": r.alarm,
-        "ms": {k: round(v, 3) for k, v in d.timings.items()},
-    }
-    if r.frame.name is not None:
-        event["name"] = r.frame.name
-    return event
-
-
 class JsonlSink(Sink):
     """One JSON object per line to stdout ("-") or a file, flushed per line so a tail -f or a
     crash never sees half an event."""
@@ -108,7 +90,7 @@ class JsonlSink(Sink):
         self.stream.flush()
 
     def on_frame(self, result: FrameResult) -> None:
-        self._write(frame_event(result))
+        self._write(result.event)
 
     def on_alarm(self, event: AlarmEvent | SourceEvent) -> None:
         self._write(event.to_dict())

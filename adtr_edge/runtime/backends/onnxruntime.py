@@ -43,8 +43,7 @@ class OnnxRuntimeBackend(Backend):
     """Backend over an ONNX export folder.
 
     ``intra_op_threads``: threads per session (None = ONNX Runtime's default, one per core);
-    ``providers``: explicit execution providers, e.g. ``["CPUExecutionProvider"]``;
-    ``exact_qdq``: run Q/DQ pairs unfused (None = only for a ``--target tensorrt`` folder, see above).
+    ``providers``: explicit execution providers, e.g. ``["CPUExecutionProvider"]``.
     ``spinning``: whether idle intra-op threads spin (None = ONNX Runtime's default, on). Off, they
     sleep: on a busy or shared CPU a spinning pool of N threads burns N cores' worth of scheduler
     share for one thread's work (docs/benchmarks.md section 9).
@@ -58,7 +57,6 @@ class OnnxRuntimeBackend(Backend):
         *,
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
-        exact_qdq: bool | None = None,
         spinning: bool | None = None,
     ):
         folder = read_model_folder(model_dir, accept=ONNX_KINDS, purpose="the onnxruntime backend")
@@ -70,9 +68,7 @@ class OnnxRuntimeBackend(Backend):
         self.folder = folder
         self.intra_op_threads = None if intra_op_threads is None else int(intra_op_threads)
         self.requested_providers = list(providers) if providers else None
-        self.config = onnxruntime_config(folder.meta.raw)
-        if exact_qdq is not None:
-            self.config = {"session.disable_quant_qdq": "1"} if exact_qdq else {}
+        self.config = onnxruntime_config(folder.meta.raw)  # session entries the folder's graphs need
         self.spinning = None if spinning is None else bool(spinning)
         self.sessions: dict = {}
 

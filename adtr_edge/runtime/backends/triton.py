@@ -29,6 +29,7 @@ from ...errors import AdtrError
 from ...export.triton_repo import DEFAULT_NAME, P_DIGEST, P_META, P_THRESHOLD, onnx_digests
 from ...folder import ESSENTIAL_META_KEYS, ModelFolder, read_model_folder
 from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, SCORE, TRANSFORMER, ModelMeta
+from ..sources import ReconnectPolicy
 from .base import Backend, InferResult
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class TritonBackend(Backend):
         self.reconnect_s = float(reconnect_s)
         self.url = f"{self.protocol}://{self.address}"
         self.client = None
+        self.members: dict = {}  # graph -> the ensemble's member model, read by _check_server on every (re)connect
         self.reconnects = 0
         self.gap_s = 0.0
         self._gaps: list[dict] = []
@@ -163,6 +165,7 @@ class TritonBackend(Backend):
                             "serve a repository made by 'adtr-edge export-triton'")
         for model, config in ((self.model_name, ensemble), (steps[0], self._config(steps[0])), (steps[1], self._config(steps[1]))):
             self._check_parameters(f"triton model {model!r} at {self.url}", config)
+        self.members = {BACKBONE: steps[0], TRANSFORMER: steps[1]}
 
     def _check_parameters(self, where: str, config: dict) -> None:
         params = {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
@@ -235,14 +238,13 @@ class TritonBackend(Backend):
             first = e
         lost_at, lost_wall = time.monotonic(), time.time()
         log.warning("triton server %s lost (%s); reconnecting", self.url, _one_line(first))
-        delay, last = 0.1, first
-        while True:
+        last = first
+        for delay in ReconnectPolicy(initial_delay=0.1, max_delay=2.0, max_attempts=None).delays():  # ends by return or raise
             waited = time.monotonic() - lost_at
             if self.reconnect_s and waited >= self.reconnect_s:
                 raise AdtrError(f"triton server {self.url} lost for {waited:.1f} s and did not come back: {_one_line(last)}")
             if self._closing.wait(delay):
                 raise AdtrError(f"triton backend closed while reconnecting to {self.url}")
-            delay = min(delay * 2.0, 2.0)
             try:
                 self._close_client()
                 self._connect()
@@ -303,7 +305,7 @@ class TritonBackend(Backend):
         return self._with_reconnect(lambda: self._ensemble(images))
 
     def _member(self, graph: str, inputs: dict, outputs: list) -> list:
-        mod, model = self._mod, self._member_names()[graph]
+        mod, model = self._mod, self.members[graph]  # no config request per inference
         tensors = []
         for name, arr in inputs.items():
             t = mod.InferInput(name, list(arr.shape), "UINT8" if arr.dtype == np.uint8 else "FP32")
@@ -312,10 +314,6 @@ class TritonBackend(Backend):
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         reply = self.client.infer(model, tensors, outputs=[mod.InferRequestedOutput(o) for o in outputs], **kwargs)
         return [reply.as_numpy(o) for o in outputs]
-
-    def _member_names(self) -> dict:
-        steps = (self._config(self.model_name).get("ensemble_scheduling") or {}).get("step", [])
-        return {BACKBONE: steps[0]["model_name"], TRANSFORMER: steps[1]["model_name"]}
 
     def _run_backbone(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.uint8)

@@ -24,7 +24,7 @@ import uuid
 from typing import List
 
 from ..events import AlarmEvent, FrameResult, SourceEvent
-from ..sinks import Sink, frame_event
+from ..sinks import Sink
 from .spool import Row, Spool
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class SpoolingSink(Sink, abc.ABC):
 
     def on_frame(self, result: FrameResult) -> None:
         if self.frames:
-            self._enqueue("frame", frame_event(result))
+            self._enqueue("frame", result.event)
 
     def on_alarm(self, event: AlarmEvent | SourceEvent) -> None:
         self._enqueue("alarm", event.to_dict())

@@ -131,7 +131,7 @@ class MqttSink(SpoolingSink):
         status = {"state": state, "run": self.run_id, "time": iso_utc(time.time()), "host": socket.gethostname(),
                   "version": __version__}
         if self._pipeline is not None:
-            status["sources"] = sorted(self._pipeline.status()["sources"])
+            status["sources"] = sorted(self._pipeline.sources)
         status.update(extra)
         return json.dumps(status, separators=(",", ":")).encode()
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from ...errors import AdtrError
 from ...version import __version__
+from ..sources import ReconnectPolicy
 from .base import SpoolingSink
 from .spool import Row, Spool
 
@@ -54,10 +55,13 @@ class WebhookSink(SpoolingSink):
         self.url = check_webhook_url(url)
         self.timeout_s = timeout_s
         self.backoff = backoff
-        self._delay = backoff[0]
+        self._delays = self._backoff_delays()
         self._failing: Optional[str] = None
         self.retries = 0
         self._opener = urllib.request.build_opener(_NoRedirect)
+
+    def _backoff_delays(self):
+        return ReconnectPolicy(initial_delay=self.backoff[0], max_delay=self.backoff[1], factor=2.0, max_attempts=None).delays()
 
     def _open(self) -> None:
         pass  # one connection per request: nothing to hold open between alarms
@@ -87,15 +91,14 @@ class WebhookSink(SpoolingSink):
             if self._failing:
                 log.warning("webhook: %s answers again; delivering %d spooled events", self.url, self.backlog())
             self._failing = None
-            self._delay = self.backoff[0]
+            self._delays = self._backoff_delays()
             return 1
         self.retries += 1
         if self._failing is None:
             log.warning("webhook: POST %s failed (%s); events are spooled in %s and retried with back-off",
                         self.url, problem, self.spool.path)
         self._failing = problem
-        self._stopping.wait(self._delay * random.uniform(0.8, 1.2))
-        self._delay = min(self._delay * 2, self.backoff[1])
+        self._stopping.wait(next(self._delays) * random.uniform(0.8, 1.2))
         return 0
 
     def summary(self) -> dict:

@@ -85,9 +85,9 @@ class Frontend(Sink):
 
     # -- for the routes (server threads) -------------------------------------------------------
     def source_labels(self) -> List[str]:
-        """The pipeline's sources (``status()["sources"]``); before it starts, those clients asked for."""
+        """The pipeline's sources (the keys of ``status()["sources"]``); before it starts, those clients asked for."""
         if self.pipeline is not None:
-            return list(self.pipeline.status()["sources"])
+            return list(self.pipeline.sources)
         return self.state.labels()
 
     def _detector(self):
