@@ -53,8 +53,8 @@ def _parse_ints(text: Optional[str], option: str) -> Optional[tuple]:
 def train(
     data: Path = typer.Argument(..., help="Dataset: an MVTec-AD category folder (train/good, test/...) or a folder of normal images."),
     out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Checkpoint folder to write (safetensors + JSON)."),
-    preset: str = typer.Option("default", help="Recipe: default (CPU-friendly, minutes), fast (2+2 layers), paper (500 epochs, lr 1e-4, step decay)."),
-    backbone: str = typer.Option("tf_efficientnet_lite0", help="Backbone: tf_efficientnet_lite0 (bundled weights) or efficientnet_b4 (needs --weights)."),
+    preset: str = typer.Option("default", help="Recipe: default (Lite2, 2+2 layers, ~15 CPU min), fast (Lite0, 1+1: half the inference cost), paper (500 epochs, lr 1e-4, step decay)."),
+    backbone: Optional[str] = typer.Option(None, help="Backbone (default: the preset's): tf_efficientnet_lite0, tf_efficientnet_lite2 (bundled weights), efficientnet_b4 (--weights)."),
     weights: Optional[Path] = typer.Option(None, help="ImageNet weight file for the backbone (.safetensors or .pth state dict)."),
     input_size: Optional[str] = typer.Option(None, help="Model input size, N or HxW (multiple of 16). Default 256."),
     stages: Optional[str] = typer.Option(None, help="Backbone stages to use, e.g. 1,2,3 (Lite0 default: strides 4/8/16)."),
@@ -88,7 +88,7 @@ def train(
     """Train ADTR on normal images (and optionally on anomalies, ADTR+). Writes a checkpoint folder."""
     from .config import ModelConfig, TrainConfig
     from .data.datasets import load_dataset
-    from .config import apply_preset
+    from .config import apply_preset, preset_backbone
     from .train.loop import train_model
     from .train.sources import build_anomaly_pool
 
@@ -98,7 +98,7 @@ def train(
               "time_budget": time_budget, "augment": augment,
               "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
     m_kw, t_kw = apply_preset(preset, m_over, t_over)
-    model_cfg = ModelConfig.for_backbone(backbone, **m_kw)
+    model_cfg = ModelConfig.for_backbone(backbone or preset_backbone(preset), **m_kw)
     train_cfg = TrainConfig(**t_kw)
     train_set = load_dataset(data, "train")
     pool = build_anomaly_pool(train_set, synthetic=synthetic, count=synthetic_count, strength=synthetic_strength,

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adtr_edge.baselines import BASELINES  # noqa: E402
-from adtr_edge.config import PRESETS, ModelConfig, TrainConfig  # noqa: E402
+from adtr_edge.config import PRESETS, ModelConfig, TrainConfig, preset_backbone  # noqa: E402
 from adtr_edge.data.datasets import ImageSet, load_dataset, validation_split  # noqa: E402
 from adtr_edge.evaluate import Scored, report_for  # noqa: E402
 from adtr_edge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
@@ -81,8 +81,10 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--input-size", type=int, default=256)
+    ap.add_argument("--backbone", default=None, help="timm name (default: the recipes' preset backbone)")
+    ap.add_argument("--stages", default=None, help="backbone stages, e.g. 1,2,3,4 (default: the backbone's)")
     ap.add_argument("--feature-stride", type=int, default=16, help="grid = input size / stride (16: 16x16 at 256 px)")
-    ap.add_argument("--recipes", default="default,fast", help=f"comma list of presets {sorted(PRESETS)}, each optionally :EPOCHS (paper is slow)")
+    ap.add_argument("--recipes", default="default", help=f"comma list of presets {sorted(PRESETS)}, each optionally :EPOCHS (paper is slow)")
     ap.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--jitter", type=float, default=None)
@@ -114,11 +116,12 @@ def main() -> None:
               f"{torch.get_num_threads()} torch threads, python {platform.python_version()}, torch {torch.__version__}"}
     print(json.dumps(header))
 
-    cfg = ModelConfig(input_size=(args.input_size, args.input_size), feature_stride=args.feature_stride)
-    if args.rescore:
+    cfg = ModelConfig.for_backbone(run_backbone(args), input_size=(args.input_size, args.input_size), feature_stride=args.feature_stride,
+                                   stages=tuple(int(x) for x in args.stages.split(",")) if args.stages else None)
+    if args.rescore or args.base_checkpoint:
         from adtr_edge.train.checkpoint import read_checkpoint_meta
 
-        cfg = read_checkpoint_meta(args.rescore).model_config
+        cfg = read_checkpoint_meta(args.rescore or args.base_checkpoint).model_config
     spec = preprocess_spec(cfg)
     train_set = load_dataset(args.data, "train")
     test_full = load_dataset(args.data, "test")
@@ -258,6 +261,20 @@ def main() -> None:
     print(to_markdown(results))
 
 
+def run_backbone(args) -> str:
+    """One backbone per run (every row scores the same features): --backbone, else the recipes' own."""
+    if args.backbone:
+        return args.backbone
+    if args.rescore or args.base_checkpoint:  # the checkpoint's own, read below
+        return ModelConfig().backbone
+    recipes = [r.partition(":")[0] for r in args.recipes.split(",") if r]
+    named = sorted({preset_backbone(r) for r in recipes}) or [ModelConfig().backbone]
+    if len(named) > 1:
+        sys.exit(f"--recipes {args.recipes}: the presets train on different backbones ({', '.join(named)}); "
+                 "run them separately or pass --backbone")
+    return named[0]
+
+
 def raw_val_feats(model, train_set, val_idx, spec, cfg, cache):
     return cached_raw_features(model.backbone, train_set, val_idx, spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
 
@@ -288,6 +305,43 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
         name += f", map blur sigma {blur:g}" if blur else ""
         rows.append({"method": name, "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]})
         print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
+    rows += reconstruction_share_rows(model, ckpt, fit_feats, test_feats, test, masks)
+    return rows
+
+
+class _TowardsMean(torch.nn.Module):
+    """f_hat' = mu + beta (f_hat - mu): beta 0 outputs the per-location mean (the Gaussian baseline under
+    the Mahalanobis head), beta 1 is the trained reconstruction."""
+
+    def __init__(self, inner, mean: torch.Tensor, beta: float):
+        super().__init__()
+        self.inner, self.mean, self.beta = inner, mean, beta
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.mean + self.beta * (self.inner(f) - self.mean)
+
+
+def reconstruction_share_rows(model, ckpt, fit_feats, test_feats, test: ImageSet, masks: np.ndarray) -> list:
+    """What the reconstruction adds under the shipped head: the decoder's output scaled towards the mean."""
+    from dataclasses import replace as dc_replace
+
+    from adtr_edge.model.adtr import AnomalyHead
+    from adtr_edge.train.residual_stats import fit_head
+
+    cpu, trained = torch.device("cpu"), model.transformer
+    tcfg = ckpt.train_config
+    rows = []
+    for beta in (0.0, 0.5, 1.0):
+        model.transformer = _TowardsMean(trained, fit_feats.mean(dim=0, keepdim=True), beta)
+        model.head = AnomalyHead(dc_replace(ckpt.model_config, score="mahalanobis", map_blur=0.0), model.backbone.channels)
+        fit_head(model, fit_feats, cpu, tcfg.score_shrinkage, tcfg.score_target)
+        scores, maps = score_features(model, test_feats, cpu)
+        rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), None)
+        name = (f"reconstruction scaled towards the mean, beta {beta:g} (shipped head: shrinkage {tcfg.score_shrinkage:g} "
+                f"to {tcfg.score_target})")
+        rows.append({"method": name, "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]})
+        print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
+    model.transformer = trained
     return rows
 
 

@@ -14,6 +14,8 @@ def test_train_eval_export_through_the_cli(tmp_path, sample_dataset, capsys):
             "--decoder-layers", "1", "--d-model", "64", "--epochs", "2", "--no-progress", "--device", "cpu"]
     assert main(args) == 0
     assert (ckpt / "checkpoint.json").is_file()
+    model = json.loads((ckpt / "checkpoint.json").read_text())["model"]
+    assert model["backbone"] == "tf_efficientnet_lite2" and model["stages"] == [1, 2, 3]  # the default preset's
     assert main(["eval", str(ckpt), str(sample_dataset), "--out", str(ev), "--no-progress", "--device", "cpu"]) == 0
     report = json.loads((ev / "report.json").read_text())
     assert 0.0 <= report["image_auroc"] <= 1.0 and report["pixel_auroc"] is not None
@@ -52,3 +54,14 @@ def test_launcher_in_checkout():
     assert out.returncode == 0
     for cmd in ("train", "eval", "export", "inspect", "quantize", "build-engine", "stream", "bench", "demo"):
         assert cmd in out.stdout
+
+
+def test_each_preset_names_its_backbone_and_the_user_overrides_it():
+    from adtr_edge.config import BACKBONES, PRESETS, ModelConfig, preset_backbone
+
+    assert preset_backbone("default") == "tf_efficientnet_lite2"
+    assert preset_backbone("fast") == "tf_efficientnet_lite0"
+    for name in PRESETS:
+        assert preset_backbone(name) in BACKBONES
+        assert "backbone" not in PRESETS[name].get("model", {})  # stages and normalisation follow for_backbone
+    assert ModelConfig.for_backbone(preset_backbone("default")).stages == BACKBONES["tf_efficientnet_lite2"]["stages"]

@@ -7,7 +7,7 @@ from adtr_edge.errors import AdtrError
 from adtr_edge.model import build_model
 from adtr_edge.model.adtr import InGraphPreprocess
 from adtr_edge.preprocessing import preprocess_spec
-from adtr_edge.model.weights import bundled_lite0_path, lukemelas_to_timm, read_state_dict
+from adtr_edge.model.weights import LITE_WEIGHTS, bundled_lite0_path, bundled_lite_path, lukemelas_to_timm, read_state_dict
 from adtr_edge.postprocessing import pooled_max_score
 from adtr_edge.preprocessing import normalize_numpy
 
@@ -21,6 +21,20 @@ def test_lite0_weights_map_key_for_key():
     renamed = lukemelas_to_timm(read_state_dict(bundled_lite0_path()))
     assert set(renamed) == set(full.state_dict())
     full.load_state_dict(renamed, strict=True)  # shapes agree too
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite2"])
+def test_bigger_lite_weights_map_key_for_key(backbone):
+    """Lite2's deeper stages (1, 3, 3, 4, 4, 5, 1) map block for block onto timm's nesting."""
+    import timm
+
+    pytest.importorskip(LITE_WEIGHTS[backbone][0])
+    full = timm.create_model(backbone, pretrained=False)
+    renamed = lukemelas_to_timm(read_state_dict(bundled_lite_path(backbone)), LITE_WEIGHTS[backbone][1])
+    assert set(renamed) == set(full.state_dict())
+    full.load_state_dict(renamed, strict=True)
+    # Lite0's depths place Lite2's blocks in the wrong stages: the names no longer match timm's.
+    assert set(lukemelas_to_timm(read_state_dict(bundled_lite_path(backbone)))) != set(full.state_dict())
 
 
 def test_pretrained_backbone_differs_from_random_and_is_frozen():

