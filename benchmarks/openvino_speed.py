@@ -1,7 +1,7 @@
 """OpenVINO against ONNX Runtime on the same export folders: agreement, then speed (issue #11 item 6).
 
     python benchmarks/openvino_speed.py LABEL=FOLDER [LABEL=FOLDER ...] --reference FOLDER
-        [--data DATASET] [--images 16] [--threads 1] [--rounds 15] [--iters 3] [--json FILE]
+        [--data DATASET] [--images 16] [--threads 1] [--rounds 15] [--iters 3] [--runtimes ...] [--json FILE]
 
 Every folder is an ``adtr-edge export`` / ``quantize`` folder, read unchanged: OpenVINO loads the
 same ``backbone.onnx`` and ``transformer.onnx`` (uint8 NHWC input, Q/DQ nodes, dynamic INT8 nodes,
@@ -160,13 +160,22 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--no-dynamic", action="store_true", help="time OpenVINO only with the static batch of 1")
+    ap.add_argument("--runtimes", default="onnxruntime,openvino,openvino-static",
+                    help="which to run (ONNX Runtime always runs: it is the reference)")
     _models.add_common_args(ap)
     args, threads = _models.parse_and_start(ap, argv)
-    import openvino as ov
     import onnxruntime as ort
 
-    print(f"openvino {ov.__version__}, onnxruntime {ort.__version__}, {threads} thread(s), batch 1\n")
+    wanted = {r.strip() for r in args.runtimes.split(",") if r.strip()}
+    unknown = wanted - {"onnxruntime", "openvino", "openvino-static"}
+    if unknown:
+        sys.exit(f"--runtimes {args.runtimes!r}: choose from onnxruntime, openvino, openvino-static")
+    modes = tuple(m for m in ((False, "openvino"), (True, "openvino static")) if m[1].replace(" ", "-") in wanted)
+    if modes:
+        import openvino as ov
+
+        print(f"openvino {ov.__version__}, ", end="")
+    print(f"onnxruntime {ort.__version__}, {threads} thread(s), batch 1\n")
     folders = {"fp32": args.reference}
     for item in args.folders:
         label, sep, path = item.partition("=")
@@ -175,7 +184,6 @@ def main(argv: list[str]) -> int:
         folders[label] = Path(path)
     ref_name = "fp32 / onnxruntime"
     runners, failed = {}, {}
-    modes = ((True, "openvino static") ,) if args.no_dynamic else ((False, "openvino"), (True, "openvino static"))
     for label, folder in folders.items():
         runners[f"{label} / onnxruntime"] = OrtGraphs(folder, threads)
         for static, runtime in modes:
