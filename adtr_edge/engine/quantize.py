@@ -11,13 +11,16 @@ Two targets, each the fastest accurate form for its runtime (``TARGETS``):
               every op ONNX Runtime has an integer kernel for quantised in the backbone (so
               activations stay uint8 between convolutions instead of a Q/DQ pair per op), and the
               transformer's MatMul/Gemm quantised dynamically (activation ranges per call, the way
-              transformers get their INT8 speed-up on CPUs; no calibration). TensorRT cannot read
-              this form (uint8 activations, DynamicQuantizeLinear): ``build-engine`` refuses it.
+              transformers get their INT8 speed-up on CPUs; no calibration), and a Mahalanobis
+              head's per-location whitening MatMul written in INT8 by ``int8_head`` (7-bit
+              weights per location and column). TensorRT cannot read this form (uint8
+              activations, DynamicQuantizeLinear): ``build-engine`` refuses it.
 
 In both, LayerNormalization and Softmax nodes (and a decomposed LayerNorm) and the error head are
-excluded (``onnx_tools.sensitive_nodes``): transformers lose most accuracy there, and the head's
-small whitened residuals would round away. ONNX Runtime on the CPU runs either result, so INT8
-accuracy can be measured without a GPU.
+excluded from ONNX Runtime's quantisers (``onnx_tools.sensitive_nodes``): transformers lose most
+accuracy there, and with one scale per tensor the head's small whitened residuals would round
+away (``int8_head`` scales each location's row instead). ONNX Runtime on the CPU runs either
+result, so INT8 accuracy can be measured without a GPU.
 
 Output: a folder like the export (``backbone.onnx``, ``transformer.onnx``, ``manifest.json``)
 whose metadata gains ``{"quantization": {...}}``; a graph left unquantised is copied unchanged.
@@ -41,7 +44,7 @@ from ..folder import QDQ, read_export
 from ..metadata import (BACKBONE, FEATURES, GRAPHS, HEAD_MATCH_KEY, IMAGES, METADATA_KEY, TARGET_CPU, TARGET_TENSORRT, TRANSFORMER,
                         quantization_target)
 from . import calibration as calib
-from . import onnx_tools
+from . import int8_head, onnx_tools
 
 TENSORRT, CPU = TARGET_TENSORRT, TARGET_CPU
 # What each target writes per graph: "static" (calibrated Q/DQ) or "dynamic" (weights only, the
@@ -58,7 +61,9 @@ TARGETS = {
         # standardisation) stays float, so the features the head reads are not rounded to 8 bits.
         BACKBONE: {"mode": "static", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": None,
                    "within": "/cnn/"},
-        TRANSFORMER: {"mode": "dynamic", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": ["MatMul", "Gemm"]},
+        # "head_weight_bits": the Mahalanobis head's whitening MatMul in INT8 too (``int8_head``).
+        TRANSFORMER: {"mode": "dynamic", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": ["MatMul", "Gemm"],
+                      "head_weight_bits": int8_head.WEIGHT_BITS},
     },
 }
 DEFAULT_GRAPHS = {TENSORRT: (BACKBONE,), CPU: GRAPHS}  # transformers lose accuracy under static PTQ
@@ -214,6 +219,9 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
                 finally:
                     tmp_in.unlink(missing_ok=True)
                 qmodel = onnx.load(str(tmp))
+                if settings.get("head_weight_bits") and int8_head.quantize_whitening(qmodel, settings["head_weight_bits"]):
+                    log(f"{g}: the head's whitening MatMul in INT8 ({settings['head_weight_bits']}-bit weights per location and column, "
+                        "activation scales per row and call)")
             else:
                 qmodel = models[g]  # copied unchanged but for its metadata
             _set_metadata(qmodel, dict(meta_doc, graph=g))
