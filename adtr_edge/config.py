@@ -165,8 +165,8 @@ class TrainConfig:
 
 # Named recipes, chosen from the measurements in docs/benchmarks.md section 1 (issue #10) on a
 # validation split: "default" is the best normal-only recipe that trains in under 15 minutes on a
-# 2-core CPU for a dataset the size of magnetic tile (features included); "fast" about half its
-# inference cost (Lite0 and one layer each side); "paper" the published GPU schedule and architecture.
+# 2-core CPU for a dataset the size of magnetic tile (features included); "fast" two-thirds of its
+# inference time (Lite0, one layer each side); "paper" the published GPU schedule and architecture.
 # A preset's "backbone" applies unless the user names one; its stages and normalisation follow it.
 # Shared by default and fast: a decoder that must rebuild each location from its context
 # (neighbour-masked attention, sine positions) and a residual scored against normal residuals.
@@ -174,7 +174,7 @@ CONTEXT_RECIPE = {"d_model": 128, "dim_feedforward": 512, "dropout": 0.0, "pos_e
                   "score": "mahalanobis"}
 PRESETS: dict[str, dict] = {
     # Lite2 over Lite0: +1.6 pixel-AUROC points for ADTR and for the Gaussian baseline alike on the
-    # validation split (section 1.2); its backbone costs about twice Lite0's.
+    # validation split (section 1.2), for 1.5x Lite0's backbone time.
     "default": {"backbone": "tf_efficientnet_lite2",
                 "model": {**CONTEXT_RECIPE, "num_encoder_layers": 2, "num_decoder_layers": 2},
                 "train": {"epochs": 20, "feature_jitter": 1.0}},

@@ -247,7 +247,7 @@ def main() -> None:
                      "train_seconds": round(result.seconds - eval_seconds[0], 1), **summarise(rep), "per_defect": rep["per_defect"]})
         print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
 
-    results = {**header, "data": str(args.data), "split": args.split, "input_size": args.input_size, "stages": list(cfg.stages),
+    results = {**header, "data": str(args.data), "split": args.split, "input_size": cfg.input_size[0], "stages": list(cfg.stages),
                "backbone": cfg.backbone, "feature_seconds": round(feature_seconds, 1), "n_fit": len(fit_idx), "n_test": len(test),
                "rows": rows, "curves": curves}
     write_json_atomic(out / "results.json", results)
