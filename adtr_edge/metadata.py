@@ -42,7 +42,12 @@ def onnxruntime_config(meta_raw: dict) -> dict[str, str]:
     magnetic-tile backbone: features 129% off FP32 fused, 53% with exact rounding; docs/benchmarks.md
     section 4.3). The ``cpu`` form (uint8 activations, 7-bit weights) cannot saturate and runs fused.
     """
-    return {"session.disable_quant_qdq": "1"} if quantization_target(meta_raw) == TARGET_TENSORRT else {}
+    return onnxruntime_config_for_target(quantization_target(meta_raw))
+
+
+def onnxruntime_config_for_target(target: str | None) -> dict[str, str]:
+    """``onnxruntime_config`` of a folder quantised for ``target`` (None: not quantised)."""
+    return {"session.disable_quant_qdq": "1"} if target == TARGET_TENSORRT else {}
 
 # Tensor names of the two graphs: the contract between export, engine building and the runtime.
 IMAGES = "images"  # backbone input: uint8 (N, H, W, 3) BGR

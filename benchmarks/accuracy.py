@@ -280,15 +280,35 @@ def raw_val_feats(model, train_set, val_idx, spec, cfg, cache):
 
 
 def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageSet, masks: np.ndarray) -> list:
-    """One trained checkpoint, several residual scores: what scoring alone is worth (issue #10 item 2)."""
+    """One trained checkpoint, several residual scores: what scoring alone is worth (issue #10 item 2).
+
+    The transformer runs once per image set; every head is fitted and scored on those reconstructions."""
     from dataclasses import replace as dc_replace
 
     from adtr_edge.model.adtr import AnomalyHead
     from adtr_edge.train.checkpoint import load_checkpoint
-    from adtr_edge.train.residual_stats import fit_head
+    from adtr_edge.train.residual_stats import reconstruct, whitening
 
     model, ckpt = load_checkpoint(checkpoint)
     cpu = torch.device("cpu")
+    rec = {"fit": reconstruct(model, fit_feats, cpu), "val": reconstruct(model, val_feats, cpu), "test": reconstruct(model, test_feats, cpu)}
+    normals = {"fit": fit_feats, "val": val_feats}
+
+    def scored(head, reconstruction, name: str) -> dict:
+        with torch.no_grad():
+            parts = [head(test_feats[i:i + 32], reconstruction[i:i + 32]) for i in range(0, len(test_feats), 32)]
+        maps, scores = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        rep = report_for(scored_from(maps, scores, test, masks), None)
+        row = {"method": name, "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]}
+        print(json.dumps(row | {"per_defect": None}), flush=True)
+        return row
+
+    def head_for(kind: str, blur: float, residual=None, lam=None, target=None):
+        head = AnomalyHead(dc_replace(ckpt.model_config, score=kind, map_blur=blur), model.backbone.channels)
+        if kind == "mahalanobis":
+            head.set_residual_stats(*whitening(residual, lam, target=target))
+        return head
+
     variants = [("l2", None, None, 0.0, None), ("l2", None, None, 4.0, None)]
     variants += [("mahalanobis", "fit", lam, 0.0, "pooled") for lam in (0.0, 0.05, 0.1, 0.5, 1.0)]
     variants += [("mahalanobis", "fit", lam, 0.0, "identity") for lam in (0.05, 0.2, 0.5, 0.8)]
@@ -296,52 +316,20 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
     variants += [("mahalanobis", "fit", 0.05, blur, "pooled") for blur in (2.0, 4.0)]
     rows = []
     for kind, src, lam, blur, target in variants:
-        model.head = AnomalyHead(dc_replace(ckpt.model_config, score=kind, map_blur=blur), model.backbone.channels)
-        if kind == "mahalanobis":
-            fit_head(model, fit_feats if src == "fit" else val_feats, cpu, lam, target)
-        scores, maps = score_features(model, test_feats, cpu)
-        rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), None)
+        residual = normals[src] - rec[src] if src else None
         name = "L2 of the residual" if kind == "l2" else f"Mahalanobis of the residual, fitted on {src} normals, shrinkage {lam} to {target}"
         name += f", map blur sigma {blur:g}" if blur else ""
-        rows.append({"method": name, "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]})
-        print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
-    rows += reconstruction_share_rows(model, ckpt, fit_feats, test_feats, test, masks)
-    return rows
+        rows.append(scored(head_for(kind, blur, residual, lam, target), rec["test"], name))
 
-
-class _TowardsMean(torch.nn.Module):
-    """f_hat' = mu + beta (f_hat - mu): beta 0 outputs the per-location mean (the Gaussian baseline under
-    the Mahalanobis head), beta 1 is the trained reconstruction."""
-
-    def __init__(self, inner, mean: torch.Tensor, beta: float):
-        super().__init__()
-        self.inner, self.mean, self.beta = inner, mean, beta
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.mean + self.beta * (self.inner(f) - self.mean)
-
-
-def reconstruction_share_rows(model, ckpt, fit_feats, test_feats, test: ImageSet, masks: np.ndarray) -> list:
-    """What the reconstruction adds under the shipped head: the decoder's output scaled towards the mean."""
-    from dataclasses import replace as dc_replace
-
-    from adtr_edge.model.adtr import AnomalyHead
-    from adtr_edge.train.residual_stats import fit_head
-
-    cpu, trained = torch.device("cpu"), model.transformer
+    # What the reconstruction adds under the shipped head: f_hat' = mu + beta (f_hat - mu), beta 0 the
+    # per-location mean (the Gaussian baseline under the Mahalanobis head), beta 1 the trained model.
     tcfg = ckpt.train_config
-    rows = []
+    mu = fit_feats.mean(dim=0, keepdim=True)
     for beta in (0.0, 0.5, 1.0):
-        model.transformer = _TowardsMean(trained, fit_feats.mean(dim=0, keepdim=True), beta)
-        model.head = AnomalyHead(dc_replace(ckpt.model_config, score="mahalanobis", map_blur=0.0), model.backbone.channels)
-        fit_head(model, fit_feats, cpu, tcfg.score_shrinkage, tcfg.score_target)
-        scores, maps = score_features(model, test_feats, cpu)
-        rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), None)
-        name = (f"reconstruction scaled towards the mean, beta {beta:g} (shipped head: shrinkage {tcfg.score_shrinkage:g} "
-                f"to {tcfg.score_target})")
-        rows.append({"method": name, "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]})
-        print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
-    model.transformer = trained
+        fit_rec, test_rec = mu + beta * (rec["fit"] - mu), mu + beta * (rec["test"] - mu)
+        head = head_for("mahalanobis", 0.0, fit_feats - fit_rec, tcfg.score_shrinkage, tcfg.score_target)
+        rows.append(scored(head, test_rec, f"reconstruction scaled towards the mean, beta {beta:g} (shipped head: shrinkage "
+                                           f"{tcfg.score_shrinkage:g} to {tcfg.score_target})"))
     return rows
 
 

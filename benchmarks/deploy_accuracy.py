@@ -20,13 +20,13 @@ import argparse
 import shutil
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adtr_edge.bench.timing import interleaved  # noqa: E402
 from adtr_edge.data.datasets import load_dataset, validation_split  # noqa: E402
 from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor  # noqa: E402
 from adtr_edge.export.onnx_export import export_checkpoint  # noqa: E402
@@ -149,15 +149,7 @@ def main() -> None:
 
     # Interleaved timing: one batch-1 frame through each form in turn, so load spikes hit all.
     frame = np.random.default_rng(0).integers(0, 256, (spec.height, spec.width, 3), dtype=np.uint8)
-    times = {k: [] for k in detectors}
-    for _ in range(2):
-        for d in detectors.values():
-            d(frame)
-    for _ in range(args.timing_rounds):
-        for k, d in detectors.items():
-            t = time.perf_counter()
-            d(frame)
-            times[k].append((time.perf_counter() - t) * 1e3)
+    times = interleaved({k: (lambda d=d: d(frame)) for k, d in detectors.items()}, args.timing_rounds, 1, warmup=2)
     ref = rows[FORMS["fp32"]]
     lines = ["| form | image AUROC | pixel AUROC | AUPRO | cost vs ONNX FP32 (image / pixel AUROC points) | median ms per frame (batch 1, "
              f"{args.threads} thread) | speed vs FP32 |", "|---|---|---|---|---|---|---|"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
+from adtr_edge.bench.timing import interleaved_wall_cpu  # noqa: E402
 from adtr_edge.engine import int8_head  # noqa: E402
 from adtr_edge.fileio import sha256_file, write_json_atomic  # noqa: E402
 from adtr_edge.runtime.loading import load_backend  # noqa: E402
@@ -122,18 +122,7 @@ def main(argv: list[str]) -> int:
         for k, b in backends.items():
             feats = b.run_backbone(frame)
             calls[k] = (lambda b=b, f=feats: b._run_transformer(f)) if part == "transformer" else (lambda b=b: b.infer(frame))
-        wall = {k: [] for k in calls}
-        cpu = {k: [] for k in calls}
-        for fn in calls.values():
-            fn()
-            fn()
-        for _ in range(args.rounds):
-            for k, fn in calls.items():
-                for _ in range(args.iters):
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    fn()
-                    cpu[k].append((time.process_time() - c0) * 1e3)
-                    wall[k].append((time.perf_counter() - t0) * 1e3)
+        wall, cpu = interleaved_wall_cpu(calls, args.rounds, args.iters, warmup=2)
         parts[part] = {k: {"wall_ms": float(np.median(wall[k])), "cpu_ms": float(np.median(cpu[k]))} for k in calls}
     results["speed"] = parts
     print("\n| form | transformer ms wall (CPU) | end to end ms wall (CPU) | speed vs FP32 end to end (wall / CPU) |\n|---|---|---|---|")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +33,7 @@ import _models  # noqa: E402  (puts the repository on sys.path)
 
 import numpy as np  # noqa: E402
 
+from adtr_edge.bench.timing import interleaved_wall_cpu  # noqa: E402
 from adtr_edge.metadata import ANOMALY_MAP, FEATURES, IMAGES, SCORE  # noqa: E402
 from adtr_edge.runtime.loading import load_backend  # noqa: E402
 
@@ -122,13 +122,6 @@ def agreement(runners: dict, ref_name: str, frames: np.ndarray) -> dict:
     return table
 
 
-def timed(fn, wall: list, cpu: list) -> None:
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    cpu.append((time.process_time() - c0) * 1e3)
-    wall.append((time.perf_counter() - t0) * 1e3)
-
-
 def speed(runners: dict, ref_name: str, frame: np.ndarray, rounds: int, iters: int) -> dict:
     results = {}
     for part in PARTS:
@@ -138,15 +131,8 @@ def speed(runners: dict, ref_name: str, frame: np.ndarray, rounds: int, iters: i
             calls[name] = {"backbone": lambda r=r: r.backbone(frame),
                            "transformer": lambda r=r, f=feats: r.transformer(f),
                            "end to end": lambda r=r: r.transformer(r.backbone(frame))}[part]
-        wall = {n: [] for n in calls}
-        cpu = {n: [] for n in calls}
-        for fn in calls.values():  # warm-up: OpenVINO and ONNX Runtime both allocate on the first calls
-            fn()
-            fn()
-        for _ in range(rounds):
-            for name, fn in calls.items():
-                for _ in range(iters):
-                    timed(fn, wall[name], cpu[name])
+        # two warm-up calls each: OpenVINO and ONNX Runtime both allocate on the first calls
+        wall, cpu = interleaved_wall_cpu(calls, rounds, iters, warmup=2)
         results[part] = {n: {"wall_ms": float(np.median(wall[n])), "cpu_ms": float(np.median(cpu[n]))} for n in calls}
         print(f"{part}: timed", flush=True)
     return results

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,6 +30,8 @@ import _models  # noqa: E402  (puts the repository on sys.path)
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
+
+from adtr_edge.bench.timing import interleaved_wall_cpu  # noqa: E402
 
 
 def attention_block(tokens: int, width: int, heads: int, threads: int, rounds: int, iters: int) -> dict:
@@ -66,13 +67,7 @@ def attention_block(tokens: int, width: int, heads: int, threads: int, rounds: i
                 for k, m in (("exported", exported), ("MultiHeadAttention", fused))}
     feed = {x: rng.standard_normal((1, tokens, width)).astype(np.float32) for x in "qkv"}
     a, b = (s.run(None, feed)[0] for s in sessions.values())
-    cpu = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for _ in range(iters * 5):
-                c0 = time.process_time()
-                s.run(None, feed)
-                cpu[k].append((time.process_time() - c0) * 1e3)
+    _, cpu = interleaved_wall_cpu({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, rounds, iters * 5, warmup=0)
     return {"rel": float(np.linalg.norm(a - b) / np.linalg.norm(a)), **{k + "_cpu_ms": float(np.median(v)) for k, v in cpu.items()}}
 
 
@@ -109,15 +104,8 @@ def main(argv: list[str]) -> int:
     for label in results["graphs"]:
         a, b = outs[label][0], outs[label + " fused"][0]
         results["graphs"][label]["map_rel"] = float(np.linalg.norm(a - b) / np.linalg.norm(a))
-    wall = {k: [] for k in sessions}
-    cpu = {k: [] for k in sessions}
-    for _ in range(args.rounds):
-        for k, s in sessions.items():
-            for _ in range(args.iters):
-                t0, c0 = time.perf_counter(), time.process_time()
-                s.run(None, {"features": feats})
-                cpu[k].append((time.process_time() - c0) * 1e3)
-                wall[k].append((time.perf_counter() - t0) * 1e3)
+    wall, cpu = interleaved_wall_cpu({k: (lambda s=s: s.run(None, {"features": feats})) for k, s in sessions.items()},
+                                     args.rounds, args.iters, warmup=0)
     print("\n| graph | map rel. error fused vs not | ms wall (CPU), not fused | fused | fused speed (wall / CPU) |\n|---|---|---|---|---|")
     for label, row in results["graphs"].items():
         w0, c0, w1, c1 = (float(np.median(x)) for x in (wall[label], cpu[label], wall[label + " fused"], cpu[label + " fused"]))

@@ -7,7 +7,7 @@ from adtr_edge.errors import AdtrError
 from adtr_edge.model import build_model
 from adtr_edge.model.adtr import InGraphPreprocess
 from adtr_edge.preprocessing import preprocess_spec
-from adtr_edge.model.weights import LITE_WEIGHTS, bundled_lite0_path, bundled_lite_path, lukemelas_to_timm, read_state_dict
+from adtr_edge.model.weights import LITE_WEIGHTS, bundled_lite_path, lukemelas_to_timm, read_state_dict
 from adtr_edge.postprocessing import pooled_max_score
 from adtr_edge.preprocessing import normalize_numpy
 
@@ -18,7 +18,7 @@ def test_lite0_weights_map_key_for_key():
     import timm
 
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    renamed = lukemelas_to_timm(read_state_dict(bundled_lite0_path()))
+    renamed = lukemelas_to_timm(read_state_dict(bundled_lite_path()))
     assert set(renamed) == set(full.state_dict())
     full.load_state_dict(renamed, strict=True)  # shapes agree too
 

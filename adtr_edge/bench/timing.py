@@ -98,19 +98,29 @@ def achieved(flops: dict | None, stages_ms: dict, batch: int, peak_gflops: float
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, iters: int, warmup: int = 1) -> dict[str, list[float]]:
     """Time several callables A, B, C, A, B, C, ... so that machine noise (other processes, clock
     changes) hits every variant alike; returns the milliseconds of each call per variant."""
+    return interleaved_wall_cpu(variants, rounds, iters, warmup)[0]
+
+
+def interleaved_wall_cpu(variants: dict[str, Callable[[], object]], rounds: int, iters: int,
+                         warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``interleaved``, with this process's CPU time of each call as well: (wall ms, CPU ms) per
+    variant. On one thread CPU time is what the work costs; wall time adds the waits for a core
+    when other processes share the machine."""
     if rounds < 1 or iters < 1:
         raise AdtrError(f"rounds and iters must be >= 1, got {rounds}, {iters}")
     for fn in variants.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
             for _ in range(iters):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    return samples
+                cpu[name].append((time.process_time() - c0) * 1e3)
+                wall[name].append((time.perf_counter() - t0) * 1e3)
+    return wall, cpu
 
 
 @dataclass

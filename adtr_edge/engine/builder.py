@@ -25,10 +25,10 @@ import onnx
 from ..errors import AdtrError
 from ..fileio import sha256_bytes, sha256_file, write_bytes_atomic
 from ..folder import read_export
-from ..metadata import BACKBONE, GRAPHS, TRANSFORMER, quantization_target
+from ..metadata import BACKBONE, GRAPHS, TARGET_CPU, TRANSFORMER, quantization_target
 from . import calibration as calib
 from . import onnx_tools
-from .quantize import CPU, float_plan
+from .quantize import float_plan
 from .manifest import EngineKey, Profile, engine_path, existing_entry_matches, read_manifest, write_manifest
 from .trt_api import LogSink, TrtApi, process_logger
 
@@ -322,7 +322,7 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
     onnx_dir = Path(onnx_dir)
     export = read_export(onnx_dir, purpose="build-engine")
     meta = export.meta
-    if quantization_target(meta.raw) == CPU:
+    if quantization_target(meta.raw) == TARGET_CPU:
         raise AdtrError(f"{onnx_dir}: quantised for ONNX Runtime on the CPU (uint8 activations, dynamic INT8), which "
                         "TensorRT cannot build; make the TensorRT form with 'adtr-edge quantize --target tensorrt'")
     name = name or onnx_dir.resolve().name

@@ -27,7 +27,7 @@ import onnx
 
 from ..errors import AdtrError, require
 from ..fileio import sha256_bytes
-from ..metadata import BACKBONE, HEAD_MATCH_KEY as MATCH_KEY, IMAGES, onnxruntime_config
+from ..metadata import BACKBONE, HEAD_MATCH_KEY as MATCH_KEY, IMAGES, onnxruntime_config_for_target
 
 
 def backbone_digest(path: Path) -> str:
@@ -83,7 +83,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
                                 (BACKBONE,), calib_count, batch_size, log=log, target=target, keep_float=keep_float)
         digest = backbone_digest(first / f"{BACKBONE}.onnx")
         opts = ort.SessionOptions()
-        for key, value in onnxruntime_config({"quantization": {"target": target}}).items():
+        for key, value in onnxruntime_config_for_target(target).items():
             opts.add_session_config_entry(key, value)  # compute the features as the target's runtime will
         session = ort.InferenceSession(str(first / f"{BACKBONE}.onnx"), opts, providers=["CPUExecutionProvider"])
         train_set = load_dataset(train_data, "train")

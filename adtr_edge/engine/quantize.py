@@ -40,7 +40,7 @@ import onnx
 
 from ..errors import AdtrError
 from ..fileio import atomic_path, sha256_file, write_json_atomic
-from ..folder import QDQ, read_export
+from ..folder import QDQ, read_export, read_model_folder
 from ..metadata import (BACKBONE, FEATURES, GRAPHS, HEAD_MATCH_KEY, IMAGES, METADATA_KEY, TARGET_CPU, TARGET_TENSORRT, TRANSFORMER,
                         quantization_target)
 from . import calibration as calib
@@ -237,7 +237,7 @@ def warn_unmatched(folder: Path, log=print) -> None:
     """The CPU form under a Mahalanobis head fitted on FP32 features: point to the matched pair.
     (Its cost was -8.7 image-AUROC points on magnetic tile before the feature assembly was left
     float, -0.09 since; the matched pair refits the head on the deployed backbone either way.)"""
-    meta = read_export(folder, purpose="quantize").meta.raw
+    meta = read_model_folder(folder, purpose="quantize").meta.raw  # just written and hashed: no second hashing
     if quantization_target(meta) == CPU and (meta.get("model") or {}).get("score") == "mahalanobis" and not meta.get(HEAD_MATCH_KEY):
         log("note: this head's statistics were fitted on FP32 features; 'adtr-edge quantize-matched CHECKPOINT --target cpu' "
             "refits them on this INT8 backbone (docs/benchmarks.md section 4.3)")

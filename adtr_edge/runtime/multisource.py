@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator, Sequence
 
 from ..errors import AdtrError
@@ -158,7 +159,7 @@ class Step:
     items: list[tuple[Feed, list[Frame], list[SourceEvent]]] = field(default_factory=list)
     ended: list[Feed] = field(default_factory=list)
 
-    @property
+    @cached_property  # read several times per step; the items do not change once the step is made
     def frames(self) -> list[Frame]:
         return [f for _, frames, _ in self.items for f in frames]
 

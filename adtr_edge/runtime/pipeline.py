@@ -112,7 +112,6 @@ class Pipeline:
             # frame per step (a step batches the cameras instead); micro-batching is for files.
             log.info("live source: --batch %d applies to files only; each camera gives 1 frame per step", batch)
         self.detector = detector
-        self.source = pairs[0][1]  # the first (the only one of a single-source stream)
         self.sinks = list(sinks)
         self.merge = Merge(pairs, batch=batch, max_frames=max_frames, capacity=queue_size, gather_s=gather_s,
                            max_step=getattr(getattr(detector, "backend", None), "max_batch", None))
@@ -225,6 +224,8 @@ class Pipeline:
         the first frames that ran after it, so the events file shows where the stream waited: one
         per source with frames in that step (each waited), at the index of its first such frame."""
         gaps = self.detector.backend.take_gaps()
+        if not gaps:  # every step of an in-process backend, and of a remote one that stayed up
+            return
         firsts = [(feed.name, frames[0].index) for feed, frames, _ in step.items if frames]
         for gap in gaps:
             reason = f"no inference for {gap['seconds']:.2f} s ({gap['reason']})"

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+DEFAULT_TIMEOUT_S = 10.0  # per request
+DEFAULT_RECONNECT_S = 60.0  # how long a lost server is retried (0 = forever)
 # gRPC status codes and HTTP-side messages that mean "the server is (momentarily) not there".
 _RETRY_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 # Triton answers "Request for unknown model" / "... is not ready" / "no available versions" while
@@ -77,15 +79,19 @@ def _retryable(e: Exception) -> bool:
     if isinstance(e, (OSError, TimeoutError)):  # the HTTP client's refused / reset / timed-out sockets
         return True
     status = e.status() if callable(getattr(e, "status", None)) else None
-    text = str(getattr(e, "message", lambda: str(e))() if callable(getattr(e, "message", None)) else e).lower()
+    text = str(_message(e)).lower()
     if status and any(str(status).endswith(s) for s in _RETRY_STATUS):
         return True
     return any(t in text for t in _RETRY_TEXT)
 
 
+def _message(e: Exception):
+    """tritonclient's exceptions carry their text in a ``message()`` method."""
+    return e.message() if callable(getattr(e, "message", None)) else str(e)
+
+
 def _one_line(e: Exception) -> str:
-    msg = e.message() if callable(getattr(e, "message", None)) else str(e)
-    return (str(msg).strip().splitlines() or [e.__class__.__name__])[0][:300]
+    return (str(_message(e)).strip().splitlines() or [e.__class__.__name__])[0][:300]
 
 
 class TritonBackend(Backend):
@@ -98,7 +104,7 @@ class TritonBackend(Backend):
     name = "triton"
 
     def __init__(self, model_dir, *, server: Optional[str] = None, protocol: str = "grpc", model_name: str = DEFAULT_NAME,
-                 timeout_s: float = 10.0, reconnect_s: float = 60.0):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, reconnect_s: float = DEFAULT_RECONNECT_S):
         self.protocol, self.address = parse_server(server, protocol)
         if timeout_s <= 0:
             raise AdtrError(f"--server-timeout must be > 0 seconds, got {timeout_s}")

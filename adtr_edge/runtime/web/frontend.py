@@ -39,7 +39,7 @@ class Frontend(Sink):
         self.metrics = StreamMetrics()
         self.pipeline = None
         self.closing = False
-        self.saved: List[dict] = []
+        self.last_saved: Optional[dict] = None  # the manifest's threshold_history keeps the rest
         self.encoder: Optional[Encoder] = None
         self.servers: List[HttpServer] = []
         try:
@@ -102,7 +102,7 @@ class Frontend(Sink):
     def save_threshold(self) -> dict:
         value = self._detector().thresholds.threshold
         entry = save_threshold(self.model_dir, value, by="adtr-edge stream web view")
-        self.saved.append(entry)
+        self.last_saved = entry
         log.warning("threshold %s saved to %s (was %s)", value, self.model_dir, entry["threshold"])
         return entry
 
@@ -113,11 +113,11 @@ class Frontend(Sink):
         if self.pipeline is not None:
             det = self.pipeline.detector
             t = det.meta.thresholds
-            exported = self.saved[-1]["new_threshold"] if self.saved else t.threshold  # the folder's value now
+            exported = self.last_saved["new_threshold"] if self.last_saved else t.threshold  # the folder's value now
             lo, hi = min(t.score_min, t.threshold, det.thresholds.threshold), max(t.score_max, t.threshold, det.thresholds.threshold)
             span = [lo, hi if hi > lo else lo + 1.0]
         s["model"] = self.model
         s["view"] = {"token": bool(self.token), "folder_threshold": exported, "threshold_range": span,
-                     "saved": self.saved[-1] if self.saved else None, "labels": self.source_labels(),
+                     "saved": self.last_saved, "labels": self.source_labels(),
                      "encoded": self.encoder.encoded if self.encoder is not None else 0}
         return s

@@ -149,14 +149,12 @@ class LiveState:
         with self.lock:
             return list(self.sources)
 
-    def scores(self, label: str, after: Optional[int] = None, limit: Optional[int] = None) -> List[dict]:
+    def scores(self, label: str, after: Optional[int] = None) -> List[dict]:
         with self.lock:
             view = self.sources.get(label)
             points = list(view.scores) if view is not None else []
         if after is not None:
             points = [p for p in points if p["frame"] > after]
-        if limit is not None:
-            points = points[-limit:]
         return points
 
     def alarm_list(self, label: Optional[str] = None) -> List[dict]:
