@@ -154,3 +154,58 @@ def test_cli_writes_the_repository_and_refuses_bad_options_in_one_line(tmp_path,
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def tensorrt_form_export(folder: Path) -> Path:
+    """A fake export whose metadata says TensorRT-form INT8 (its backbone has a Q/DQ pair)."""
+    quant = {"quantization": {"target": "tensorrt"}}
+    write_fake_export(folder, qdq=True, graph_meta_override={"backbone": quant, "transformer": quant})
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["meta"].update(quant)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def load_python_model(monkeypatch, model_dir: Path):
+    """Run the python flavour's model.py ``initialize`` as Triton's stub does: the config as JSON
+    (protobuf's JSON form, field names kept), the version folder's path. The stub's own utilities
+    module is not needed by ``initialize``, so an empty module stands in for it."""
+    import importlib.util
+    import sys
+    import types
+
+    from google.protobuf import json_format
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("triton_model_py", model_dir / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = json_format.MessageToDict(read_config(model_dir), preserving_proto_field_name=True)
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(model_dir), "model_version": "1"})
+    return model
+
+
+def qdq_entry(session) -> str | None:
+    try:
+        return session.get_session_options().get_session_config_entry("session.disable_quant_qdq") or None
+    except Exception:  # an unset entry raises on some onnxruntime versions
+        return None
+
+
+def test_python_flavour_runs_a_tensorrt_form_folder_with_its_session_config(tmp_path, export, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    trt_form = tensorrt_form_export(tmp_path / "trt-form")
+    for source, expected in ((export, None), (trt_form, "1")):
+        repo = tmp_path / f"repo-{source.name}"
+        export_triton(source, repo)
+        for graph in ("backbone", "transformer"):
+            cfg = read_config(repo / f"adtr_{graph}")
+            assert json.loads(params(cfg)["onnxruntime_session_config"]) == ({"session.disable_quant_qdq": expected} if expected else {})
+            model = load_python_model(monkeypatch, repo / f"adtr_{graph}")
+            assert qdq_entry(model.session) == expected
+    # Triton's onnxruntime backend cannot set the entry: refused on the CPU, allowed on the GPU.
+    with pytest.raises(AdtrError, match="trt-form: a TensorRT-form INT8 folder needs .*session.disable_quant_qdq.*--flavour python"):
+        export_triton(trt_form, tmp_path / "cpu", TritonOptions(flavour="onnxruntime_onnx", kind="cpu"))
+    assert not (tmp_path / "cpu").exists()
+    export_triton(trt_form, tmp_path / "gpu", TritonOptions(flavour="onnxruntime_onnx"))

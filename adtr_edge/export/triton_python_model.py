@@ -28,6 +28,9 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_threads") or 0)
         if threads > 0:
             opts.intra_op_num_threads = threads
+        # Entries the graphs need to compute what they mean (a TensorRT-form INT8 graph: Q/DQ unfused).
+        for key, value in json.loads(params.get("onnxruntime_session_config") or "{}").items():
+            opts.add_session_config_entry(key, value)
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.inputs = [t["name"] for t in config["input"]]

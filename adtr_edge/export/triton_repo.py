@@ -36,7 +36,7 @@ from typing import Dict, List, Optional
 from ..errors import AdtrError
 from ..folder import ONNX_KINDS, TENSORRT, ModelFolder, read_model_folder, verify_graph_files
 from ..fileio import sha256_file
-from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, GRAPHS, IMAGES, SCORE, TRANSFORMER
+from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, GRAPHS, IMAGES, SCORE, TRANSFORMER, onnxruntime_config
 
 FLAVOURS = ("python", "onnxruntime_onnx", "tensorrt_plan")
 KINDS = ("auto", "cpu", "gpu")
@@ -52,6 +52,9 @@ P_DIGEST = {BACKBONE: "adtr_edge_backbone_onnx_sha256", TRANSFORMER: "adtr_edge_
 P_GRAPH = "adtr_edge_graph"
 P_FLAVOUR = "adtr_edge_flavour"
 P_THREADS = "intra_op_threads"  # read by the python flavour's model.py
+# JSON of the ONNX Runtime session config entries the graphs need (metadata.onnxruntime_config),
+# applied by the python flavour's model.py exactly as the in-process backend applies them.
+P_SESSION_CONFIG = "onnxruntime_session_config"
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,16 @@ def _source_folder(model_dir: Path, flavour: str) -> ModelFolder:
     folder = read_model_folder(model_dir, accept=ONNX_KINDS, purpose=f"--flavour {flavour}")
     verify_graph_files(folder)
     return folder
+
+
+def _check_session_config(folder: ModelFolder, opts: TritonOptions) -> None:
+    """Triton's ONNX Runtime backend takes a fixed list of session options, not config entries, so a
+    folder whose graphs need one (TensorRT-form INT8: Q/DQ unfused, or it saturates on x86 CPUs)
+    cannot run correctly there on the CPU. On the GPU the CUDA provider runs the Q/DQ pairs as written."""
+    kind = opts.kind if opts.kind != "auto" else "gpu"
+    if opts.flavour == "onnxruntime_onnx" and kind == "cpu" and onnxruntime_config(folder.meta.raw):
+        raise AdtrError(f"{folder.path}: a TensorRT-form INT8 folder needs ONNX Runtime's session.disable_quant_qdq, which "
+                        "Triton's onnxruntime backend cannot set on the CPU; use --flavour python, or quantise with --target cpu")
 
 
 def _max_batch(folder: ModelFolder, opts: TritonOptions) -> int:
@@ -191,6 +204,7 @@ def _member_config(graph: str, model: str, folder: ModelFolder, opts: TritonOpti
     member_params = dict(params, **{P_GRAPH: graph})
     if opts.flavour == "python":
         member_params[P_THREADS] = str(opts.threads)
+        member_params[P_SESSION_CONFIG] = json.dumps(onnxruntime_config(folder.meta.raw), sort_keys=True)
     return text + _parameters(member_params)
 
 
@@ -250,6 +264,7 @@ def export_triton(model_dir: str | os.PathLike, out: str | os.PathLike, options:
     if out.exists() and not out.is_dir():
         raise AdtrError(f"{out}: exists and is not a folder")
     folder = _source_folder(Path(model_dir), opts.flavour)
+    _check_session_config(folder, opts)
     max_batch = _max_batch(folder, opts)
     params = repository_parameters(folder, opts.flavour)
     members = member_names(opts.name)
