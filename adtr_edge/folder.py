@@ -136,7 +136,7 @@ def _read_manifest_folder(p: Path, manifest_path: Path) -> ModelFolder:
 def verify_graph_files(folder: ModelFolder) -> None:
     """Every ONNX graph file exists and has the sha256 the manifest recorded (a mixed-up or partly
     copied folder would otherwise run with the wrong weights or thresholds). Engine files are
-    checked by ``adtr_edge.engine.manifest.check_loadable``, which also names the rebuild command."""
+    checked by ``verify_engine_files``."""
     for graph in GRAPHS:
         f = folder.graph_file(graph)
         if not f.is_file():
@@ -150,6 +150,28 @@ def verify_graph_files(folder: ModelFolder) -> None:
                 f"{f}: sha256 {actual[:12]}... does not match {MANIFEST} ({str(expected)[:12]}...); "
                 "the folder was modified or mixed with another export"
             )
+
+
+def engine_file(folder: Union[str, Path], graph: str) -> Path:
+    """Where ``build-engine`` writes a graph's engine, and where the TensorRT backend loads it from."""
+    return Path(folder) / f"{graph}.engine"
+
+
+def rebuild_command(manifest: dict) -> str:
+    """The command that rebuilds an engine folder's engines (what its errors tell the user to run)."""
+    return manifest.get("build_command") or f"adtr-edge build-engine {manifest.get('source', '<export folder>')}"
+
+
+def verify_engine_files(folder: Union[str, Path], manifest: dict) -> None:
+    """Both engine files exist and have the sha256 the engine manifest recorded (what
+    ``verify_graph_files`` is to an export); the message names the rebuild command."""
+    rebuild = rebuild_command(manifest)
+    for graph in GRAPHS:
+        path = engine_file(folder, graph)
+        if not path.is_file():
+            raise AdtrError(f"{path}: engine file missing; rebuild with {rebuild}")
+        if sha256_file(path) != manifest["engines"][graph].get("sha256"):
+            raise AdtrError(f"{path}: engine file does not match its manifest (modified or half-copied); rebuild with {rebuild}")
 
 
 def read_export(path: Union[str, Path], purpose: str = "") -> ModelFolder:

@@ -314,6 +314,7 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
     variants += [("mahalanobis", "fit", lam, 0.0, "identity") for lam in (0.05, 0.2, 0.5, 0.8)]
     variants += [("mahalanobis", "val", lam, 0.0, "pooled") for lam in (0.1, 0.5)]
     variants += [("mahalanobis", "fit", 0.05, blur, "pooled") for blur in (2.0, 4.0)]
+    variants += [("mahalanobis", "fit", 0.05, blur, "identity") for blur in (2.0, 4.0, 8.0)]
     rows = []
     for kind, src, lam, blur, target in variants:
         residual = normals[src] - rec[src] if src else None

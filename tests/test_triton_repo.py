@@ -118,7 +118,7 @@ def test_tensorrt_plan_flavour_from_an_engine_folder(tmp_path, export):
     with pytest.raises(AdtrError, match="tensorrt_plan needs a TensorRT engine folder"):
         export_triton(export, tmp_path / "plan", TritonOptions(flavour="tensorrt_plan"))
     (engines / "backbone.engine").write_bytes(b"changed")
-    with pytest.raises(AdtrError, match="backbone.engine: engine file missing or not the one"):
+    with pytest.raises(AdtrError, match="backbone.engine: engine file does not match its manifest"):
         export_triton(engines, tmp_path / "changed", TritonOptions(flavour="tensorrt_plan"))
     assert not (tmp_path / "changed").exists()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..version import __version__
 from ..errors import AdtrError
 from ..fileio import sha256_file, write_json_atomic
-from ..folder import ENGINE_FORMAT, MANIFEST, TENSORRT, read_model_folder
+from ..folder import ENGINE_FORMAT, MANIFEST, TENSORRT, engine_file, read_model_folder, rebuild_command, verify_engine_files
 from ..metadata import GRAPHS
 
 
@@ -63,8 +63,7 @@ class EngineKey:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def engine_path(folder: Path, graph: str) -> Path:
-    return Path(folder) / f"{graph}.engine"
+engine_path = engine_file  # where build-engine writes a graph's engine (defined with the folder kinds)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -106,7 +105,7 @@ def existing_entry_matches(folder: Path, graph: str, key: EngineKey) -> bool:
 
 def check_loadable(doc: dict, folder: Path, trt_version: str, gpu_name: str, compute_capability: str) -> None:
     """Refuse engines built for another TensorRT version or GPU, naming both and the fix."""
-    rebuild = doc.get("build_command") or f"adtr-edge build-engine {doc.get('source', '<export folder>')}"
+    rebuild = rebuild_command(doc)
     built_v = doc.get("trt_version")
     if built_v != trt_version:
         raise AdtrError(f"{folder}: engines were built with TensorRT {built_v}, this is {trt_version}; rebuild with {rebuild}")
@@ -116,10 +115,4 @@ def check_loadable(doc: dict, folder: Path, trt_version: str, gpu_name: str, com
             f"{folder}: engines were built for {gpu.get('name')} (sm {gpu.get('compute_capability')}), this GPU is "
             f"{gpu_name} (sm {compute_capability}); rebuild with {rebuild}"
         )
-    for g in GRAPHS:
-        entry = doc["engines"][g]
-        path = engine_path(folder, g)
-        if not path.is_file():
-            raise AdtrError(f"{path}: engine file missing; rebuild with {rebuild}")
-        if sha256_file(path) != entry.get("sha256"):
-            raise AdtrError(f"{path}: engine file does not match its manifest (modified or half-copied); rebuild with {rebuild}")
+    verify_engine_files(folder, doc)

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import AdtrError
-from ..folder import ONNX_KINDS, TENSORRT, ModelFolder, read_model_folder, verify_graph_files
-from ..fileio import sha256_file
+from ..folder import ONNX_KINDS, TENSORRT, ModelFolder, read_model_folder, verify_engine_files, verify_graph_files
 from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, GRAPHS, IMAGES, SCORE, TRANSFORMER, onnxruntime_config
 
 FLAVOURS = ("python", "onnxruntime_onnx", "tensorrt_plan")
@@ -107,11 +106,7 @@ def onnx_digests(folder: ModelFolder) -> Dict[str, str]:
 def _source_folder(model_dir: Path, flavour: str) -> ModelFolder:
     if flavour == "tensorrt_plan":
         folder = read_model_folder(model_dir, accept=(TENSORRT,), purpose="--flavour tensorrt_plan")
-        for graph in GRAPHS:
-            f = folder.graph_file(graph)
-            entry = folder.manifest["engines"][graph]
-            if not f.is_file() or sha256_file(f) != entry.get("sha256"):
-                raise AdtrError(f"{f}: engine file missing or not the one its manifest lists (rebuild with 'adtr-edge build-engine')")
+        verify_engine_files(folder.path, folder.manifest)
         return folder
     folder = read_model_folder(model_dir, accept=ONNX_KINDS, purpose=f"--flavour {flavour}")
     verify_graph_files(folder)
