@@ -53,10 +53,10 @@ def _parse_ints(text: Optional[str], option: str) -> Optional[tuple]:
 def train(
     data: Path = typer.Argument(..., help="Dataset: an MVTec-AD category folder (train/good, test/...) or a folder of normal images."),
     out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Checkpoint folder to write (safetensors + JSON)."),
-    preset: str = typer.Option("default", help="Recipe: default (Lite2, 2+2 layers, ~15 CPU min), fast (Lite0, 1+1: 2/3 of its inference time), paper (500 epochs, lr 1e-4, step decay)."),
+    preset: str = typer.Option("default", help="Recipe: default (Lite2, 2+2 layers, ~15 CPU min), fast (Lite0, 224 px, 1+1: half its time), paper (500 epochs, lr 1e-4, step decay)."),
     backbone: Optional[str] = typer.Option(None, help="Backbone (default: the preset's): tf_efficientnet_lite0, tf_efficientnet_lite2 (bundled weights), efficientnet_b4 (--weights)."),
     weights: Optional[Path] = typer.Option(None, help="ImageNet weight file for the backbone (.safetensors or .pth state dict)."),
-    input_size: Optional[str] = typer.Option(None, help="Model input size, N or HxW (multiple of 16). Default 256."),
+    input_size: Optional[str] = typer.Option(None, help="Model input size, N or HxW (multiple of 16). Default: the preset's (256; fast 224)."),
     stages: Optional[str] = typer.Option(None, help="Backbone stages to use, e.g. 1,2,3 (Lite0 default: strides 4/8/16)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default from the preset)."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size."),

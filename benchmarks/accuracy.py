@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--input-size", type=int, default=256)
+    ap.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the recipes' presets', else 256)")
     ap.add_argument("--backbone", default=None, help="timm name (default: the recipes' preset backbone)")
     ap.add_argument("--stages", default=None, help="backbone stages, e.g. 1,2,3,4 (default: the backbone's)")
     ap.add_argument("--feature-stride", type=int, default=16, help="grid = input size / stride (16: 16x16 at 256 px)")
@@ -116,7 +116,8 @@ def main() -> None:
               f"{torch.get_num_threads()} torch threads, python {platform.python_version()}, torch {torch.__version__}"}
     print(json.dumps(header))
 
-    cfg = ModelConfig.for_backbone(run_backbone(args), input_size=(args.input_size, args.input_size), feature_stride=args.feature_stride,
+    side = run_input_size(args)
+    cfg = ModelConfig.for_backbone(run_backbone(args), input_size=(side, side), feature_stride=args.feature_stride,
                                    stages=tuple(int(x) for x in args.stages.split(",")) if args.stages else None)
     if args.rescore or args.base_checkpoint:
         from adtr_edge.train.checkpoint import read_checkpoint_meta
@@ -195,6 +196,7 @@ def main() -> None:
         if args.jitter is not None:
             t_over["feature_jitter"] = args.jitter
         m_over.update(m_sets)
+        m_over["input_size"] = cfg.input_size  # the size the features were computed at (run_input_size)
         t_over.update(t_sets)
         if args.time_budget:
             t_over["time_budget"] = args.time_budget
@@ -213,6 +215,15 @@ def main() -> None:
                      "at_threshold": rep.get("at_threshold"), "input_following": extra.get("input_following"),
                      "defect_pass_through": extra.get("defect_pass_through"), "model": rcfg.to_dict(), "train": tcfg.to_dict()})
         checkpoints[recipe] = out / f"adtr-{recipe}"
+        print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
+
+    if args.base_checkpoint:  # the starting point of every ADTR+ row, scored on the same images
+        from adtr_edge.train.checkpoint import load_checkpoint
+
+        base_model, base_ckpt = load_checkpoint(args.base_checkpoint)
+        scores, maps = score_features(base_model, test_feats, torch.device("cpu"))
+        rep = report_for(Scored(scores, maps, masks, np.asarray(test.labels), list(test.defects), []), base_ckpt.thresholds)
+        rows.append({"method": f"ADTR base ({args.base_checkpoint})", "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]})
         print(json.dumps(rows[-1] | {"per_defect": None}), flush=True)
 
     base_recipe = next(iter(checkpoints), None)
@@ -275,6 +286,21 @@ def run_backbone(args) -> str:
     return named[0]
 
 
+def run_input_size(args) -> int:
+    """One input size per run, like the backbone: --input-size, else the recipes' presets' own."""
+    if args.input_size:
+        return args.input_size
+    recipes = [r.partition(":")[0] for r in args.recipes.split(",") if r] if not (args.rescore or args.base_checkpoint) else []
+    sides = sorted({tuple(PRESETS[r].get("model", {}).get("input_size", ModelConfig().input_size)) for r in recipes})
+    if len(sides) > 1:
+        sys.exit(f"--recipes {args.recipes}: the presets train at different input sizes ({', '.join(f'{h}x{w}' for h, w in sides)}); "
+                 "run them separately or pass --input-size")
+    h, w = sides[0] if sides else ModelConfig().input_size
+    if h != w:
+        sys.exit(f"--recipes {args.recipes}: a {h}x{w} preset; pass --input-size")
+    return h
+
+
 def raw_val_feats(model, train_set, val_idx, spec, cfg, cache):
     return cached_raw_features(model.backbone, train_set, val_idx, spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
 
@@ -294,14 +320,20 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
     rec = {"fit": reconstruct(model, fit_feats, cpu), "val": reconstruct(model, val_feats, cpu), "test": reconstruct(model, test_feats, cpu)}
     normals = {"fit": fit_feats, "val": val_feats}
 
-    def scored(head, reconstruction, name: str) -> dict:
+    def grid(head, feats, reconstruction):
         with torch.no_grad():
-            parts = [head(test_feats[i:i + 32], reconstruction[i:i + 32]) for i in range(0, len(test_feats), 32)]
-        maps, scores = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+            return torch.cat([head.error_map(feats[i:i + 32], reconstruction[i:i + 32]) for i in range(0, len(feats), 32)])
+
+    def scored_grid(head, grid_map, name: str) -> dict:
+        with torch.no_grad():
+            maps, scores = head.from_grid_map(grid_map)
         rep = report_for(scored_from(maps, scores, test, masks), None)
         row = {"method": name, "train_seconds": 0.0, **summarise(rep), "per_defect": rep["per_defect"]}
         print(json.dumps(row | {"per_defect": None}), flush=True)
         return row
+
+    def scored(head, reconstruction, name: str) -> dict:
+        return scored_grid(head, grid(head, test_feats, reconstruction), name)
 
     def head_for(kind: str, blur: float, residual=None, lam=None, target=None):
         head = AnomalyHead(dc_replace(ckpt.model_config, score=kind, map_blur=blur), model.backbone.channels)
@@ -322,9 +354,18 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
         name += f", map blur sigma {blur:g}" if blur else ""
         rows.append(scored(head_for(kind, blur, residual, lam, target), rec["test"], name))
 
+    # Both heads at once: each grid map divided by its mean on the fit normals, then summed with a
+    # weight on the L2 part (L2 localises well on aligned data, Mahalanobis ranks images well).
+    tcfg = ckpt.train_config
+    maha = head_for("mahalanobis", 0.0, normals["fit"] - rec["fit"], tcfg.score_shrinkage, tcfg.score_target)
+    l2 = head_for("l2", 0.0)
+    norm_m, norm_l = grid(maha, fit_feats, rec["fit"]).mean(), grid(l2, fit_feats, rec["fit"]).mean()
+    g_m, g_l = grid(maha, test_feats, rec["test"]) / norm_m, grid(l2, test_feats, rec["test"]) / norm_l
+    for w in (0.25, 0.5, 1.0):
+        rows.append(scored_grid(maha, g_m + w * g_l, f"shipped Mahalanobis + {w:g} x L2, each over its mean on the fit normals"))
+
     # What the reconstruction adds under the shipped head: f_hat' = mu + beta (f_hat - mu), beta 0 the
     # per-location mean (the Gaussian baseline under the Mahalanobis head), beta 1 the trained model.
-    tcfg = ckpt.train_config
     mu = fit_feats.mean(dim=0, keepdim=True)
     for beta in (0.0, 0.5, 1.0):
         fit_rec, test_rec = mu + beta * (rec["fit"] - mu), mu + beta * (rec["test"] - mu)

@@ -1,11 +1,13 @@
 """Input size and backbone-stage trade-offs: parameters, FLOPs and ONNX Runtime latency.
 
-    python benchmarks/tradeoffs.py [--rounds 4] [--iters 3] [--threads N] [--json FILE]
+    python benchmarks/tradeoffs.py [--rounds 4] [--iters 3] [--threads N] [--json FILE] [--presets default@256,fast@224,...]
 
-Fresh untrained-but-real models (Lite0 ImageNet weights, 4+4 layer transformer) are exported for
-each configuration: Lite0 at 224 vs 256 (stages 1,2,3) and, at 256, stages (1,2,3) vs (2,3) vs
-(1,2,3,4). Accuracy is not measured here; latency is batch 1, both graphs, interleaved across
-configurations.
+Fresh untrained-but-real models (ImageNet weights, the head's statistics left at identity) are
+exported for each configuration. Without ``--presets``: ModelConfig's defaults (Lite0, 4+4 layers)
+at 224 vs 256 (stages 1,2,3) and, at 256, stages (1,2,3) vs (2,3) vs (1,2,3,4). With ``--presets``:
+each named training preset (its backbone and architecture) at each input size, e.g. to find the
+size at which ``fast`` costs half of ``default``. Accuracy is not measured here; latency is batch
+1, both graphs, interleaved across configurations.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 from adtr_edge.bench import camera_frame, count_graph_flops, interleaved  # noqa: E402
-from adtr_edge.config import ModelConfig  # noqa: E402
+from adtr_edge.config import ModelConfig, apply_preset, preset_backbone  # noqa: E402
 from adtr_edge.metadata import GRAPHS  # noqa: E402
 from adtr_edge.preprocessing import PreprocessSpec, prepare_batch  # noqa: E402
 
@@ -31,6 +33,17 @@ CONFIGS = {
     "256, stages 2,3": ModelConfig(stages=(2, 3)),
     "256, stages 1,2,3,4": ModelConfig(stages=(1, 2, 3, 4)),
 }
+
+
+def preset_configs(spec: str) -> dict[str, ModelConfig]:
+    """``"default@256,fast@224"`` -> {label: the preset's model config at that input size}."""
+    configs = {}
+    for item in [x.strip() for x in spec.split(",") if x.strip()]:
+        preset, _, size = item.partition("@")
+        model_over, _ = apply_preset(preset, {}, {})
+        side = int(size) if size else 256
+        configs[f"{preset} at {side} px"] = ModelConfig.for_backbone(preset_backbone(preset), input_size=(side, side), **model_over)
+    return configs
 
 
 def graph_parameters(path: Path) -> int:
@@ -43,10 +56,11 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--presets", default=None, help="comma list of PRESET@SIZE (e.g. default@256,fast@224) instead of the fixed set")
     _models.add_common_args(ap)
     args, threads = _models.parse_and_start(ap, argv)
     rows, runners = {}, {}
-    for name, cfg in CONFIGS.items():
+    for name, cfg in (preset_configs(args.presets) if args.presets else CONFIGS).items():
         print(f"exporting {name} ...", flush=True)
         _, export = _models.make_export(cfg, args.work)
         sb = _models.ort_session(export / "backbone.onnx", threads)

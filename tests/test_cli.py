@@ -65,3 +65,11 @@ def test_each_preset_names_its_backbone_and_the_user_overrides_it():
         assert preset_backbone(name) in BACKBONES
         assert "backbone" not in PRESETS[name].get("model", {})  # stages and normalisation follow for_backbone
     assert ModelConfig.for_backbone(preset_backbone("default")).stages == BACKBONES["tf_efficientnet_lite2"]["stages"]
+
+
+def test_a_preset_input_size_applies_unless_the_user_names_one():
+    from adtr_edge.config import ModelConfig, apply_preset
+
+    assert ModelConfig(**apply_preset("fast", {"input_size": None}, {})[0]).input_size == (224, 224)
+    assert ModelConfig(**apply_preset("fast", {"input_size": (256, 256)}, {})[0]).input_size == (256, 256)
+    assert ModelConfig(**apply_preset("default", {"input_size": None}, {})[0]).input_size == (256, 256)
