@@ -24,12 +24,12 @@ import onnx
 
 from ..errors import AdtrError
 from ..fileio import sha256_bytes, sha256_file, write_bytes_atomic
-from ..folder import read_export
+from ..folder import engine_file, read_export
 from ..metadata import BACKBONE, GRAPHS, TARGET_CPU, TRANSFORMER, quantization_target
 from . import calibration as calib
 from . import onnx_tools
 from .quantize import float_plan
-from .manifest import EngineKey, Profile, engine_path, existing_entry_matches, read_manifest, write_manifest
+from .manifest import EngineKey, Profile, existing_entry_matches, read_manifest, write_manifest
 from .trt_api import LogSink, TrtApi, process_logger
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -381,7 +381,7 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
                 t0 = time.perf_counter()
                 plan_bytes, config_loader = _build_plan(api, plan, graphs[g], models[g], options, logger, sink,
                                                         calibrator_factory, calib_batch)
-                path = write_bytes_atomic(engine_path(out, g), plan_bytes)
+                path = write_bytes_atomic(engine_file(out, g), plan_bytes)
                 engines[g] = _engine_entry(path, plan_bytes, onnx_sha, plan, options, key, config_loader,
                                            calib_used.get(g), time.perf_counter() - t0)
                 if config_loader.dla_fallback:

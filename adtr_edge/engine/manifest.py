@@ -63,9 +63,6 @@ class EngineKey:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-engine_path = engine_file  # where build-engine writes a graph's engine (defined with the folder kinds)
-
-
 def read_manifest(folder: Path) -> dict:
     """The manifest of an engine folder (adtr_edge.folder reads it), with both engines listed."""
     d = read_model_folder(folder, accept=(TENSORRT,), purpose="the TensorRT backend").manifest
@@ -99,7 +96,7 @@ def existing_entry_matches(folder: Path, graph: str, key: EngineKey) -> bool:
     except AdtrError:
         return False
     entry = doc["engines"].get(graph, {})
-    path = engine_path(folder, graph)
+    path = engine_file(folder, graph)
     return entry.get("key") == key.digest and path.is_file() and sha256_file(path) == entry.get("sha256")
 
 

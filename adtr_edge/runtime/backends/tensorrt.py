@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...engine.manifest import check_loadable, engine_path, read_manifest
+from ...engine.manifest import check_loadable, read_manifest
+from ...folder import engine_file
 from ...errors import AdtrError
 from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, SCORE, TRANSFORMER, ModelMeta
 from ...cuda import CUDA_BINDINGS, CudaMemory, gpu_available, make_cuda_runtime
@@ -163,7 +164,7 @@ class TensorRTBackend(Backend):
         self._logger, self.log_sink = process_logger(api), LogSink()
         with self._logger.capture(self.log_sink):
             self._runtime = api.trt.Runtime(self._logger)
-            self.stages = {g: _Stage(g, api, cuda, self._runtime, engine_path(self.folder, g),
+            self.stages = {g: _Stage(g, api, cuda, self._runtime, engine_file(self.folder, g),
                                      self.manifest["engines"][g].get("dla_core"), self.log_sink)
                            for g in (BACKBONE, TRANSFORMER)}
         h, w = self.meta.input_size
