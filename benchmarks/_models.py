@@ -125,13 +125,27 @@ def start(argv: list[str]) -> None:
     print(flush=True)
 
 
-def ort_session(path: Path, threads: int | None, providers=("CPUExecutionProvider",)):
+def ort_session(model, threads: int | None, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session on ``model``: a path, serialised bytes or an in-memory ModelProto."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    source = model if isinstance(model, bytes) else model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
+
+
+def random_feed(session, seed: int = 0) -> dict:
+    """Random input for a session's first input at batch 1: uint8 images for a backbone, float
+    features for a transformer (dynamic dimensions become 1)."""
+    import numpy as np
+
+    inp = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, shape, dtype=np.uint8) if "uint8" in inp.type else rng.standard_normal(shape).astype(np.float32)
+    return {inp.name: x}
 
 
 def stats_row(name: str, samples: list[float], batch: int) -> str:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402, F401  (puts the repository on sys.path)
+import _models  # noqa: E402  (puts the repository on sys.path; sessions, random input)
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
@@ -29,19 +29,16 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from adtr_edge.bench.timing import interleaved_wall_cpu  # noqa: E402
 from adtr_edge.engine import int8_head, onnx_tools  # noqa: E402
-from adtr_edge.engine.quantize import TARGETS  # noqa: E402
+from adtr_edge.engine.quantize import TARGETS, quantize_graph  # noqa: E402
 from adtr_edge.metadata import TRANSFORMER  # noqa: E402
 
 
 def attention_int8(fp32_graph: Path, dst: Path) -> Path:
-    """The shipped CPU transformer's quantisation, with activation x activation MatMuls too."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    settings = TARGETS["cpu"][TRANSFORMER]
+    """The shipped CPU transformer's quantisation (``quantize_graph``, the same excluded nodes, the
+    INT8 head), with ``MatMulConstBOnly`` off: activation x activation MatMuls in INT8 too."""
+    settings = dict(TARGETS["cpu"][TRANSFORMER], extra_options={"MatMulConstBOnly": False})
     model = onnx.load(str(fp32_graph))
-    quantize_dynamic(str(fp32_graph), str(dst), op_types_to_quantize=settings["ops"], per_channel=True,
-                     reduce_range=settings["reduce_range"], weight_type=QuantType.QInt8,
-                     nodes_to_exclude=onnx_tools.sensitive_nodes(model), extra_options={"MatMulConstBOnly": False})
+    quantize_graph(fp32_graph, dst, settings, onnx_tools.sensitive_nodes(model), None, model=model)
     q = onnx.load(str(dst))
     int8_head.quantize_whitening(q, settings["head_weight_bits"])
     onnx.save(q, str(dst))
@@ -88,25 +85,18 @@ def main(argv: list[str]) -> int:
     fp32, shipped = Path(args.fp32) / "transformer.onnx", Path(args.cpu) / "transformer.onnx"
     attn = attention_int8(fp32, out / "transformer-attn-int8.onnx")
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-
     def call(model) -> callable:
-        sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
-        rng = np.random.default_rng(0)
-        x = rng.integers(0, 256, shape, dtype=np.uint8) if "uint8" in inp.type else rng.standard_normal(shape).astype(np.float32)
-        return lambda: sess.run(None, {inp.name: x})
+        sess = _models.ort_session(model, args.threads)
+        feed = _models.random_feed(sess)
+        return lambda: sess.run(None, feed)
 
     whiten = next(i for i in onnx.load(str(fp32)).graph.initializer if i.name == "head.residual_whiten")
     batched, per_location, x = head_graphs(int(whiten.dims[0]), int(whiten.dims[1]))
-    same = np.array_equal(*(ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-                            for m in (batched, per_location)))
+    heads = {"head, one 3-D weight (shipped)": _models.ort_session(batched, args.threads),
+             "head, a 2-D weight per location": _models.ort_session(per_location, args.threads)}
+    same = np.array_equal(*(s.run(None, {"x": x})[0] for s in heads.values()))
     calls = {"transformer FP32": call(fp32), "transformer, shipped cpu form": call(shipped), "transformer, attention INT8 too": call(attn)}
-    for name, m in (("head, one 3-D weight (shipped)", batched), ("head, a 2-D weight per location", per_location)):
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        calls[name] = (lambda s=sess: s.run(None, {"x": x}))
+    calls.update({name: (lambda s=s: s.run(None, {"x": x})) for name, s in heads.items()})
     wall, cpu = interleaved_wall_cpu(calls, args.rounds, args.iters, warmup=2)
     print(f"ONNX Runtime {ort.__version__}, {args.threads} thread(s), batch 1; the two head forms give identical integers: {same}")
     print("| graph | CPU ms | wall ms |\n|---|---|---|")

@@ -61,15 +61,10 @@ def build(src: Path, out: Path, weight_bits: int) -> Path:
 
 def whitened(folder: Path, frames: np.ndarray, threads: int) -> tuple[np.ndarray, np.ndarray]:
     """(whitened residual, score) of ``folder`` on ``frames``: the head MatMul's output exposed as a graph output."""
-    import onnxruntime as ort
-
     model = onnx.load(str(folder / "transformer.onnx"))
     outs = [n.output[0] for n in model.graph.node if list(n.input[1:2]) == [WHITEN] or n.name.endswith(int8_head.SUFFIX + "/out")]
     model.graph.output.append(helper.make_tensor_value_info(outs[0], TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    backbone = ort.InferenceSession(str(folder / "backbone.onnx"), opts, providers=["CPUExecutionProvider"])
-    head = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    backbone, head = _models.ort_session(folder / "backbone.onnx", threads), _models.ort_session(model, threads)
     res, scores = [], []
     for i in range(len(frames)):
         f = backbone.run(None, {"images": frames[i:i + 1]})[0]

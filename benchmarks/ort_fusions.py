@@ -59,12 +59,7 @@ def attention_block(tokens: int, width: int, heads: int, threads: int, rounds: i
     mha = h.make_node("MultiHeadAttention", ["q", "k", "v", "", "", "bias"], ["y"], domain="com.microsoft", num_heads=heads, scale=scale)
     fused = h.make_model(h.make_graph([mha], "fused", [vi("q"), vi("k"), vi("v")], [vi("y")], [nh.from_array(mask[None, None], "bias")]),
                          opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sessions = {k: ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-                for k, m in (("exported", exported), ("MultiHeadAttention", fused))}
+    sessions = {k: _models.ort_session(m, threads) for k, m in (("exported", exported), ("MultiHeadAttention", fused))}
     feed = {x: rng.standard_normal((1, tokens, width)).astype(np.float32) for x in "qkv"}
     a, b = (s.run(None, feed)[0] for s in sessions.values())
     _, cpu = interleaved_wall_cpu({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, rounds, iters * 5, warmup=0)

@@ -15,9 +15,12 @@ import argparse
 import collections
 import json
 import os
+import sys
 import tempfile
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _models  # noqa: E402  (random_feed)
 
 
 def main() -> None:
@@ -34,12 +37,9 @@ def main() -> None:
     opts.enable_profiling = True
     opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="ort-profile-"), "profile")
     sess = ort.InferenceSession(args.graph, opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    shape = [1 if not isinstance(d, int) else d for d in inp.shape]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, shape, dtype=np.uint8) if "uint8" in inp.type else rng.standard_normal(shape).astype(np.float32)
+    feed = _models.random_feed(sess)
     for _ in range(args.runs):
-        sess.run(None, {inp.name: x})
+        sess.run(None, feed)
     with open(sess.end_profiling()) as f:
         events = json.load(f)
     by_op, by_node = collections.Counter(), collections.Counter()

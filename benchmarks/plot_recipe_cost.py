@@ -17,6 +17,11 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _models  # noqa: E402, F401  (puts the repository on sys.path)
+
+from adtr_edge.fileio import atomic_path  # noqa: E402
+
 METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 
 
@@ -62,11 +67,9 @@ def main(argv: list[str]) -> int:
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.99, 0.5), fontsize="small")
     fig.suptitle("Validation split: accuracy against inference time (filled: ADTR, hollow: Gaussian on the same features)")
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    with atomic_path(args.out) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    print(f"wrote {args.out}")
     return 0
 
 

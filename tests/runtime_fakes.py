@@ -32,6 +32,14 @@ DARK = 30
 BRIGHT = 255
 
 
+def session_config_entry(session, key: str = "session.disable_quant_qdq"):
+    """A live ONNX Runtime session's config entry, or None when unset."""
+    try:
+        return session.get_session_options().get_session_config_entry(key) or None
+    except Exception:  # an unset entry raises on some onnxruntime versions
+        return None
+
+
 def fake_meta():
     return build_metadata(
         model_config={"backbone": "fake-brightness", "input_size": [SIZE, SIZE]},

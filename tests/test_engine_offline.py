@@ -22,6 +22,7 @@ from adtr_edge.preprocessing import PreprocessSpec
 from adtr_edge.cuda import CudaRuntime
 from tests.trt_standin.fake_trt import make_cudart, make_tensorrt
 from tests.trt_standin.graphs import make_export, write_images
+from tests.runtime_fakes import session_config_entry
 
 
 def test_cache_format_round_trip_and_known_bits():
@@ -257,10 +258,7 @@ def test_keep_float_plan_and_exact_qdq_for_the_tensorrt_form(tmp_path):
     cpu_form = quantize_export(exp, imgs, tmp_path / "c", None, 8, 4, log=lambda s: None, target="cpu")
     for folder, exact in ((trt_form, "1"), (cpu_form, None), (exp, None)):
         b = OnnxRuntimeBackend(folder).activate()
-        try:
-            entry = b.sessions["backbone"].get_session_options().get_session_config_entry("session.disable_quant_qdq") or None
-        except Exception:  # an unset entry raises on some onnxruntime versions
-            entry = None
+        entry = session_config_entry(b.sessions["backbone"])
         assert entry == exact, folder
         b.deactivate()
 

@@ -19,7 +19,8 @@ from tests.runtime_fakes import FakeCapture, ScriptedOpener, make_frame, write_v
 from adtr_edge.errors import AdtrError
 from adtr_edge.runtime.cli import main as cli_main
 from adtr_edge.runtime.pipeline import AlarmTracker, format_summary, run_stream
-from adtr_edge.runtime.sinks import Sink, iso_utc
+from adtr_edge.runtime.events import iso_utc
+from adtr_edge.runtime.sinks import Sink
 from adtr_edge.runtime.sources import ReconnectPolicy
 
 REPO = Path(__file__).resolve().parents[1]

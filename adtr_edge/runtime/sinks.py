@@ -25,7 +25,7 @@ import numpy as np
 from .. import visualize
 from ..errors import AdtrError
 from ..fileio import write_bytes_atomic
-from .events import AlarmEvent, FrameResult, SourceEvent, iso_utc  # noqa: F401  (iso_utc: re-exported, tests import it here)
+from .events import AlarmEvent, FrameResult, SourceEvent
 
 log = logging.getLogger(__name__)
 
