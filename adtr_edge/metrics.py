@@ -43,7 +43,7 @@ def _scores_and_labels(scores, labels, what: str = "scores") -> tuple[np.ndarray
     return s, raw.astype(bool)
 
 
-def _maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
+def maps_and_masks(maps, masks) -> tuple[np.ndarray, np.ndarray]:
     """(N,H,W) float maps and bool masks of one shape; (N,1,H,W) is accepted and squeezed."""
     m = np.asarray(maps)
     g = np.asarray(masks)
@@ -136,7 +136,7 @@ def pixel_auroc(maps, masks) -> float:
 
     Exact, not binned: negatives are sorted, positives binary-searched among them.
     """
-    m, g = _maps_and_masks(maps, masks)
+    m, g = maps_and_masks(maps, masks)
     pos = m[g]
     if pos.size == 0 or pos.size == g.size:
         raise AdtrError("pixel_auroc: masks need both anomalous and normal pixels")
@@ -144,7 +144,7 @@ def pixel_auroc(maps, masks) -> float:
     return _partial_area(neg, pos, 1.0 / pos.size, 1.0)
 
 
-def _regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mask_regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Region id (0..R-1) of every anomalous pixel, in ``masks[masks]`` order, and region sizes.
 
     Regions are the 8-connected components of each image's mask; a defect touching itself only
@@ -176,8 +176,8 @@ def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
     """
     if not (0.0 < float(fpr_limit) <= 1.0):
         raise AdtrError(f"aupro: fpr_limit must be in (0, 1], got {fpr_limit}")
-    m, g = _maps_and_masks(maps, masks)
-    region, sizes = _regions(g)
+    m, g = maps_and_masks(maps, masks)
+    region, sizes = mask_regions(g)
     if region.size == 0 or region.size == g.size:
         raise AdtrError("aupro: masks need both anomalous and normal pixels")
     # Each region weighs 1/R in the mean and each of its pixels 1/size of that.
@@ -300,7 +300,7 @@ def evaluate(
     if (maps is None) != (masks is None):
         raise AdtrError("evaluate: give both anomaly maps and masks, or neither")
     if maps is not None:
-        m, g = _maps_and_masks(maps, masks)
+        m, g = maps_and_masks(maps, masks)
         if m.shape[0] != s.size:
             raise AdtrError(f"evaluate: {m.shape[0]} anomaly maps but {s.size} image scores")
     if not (0.0 < float(fpr_limit) <= 1.0):

@@ -143,16 +143,8 @@ def main() -> None:
     fit_idx, val_idx = split_normals(train_set, base_train)
     model = build_model(cfg)
     t0 = time.perf_counter()
-    raw_fit = cached_raw_features(model.backbone, train_set, fit_idx, spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
-    raw_test = cached_raw_features(model.backbone, test, list(range(len(test))), spec, cfg, cache_dir=cache, device=torch.device("cpu"), progress=None)
+    test, fit_feats, test_feats, (mean, std) = split_features(model, cfg, train_set, fit_idx, test, cache, args.split)
     feature_seconds = time.perf_counter() - t0
-    if args.split != "all":  # features stay cached for the whole set; only scoring is restricted
-        val_part, test_part = validation_split(test)
-        keep = val_part if args.split == "val" else test_part
-        test, raw_test = test.subset(keep), raw_test[keep]
-    mean = raw_fit.transpose(0, 1).reshape(raw_fit.shape[1], -1).mean(1).reshape(1, -1, 1, 1)
-    std = raw_fit.transpose(0, 1).reshape(raw_fit.shape[1], -1).std(1).reshape(1, -1, 1, 1).clamp_min(1e-6)
-    fit_feats, test_feats = (raw_fit - mean) / std, (raw_test - mean) / std
     masks = masks_at(test, spec)
     rows, curves = [], {}
     if args.rescore:
@@ -270,6 +262,24 @@ def main() -> None:
                               {r["method"]: r["image_auroc"] for r in rows if not r["method"].startswith("ADTR")},
                               out / "accuracy_vs_time.png")
     print(to_markdown(results))
+
+
+def split_features(model, cfg, train_set, fit_idx, test: ImageSet, cache: Path, split: str, stats=None):
+    """Standardised features of the fit normals and of ``split`` of ``test`` (val, test or all), with
+    ``stats`` (mean, std) or else the fit normals' own: (test images kept, fit features, test features,
+    (mean, std)). Features are cached for the whole test set; only scoring is restricted to the split."""
+    spec, cpu = preprocess_spec(cfg), torch.device("cpu")
+    raw_fit = cached_raw_features(model.backbone, train_set, fit_idx, spec, cfg, cache_dir=cache, device=cpu, progress=None)
+    raw_test = cached_raw_features(model.backbone, test, list(range(len(test))), spec, cfg, cache_dir=cache, device=cpu, progress=None)
+    if split != "all":
+        val_part, test_part = validation_split(test)
+        keep = val_part if split == "val" else test_part
+        test, raw_test = test.subset(keep), raw_test[keep]
+    if stats is None:
+        flat = raw_fit.transpose(0, 1).reshape(raw_fit.shape[1], -1)
+        stats = (flat.mean(1).reshape(1, -1, 1, 1), flat.std(1).reshape(1, -1, 1, 1).clamp_min(1e-6))
+    mean, std = stats
+    return test, (raw_fit - mean) / std, (raw_test - mean) / std, (mean, std)
 
 
 def run_backbone(args) -> str:

@@ -1,0 +1,92 @@
+"""Is ADTR really behind (or ahead of) a training-free baseline? Paired bootstrap on the same images.
+
+    python benchmarks/paired_bootstrap.py runs/l2/val-default/adtr-default [more checkpoints ...] \
+        --data ../shared/data/magnetic_tile --cache runs/isz/.features --split test --json runs/boot.json
+
+For each checkpoint: ADTR as shipped (its transformer and head) and the baseline (``--against``,
+default the per-location Gaussian) on the *same* standardised features of the same images, then
+``adtr_edge.significance.paired_bootstrap``: stratified resamples of the images, each metric's
+confidence interval and the interval of the difference ADTR - baseline. Several checkpoints (for
+example the same recipe trained with other seeds) add the spread that training itself adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from accuracy import masks_at, split_features  # noqa: E402
+
+from adtr_edge.baselines import BASELINES  # noqa: E402
+from adtr_edge.data.datasets import load_dataset  # noqa: E402
+from adtr_edge.fileio import write_json_atomic  # noqa: E402
+from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
+from adtr_edge.significance import METRICS, paired_bootstrap  # noqa: E402
+from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
+from adtr_edge.train.loop import score_features, split_normals  # noqa: E402
+
+
+def compare(checkpoint: Path, data: Path, cache: Path, split: str, against: str, resamples: int, seed: int) -> dict:
+    model, ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.model_config
+    train_set, test = load_dataset(data, "train"), load_dataset(data, "test")
+    fit_idx, _ = split_normals(train_set, ckpt.train_config)  # the normals this checkpoint's head was fitted on
+    stats = (model.backbone.feature_mean, model.backbone.feature_std)  # the checkpoint's own standardisation
+    test, fit_feats, test_feats, _ = split_features(model, cfg, train_set, fit_idx, test, cache, split, stats=stats)
+    masks = masks_at(test, preprocess_spec(cfg))
+    with torch.no_grad():
+        scores, maps = score_features(model, test_feats, torch.device("cpu"))
+        base_maps, base_scores = model.head.from_grid_map(BASELINES[against](fit_feats, test_feats))
+    result = paired_bootstrap({"scores": scores, "maps": maps}, {"scores": base_scores.numpy(), "maps": base_maps[:, 0].numpy()},
+                              np.asarray(test.labels), masks, resamples=resamples, seed=seed)
+    return {"checkpoint": str(checkpoint), "seed": ckpt.train_config.seed, "images": len(test), "against": against, **result.to_dict()}
+
+
+def to_markdown(rows: list[dict]) -> str:
+    def ci(iv: dict, scale: float = 1.0) -> str:
+        return f"{iv['estimate'] * scale:.3f} [{iv['low'] * scale:.3f}, {iv['high'] * scale:.3f}]"
+
+    lines = ["| checkpoint (training seed) | metric | ADTR | baseline | ADTR - baseline, points | resamples ADTR ahead |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        for m in METRICS:
+            if m in row["a"]:
+                lines.append(f"| {row['checkpoint']} ({row['seed']}) | {m} | {ci(row['a'][m])} | {ci(row['b'][m])} | "
+                             f"{ci(row['difference'][m], 100)} | {row['a_better'][m]:.0%} |")
+    if len(rows) > 1:
+        for m in METRICS:
+            d = [100 * r["difference"][m]["estimate"] for r in rows if m in r["difference"]]
+            lines.append(f"\n{m}: difference over {len(d)} checkpoints {np.mean(d):+.2f} points (spread {min(d):+.2f} to {max(d):+.2f})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", nargs="+", type=Path)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--cache", required=True, type=Path, help="feature cache folder (as for accuracy.py)")
+    ap.add_argument("--split", choices=("val", "test", "all"), default="test")
+    ap.add_argument("--against", choices=sorted(BASELINES), default="gaussian")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0, help="resampling seed")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    rows = []
+    for checkpoint in args.checkpoints:
+        rows.append(compare(checkpoint, args.data, args.cache, args.split, args.against, args.resamples, args.seed))
+        print(json.dumps({k: rows[-1][k] for k in ("checkpoint", "images", "difference", "a_better")}), flush=True)
+    print(to_markdown(rows))
+    if args.json:
+        write_json_atomic(args.json, {"command": " ".join(sys.argv), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
