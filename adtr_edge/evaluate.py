@@ -111,10 +111,20 @@ def guard_not_trained_on(test: ImageSet, train_paths: list[str]) -> None:
         guard_disjoint(ImageSet([Sample(Path(p), 0, "good") for p in train_paths if Path(p).exists()]), test)
 
 
-def report_for(scored: Scored, thresholds: Thresholds | None, fpr_limit: float = 0.3) -> dict:
+def report_for(scored: Scored, thresholds: Thresholds | None, fpr_limit: float = 0.3, resamples: int = 0) -> dict:
+    """All metrics of ``scored``; ``resamples`` > 0 adds their 95% bootstrap intervals
+    (``adtr_edge.significance``: how far a test set of this size pins each figure down)."""
     pixel = scored.masks.any()
     report = evaluate(scored.scores, scored.labels, scored.maps if pixel else None, scored.masks if pixel else None,
                       defects=scored.defects, fpr_limit=fpr_limit)
+    y = np.asarray(scored.labels)
+    if resamples > 0 and (y == 0).any() and (y == 1).any():
+        from .significance import bootstrap_intervals
+
+        intervals = bootstrap_intervals({"scores": scored.scores, "maps": scored.maps if pixel else None}, y,
+                                        scored.masks if pixel else None, resamples=resamples)
+        report["intervals"] = {"confidence": 0.95, "resamples": resamples,
+                               **{m: [iv.low, iv.high] for m, iv in intervals.items()}}
     if thresholds is not None:
         pred = label(scored.scores, thresholds)
         y = scored.labels.astype(bool)
@@ -165,7 +175,8 @@ def collapse_report(model, test: ImageSet, device, spec: PreprocessSpec) -> dict
 
 
 def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | Path | None = None, *,
-                        device: str = "auto", batch_size: int = 8, progress: bool = True, pictures: bool = True) -> dict:
+                        device: str = "auto", batch_size: int = 8, progress: bool = True, pictures: bool = True,
+                        resamples: int = 0) -> dict:
     from .preprocessing import preprocess_spec
     from .train.checkpoint import load_checkpoint
     from .train.device import resolve_device
@@ -174,7 +185,7 @@ def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | P
     guard_not_trained_on(test, ckpt.extra.get("train_paths", []))
     spec = preprocess_spec(ckpt.model_config)
     scored = score_imageset(torch_predictor(model, resolve_device(device)), test, spec, batch_size=batch_size, progress=progress)
-    report = report_for(scored, ckpt.thresholds)
+    report = report_for(scored, ckpt.thresholds, resamples=resamples)
     report["collapse"] = collapse_report(model, test, resolve_device(device), spec)
     report["checkpoint"] = str(checkpoint)
     report["dataset"] = test.summary()

@@ -54,25 +54,30 @@ class PairedResult:
 class _PixelHistograms:
     """One method's maps reduced to per-image histograms over shared bins (see the module doc)."""
 
-    def __init__(self, maps, masks, bins: int):
+    def __init__(self, maps, masks, bins: int, edge_sample: int = 2_000_000):
         m, g = maps_and_masks(maps, masks)
         n = m.shape[0]
-        flat = m.reshape(n, -1)
-        edges = np.unique(np.quantile(flat, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
-        idx = np.searchsorted(edges, flat, side="right")  # bin of every pixel, 0..len(edges)
+        flat, gm = m.reshape(n, -1), g.reshape(n, -1)
+        step = max(1, flat.size // edge_sample)  # bin edges from every step-th pixel: a grid, not a result
+        edges = np.unique(np.quantile(flat.reshape(-1)[::step], np.linspace(0.0, 1.0, bins + 1)[1:-1]))
         nb = len(edges) + 1
-        gm = g.reshape(n, -1)
-        self.neg = np.stack([np.bincount(idx[i][~gm[i]], minlength=nb) for i in range(n)]).astype(np.float64)
-        self.pos = np.stack([np.bincount(idx[i][gm[i]], minlength=nb) for i in range(n)]).astype(np.float64)
-        # Regions (8-connected components of each mask): a histogram per region, as fractions of it.
-        # mask_regions lists anomalous pixels in g[g] order, image by image, so each pixel's image is known.
+        self.neg, self.pos = np.zeros((n, nb)), np.zeros((n, nb))
+        pos_bins = []
+        for i in range(n):  # one image at a time: bin indices of every pixel would be 8 bytes each
+            idx = np.searchsorted(edges, flat[i], side="right")
+            self.neg[i] = np.bincount(idx[~gm[i]], minlength=nb)
+            self.pos[i] = np.bincount(idx[gm[i]], minlength=nb)
+            pos_bins.append(idx[gm[i]])
+        # Regions (8-connected components of each mask): mask_regions lists anomalous pixels in g[g]
+        # order, image by image, so each pixel's image and bin are known.
         region, sizes = mask_regions(g)
-        pixel_image = np.repeat(np.arange(n), gm.sum(axis=1))
         self.region_image = np.zeros(sizes.size, np.int64)
-        self.region_image[region] = pixel_image
+        self.region_image[region] = np.repeat(np.arange(n), gm.sum(axis=1))
         hist = np.zeros((sizes.size, nb))
-        np.add.at(hist, (region, idx[gm]), 1.0)
-        self.region_frac = hist / np.maximum(sizes[:, None], 1)
+        if sizes.size:
+            np.add.at(hist, (region, np.concatenate(pos_bins)), 1.0)
+        # Per region, the share of its pixels in each bin or above (the PRO at every bin's threshold).
+        self.region_above = np.cumsum((hist / np.maximum(sizes[:, None], 1))[:, ::-1], axis=1)
 
     def pixel_auroc(self, w: np.ndarray) -> float:
         pos, neg = w @ self.pos, w @ self.neg
@@ -84,7 +89,7 @@ class _PixelHistograms:
         # Thresholds from the top bin down: FPR and PRO of "score in this bin or above".
         fpr = np.cumsum(neg[::-1]) / neg.sum()
         rw = w[self.region_image]
-        pro = (rw @ np.cumsum(self.region_frac[:, ::-1], axis=1)) / rw.sum()
+        pro = (rw @ self.region_above) / rw.sum()
         fpr, pro = np.r_[0.0, fpr], np.r_[0.0, pro]
         cut = int(np.searchsorted(fpr, fpr_limit, side="right"))
         xs, ys = fpr[:cut], pro[:cut]
@@ -108,30 +113,27 @@ def _stratified_weights(labels: np.ndarray, resamples: int, seed: int) -> np.nda
     return w
 
 
-def paired_bootstrap(a: dict, b: dict, labels, masks=None, *, resamples: int = 1000, confidence: float = 0.95,
-                     seed: int = 0, bins: int = 2048) -> PairedResult:
-    """``a``/``b``: {"scores": (N,), "maps": (N, H, W) or None} of two methods on the same N images;
-    ``masks``: (N, H, W) ground truth (pixel metrics only when given and both have maps)."""
+def _exact_and_draws(methods: dict, labels, masks, resamples: int, confidence: float, seed: int, bins: int):
+    """Exact metrics and ``resamples`` bootstrap draws of every metric for each method, all methods on
+    the same resampled images."""
     y = np.asarray(labels).astype(np.int64).ravel()
     if not ((y == 0).any() and (y == 1).any()):
-        raise AdtrError("paired_bootstrap: needs both normal and anomalous images")
+        raise AdtrError("bootstrap: needs both normal and anomalous images")
     if not (0.0 < confidence < 1.0) or resamples < 10:
-        raise AdtrError(f"paired_bootstrap: confidence {confidence} must be in (0, 1) and resamples {resamples} >= 10")
-    pixel = masks is not None and a.get("maps") is not None and b.get("maps") is not None and np.asarray(masks).any()
+        raise AdtrError(f"bootstrap: confidence {confidence} must be in (0, 1) and resamples {resamples} >= 10")
+    pixel = masks is not None and all(m.get("maps") is not None for m in methods.values()) and np.asarray(masks).any()
     metrics = METRICS if pixel else METRICS[:1]
-    exact = {}
-    for name, method in (("a", a), ("b", b)):
-        exact[name] = {"image_auroc": auroc(method["scores"], y)}
+    exact, hist, scores = {}, {}, {}
+    for name, method in methods.items():
+        scores[name] = np.asarray(method["scores"], np.float64).ravel()
+        exact[name] = {"image_auroc": auroc(scores[name], y)}
         if pixel:
-            exact[name]["pixel_auroc"] = pixel_auroc(method["maps"], masks)
-            exact[name]["aupro"] = aupro(method["maps"], masks)
-    hist = {k: _PixelHistograms(m["maps"], masks, bins) for k, m in (("a", a), ("b", b))} if pixel else {}
-    weights = _stratified_weights(y, resamples, seed)
-    draws = {k: {m: np.empty(resamples) for m in metrics} for k in ("a", "b")}
-    scores = {"a": np.asarray(a["scores"], np.float64).ravel(), "b": np.asarray(b["scores"], np.float64).ravel()}
-    for r, w in enumerate(weights):
+            exact[name] |= {"pixel_auroc": pixel_auroc(method["maps"], masks), "aupro": aupro(method["maps"], masks)}
+            hist[name] = _PixelHistograms(method["maps"], masks, bins)
+    draws = {k: {m: np.empty(resamples) for m in metrics} for k in methods}
+    for r, w in enumerate(_stratified_weights(y, resamples, seed)):
         picked = np.repeat(np.arange(y.size), w.astype(np.int64))
-        for k in ("a", "b"):
+        for k in methods:
             draws[k]["image_auroc"][r] = auroc(scores[k][picked], y[picked])
             if pixel:
                 draws[k]["pixel_auroc"][r] = hist[k].pixel_auroc(w)
@@ -141,6 +143,21 @@ def paired_bootstrap(a: dict, b: dict, labels, masks=None, *, resamples: int = 1
     def interval(estimate: float, values: np.ndarray) -> Interval:
         return Interval(float(estimate), float(np.percentile(values, lo)), float(np.percentile(values, hi)))
 
+    return metrics, exact, draws, interval
+
+
+def bootstrap_intervals(method: dict, labels, masks=None, *, resamples: int = 1000, confidence: float = 0.95,
+                        seed: int = 0, bins: int = 2048) -> dict[str, Interval]:
+    """Each metric of one method ({"scores", "maps"}) with its bootstrap confidence interval."""
+    metrics, exact, draws, interval = _exact_and_draws({"m": method}, labels, masks, resamples, confidence, seed, bins)
+    return {m: interval(exact["m"][m], draws["m"][m]) for m in metrics}
+
+
+def paired_bootstrap(a: dict, b: dict, labels, masks=None, *, resamples: int = 1000, confidence: float = 0.95,
+                     seed: int = 0, bins: int = 2048) -> PairedResult:
+    """``a``/``b``: {"scores": (N,), "maps": (N, H, W) or None} of two methods on the same N images;
+    ``masks``: (N, H, W) ground truth (pixel metrics only when given and both have maps)."""
+    metrics, exact, draws, interval = _exact_and_draws({"a": a, "b": b}, labels, masks, resamples, confidence, seed, bins)
     return PairedResult(
         a={m: interval(exact["a"][m], draws["a"][m]) for m in metrics},
         b={m: interval(exact["b"][m], draws["b"][m]) for m in metrics},

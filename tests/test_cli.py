@@ -19,6 +19,10 @@ def test_train_eval_export_through_the_cli(tmp_path, sample_dataset, capsys):
     assert main(["eval", str(ckpt), str(sample_dataset), "--out", str(ev), "--no-progress", "--device", "cpu"]) == 0
     report = json.loads((ev / "report.json").read_text())
     assert 0.0 <= report["image_auroc"] <= 1.0 and report["pixel_auroc"] is not None
+    ci = report["intervals"]  # 95% bootstrap intervals around each figure, printed with it
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
+        assert ci[metric][0] <= report[metric] + 1e-3 and report[metric] - 1e-3 <= ci[metric][1]
+    assert f"[{ci['pixel_auroc'][0]:.4f}, {ci['pixel_auroc'][1]:.4f}]" in capsys.readouterr().out
     for pic in ("roc.png", "score_histogram.png", "overlays.png"):
         assert (ev / pic).stat().st_size > 1000
     assert main(["export", str(ckpt), "--out", str(onnx_dir)]) == 0
@@ -34,6 +38,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "missing" in err and len(err.splitlines()) == 1
     assert main(["train", str(tmp_path), "--input-size", "banana"]) == 2
     assert "--input-size" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "ckpt"), str(tmp_path), "--bootstrap", "5"]) == 2
+    assert "--bootstrap 5" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
