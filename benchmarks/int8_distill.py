@@ -120,7 +120,7 @@ def distil(teacher, student, train_set, fit_idx, spec, steps: int, lr: float, he
         loss.backward()
         opt.step()
         if step % log_every == 0 or step == steps:
-            curve.append({"step": step, "loss": float(loss), "held_out_relative_error": relative_error(teacher, student, held_out),
+            curve.append({"step": step, "loss": float(loss.detach()), "held_out_relative_error": relative_error(teacher, student, held_out),
                           "seconds": round(time.perf_counter() - t0, 1)})
             print(json.dumps(curve[-1]), flush=True)
     return curve

@@ -62,9 +62,10 @@ def to_markdown(rows: list[dict]) -> str:
                 lines.append(f"| {row['checkpoint']} ({row['seed']}) | {m} | {ci(row['a'][m])} | {ci(row['b'][m])} | "
                              f"{ci(row['difference'][m], 100)} | {row['a_better'][m]:.0%} |")
     if len(rows) > 1:
+        lines.append("")
         for m in METRICS:
             d = [100 * r["difference"][m]["estimate"] for r in rows if m in r["difference"]]
-            lines.append(f"\n{m}: difference over {len(d)} checkpoints {np.mean(d):+.2f} points (spread {min(d):+.2f} to {max(d):+.2f})")
+            lines.append(f"- {m}: difference over {len(d)} checkpoints {np.mean(d):+.2f} points (spread {min(d):+.2f} to {max(d):+.2f})")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
     python scripts/import_graph.py [--json]
 
 Facts: module-level import cycles (every ``import`` counts, also the ones inside functions, because
-a lazy import is still a dependency), arrows that point up the floors of docs/ARCHITECTURE.md
+a lazy import is still a dependency), arrows that point up the floors of the README's layout section
 (images -> model -> graphs -> engines -> runtime -> sinks), and the largest modules.
 tests/test_architecture.py holds the same facts as assertions.
 """
@@ -22,7 +22,7 @@ PACKAGE = "adtr_edge"
 # top: a ``cli`` module registers commands of its area and may call anything below.
 FLOORS = {
     "base": ("errors", "fileio", "progress", "version", "__init__"),
-    "contracts": ("preprocessing", "postprocessing", "metadata", "config", "metrics", "folder", "visualize", "cuda"),
+    "contracts": ("preprocessing", "postprocessing", "metadata", "config", "metrics", "significance", "folder", "visualize", "cuda"),
     "data": ("data",),
     "model": ("model",),
     "train": ("train", "evaluate", "plots", "baselines"),
