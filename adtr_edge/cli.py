@@ -117,24 +117,51 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint folder written by 'adtr-edge train'."),
+    model: Path = typer.Argument(..., help="Checkpoint folder (adtr-edge train), or a model folder: export, Q/DQ INT8 or engine folder."),
     data: Path = typer.Argument(..., help="Dataset with a test split (MVTec-AD layout: test/<defect>, ground_truth/<defect>)."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Folder for report.json and pictures (ROC, histogram, overlays)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help="Checkpoints: auto, cpu or cuda."),
+    backend: str = typer.Option("auto", "--backend", help="Model folders: auto, onnxruntime or tensorrt."),
+    against: Optional[Path] = typer.Option(None, "--against", help="A reference model (checkpoint or folder) scored on the same images: "
+                                           "each metric's difference with its 95% paired interval, e.g. an INT8 folder against its FP32 export."),
     pictures: bool = typer.Option(True, help="Write ROC curve, score histogram and heat-map overlays."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Resamples for 95% confidence intervals of the metrics (0: none)."),
 ):
-    """Evaluate a checkpoint: image AUROC, pixel AUROC, AUPRO, F1-max (overall and per defect) and pictures."""
+    """Evaluate a checkpoint or a deployable folder: image AUROC, pixel AUROC, AUPRO, F1-max (overall and per defect) and pictures."""
     from .data.datasets import load_dataset
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import compare_scored, finish_report
 
     if bootstrap < 0 or 0 < bootstrap < 10:
         raise AdtrError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least 10 resamples")
+    if against is not None and bootstrap == 0:
+        raise AdtrError("--against compares with bootstrap intervals; give --bootstrap N (N >= 10)")
     test = load_dataset(data, "test")
-    report = evaluate_checkpoint(checkpoint, test, out, device=device, progress=progress, pictures=pictures, resamples=bootstrap)
+    scored, spec, thresholds, extra = _score_model(model, test, device=device, backend=backend, progress=progress)
+    if against is not None:
+        reference = _score_model(against, test, device=device, backend=backend, progress=progress)[0]
+        extra["against"] = {"model": str(against), **compare_scored(scored, reference, resamples=bootstrap)}
+    report = finish_report(scored, test, spec, thresholds, out, name="ADTR", pictures=pictures, resamples=bootstrap,
+                           extra=extra | {"dataset": test.summary()})
     _print_metrics(report)
     typer.echo(f"report: {out / 'report.json'}")
+
+
+def _score_model(path: Path, test, *, device: str, backend: str, progress: bool):
+    """(scored, preprocessing, thresholds, report extras) of a checkpoint (PyTorch) or a model folder
+    (its runtime backend, as ``stream`` would run it)."""
+    from .evaluate import backend_predictor, score_checkpoint, score_imageset
+    from .folder import CHECKPOINT, read_model_folder
+
+    folder = read_model_folder(path, purpose="eval")
+    if folder.kind == CHECKPOINT:
+        return score_checkpoint(path, test, device=device, progress=progress)
+    from .runtime.loading import load_backend
+
+    with load_backend(folder.path, backend) as runner:
+        scored = score_imageset(backend_predictor(runner), test, folder.meta.preprocess, progress=progress)
+        extra = {"model_folder": str(path), "kind": folder.kind, "backend": runner.name}
+    return scored, folder.meta.preprocess, folder.meta.thresholds, extra
 
 
 def _collapse_text(figures: dict) -> str:
@@ -158,6 +185,11 @@ def _print_metrics(report: dict) -> None:
     typer.echo(f"image AUROC {with_ci('image_auroc')}  pixel AUROC {with_ci('pixel_auroc')}  "
                f"AUPRO {with_ci('aupro')}  F1-max {fmt(report.get('f1_max'))}"
                + (f"  ([low, high]: 95% bootstrap intervals, {ci['resamples']} resamples)" if ci else ""))
+    vs = report.get("against")
+    if vs:
+        diffs = [f"{name} {100 * vs[key]['difference'][0]:+.2f} [{100 * vs[key]['difference'][1]:+.2f}, {100 * vs[key]['difference'][2]:+.2f}]"
+                 for key, name in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")) if key in vs]
+        typer.echo(f"against {vs['model']}, points [95% paired interval]: " + "  ".join(diffs))
     for defect, m in sorted(report.get("per_defect", {}).items()):
         typer.echo(f"  {defect:<14} image {fmt(m.get('image_auroc'))}  pixel {fmt(m.get('pixel_auroc'))}  AUPRO {fmt(m.get('aupro'))}  n={m.get('n')}")
     if report.get("collapse"):

@@ -174,9 +174,39 @@ def collapse_report(model, test: ImageSet, device, spec: PreprocessSpec) -> dict
     return collapse_on_images(model, [test.image(i) for i in good], spec, device)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | Path | None = None, *,
-                        device: str = "auto", batch_size: int = 8, progress: bool = True, pictures: bool = True,
-                        resamples: int = 0) -> dict:
+def finish_report(scored: Scored, images: ImageSet, spec: PreprocessSpec, thresholds: Thresholds | None,
+                  out_dir: str | Path | None, *, name: str, pictures: bool = True, resamples: int = 0,
+                  extra: dict | None = None) -> dict:
+    """The report of one scored set (``report_for`` plus ``extra``), its pictures and report.json:
+    the end of every evaluation, whatever produced the scores."""
+    report = report_for(scored, thresholds, resamples=resamples) | dict(extra or {})
+    if out_dir is not None:
+        out = Path(out_dir)
+        if pictures:
+            report["pictures"] = write_pictures(scored, images, spec, thresholds, out, name=name)
+        write_json_atomic(out / "report.json", report)
+    return report
+
+
+def compare_scored(target: Scored, reference: Scored, resamples: int = 1000) -> dict:
+    """``target`` against ``reference`` on the same images: each metric's difference with its 95%
+    paired-bootstrap interval (``adtr_edge.significance``), e.g. an INT8 folder against its FP32 export."""
+    from .significance import paired_bootstrap
+
+    if list(target.paths) != list(reference.paths) or target.maps.shape != reference.maps.shape:
+        raise AdtrError("the two models were not scored on the same images at the same size; compare models of one input size")
+    pixel = bool(target.masks.any())
+    result = paired_bootstrap({"scores": target.scores, "maps": target.maps if pixel else None},
+                              {"scores": reference.scores, "maps": reference.maps if pixel else None},
+                              target.labels, target.masks if pixel else None, resamples=resamples)
+    return {"resamples": resamples, "confidence": result.confidence, "reference": {m: iv.estimate for m, iv in result.b.items()},
+            **{m: {"difference": [iv.estimate, iv.low, iv.high], "target_better": result.a_better[m]} for m, iv in result.difference.items()}}
+
+
+def score_checkpoint(checkpoint: str | Path, test: ImageSet, *, device: str = "auto", batch_size: int = 8,
+                     progress: bool = True) -> tuple[Scored, PreprocessSpec, Thresholds | None, dict]:
+    """A checkpoint's scores on ``test`` (refused if it trained on any of them), with its preprocessing,
+    thresholds and the report's checkpoint-only parts (collapse figures)."""
     from .preprocessing import preprocess_spec
     from .train.checkpoint import load_checkpoint
     from .train.device import resolve_device
@@ -185,13 +215,13 @@ def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | P
     guard_not_trained_on(test, ckpt.extra.get("train_paths", []))
     spec = preprocess_spec(ckpt.model_config)
     scored = score_imageset(torch_predictor(model, resolve_device(device)), test, spec, batch_size=batch_size, progress=progress)
-    report = report_for(scored, ckpt.thresholds, resamples=resamples)
-    report["collapse"] = collapse_report(model, test, resolve_device(device), spec)
-    report["checkpoint"] = str(checkpoint)
-    report["dataset"] = test.summary()
-    if out_dir is not None:
-        out = Path(out_dir)
-        if pictures:
-            report["pictures"] = write_pictures(scored, test, spec, ckpt.thresholds, out, name="ADTR")
-        write_json_atomic(out / "report.json", report)
-    return report
+    extra = {"collapse": collapse_report(model, test, resolve_device(device), spec), "checkpoint": str(checkpoint)}
+    return scored, spec, ckpt.thresholds, extra
+
+
+def evaluate_checkpoint(checkpoint: str | Path, test: ImageSet, out_dir: str | Path | None = None, *,
+                        device: str = "auto", batch_size: int = 8, progress: bool = True, pictures: bool = True,
+                        resamples: int = 0) -> dict:
+    scored, spec, thresholds, extra = score_checkpoint(checkpoint, test, device=device, batch_size=batch_size, progress=progress)
+    return finish_report(scored, test, spec, thresholds, out_dir, name="ADTR", pictures=pictures, resamples=resamples,
+                         extra=extra | {"dataset": test.summary()})

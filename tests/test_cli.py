@@ -79,3 +79,23 @@ def test_a_preset_input_size_applies_unless_the_user_names_one():
     assert ModelConfig(**apply_preset("fast", {"input_size": None}, {})[0]).input_size == (224, 224)
     assert ModelConfig(**apply_preset("fast", {"input_size": (256, 256)}, {})[0]).input_size == (256, 256)
     assert ModelConfig(**apply_preset("default", {"input_size": None}, {})[0]).input_size == (256, 256)
+
+
+def test_eval_scores_a_deployed_folder_against_its_checkpoint(tmp_path, sample_dataset, trained_checkpoint, exported_model, capsys):
+    # What an edge user trusts is the folder they deploy: eval runs it through its runtime backend and,
+    # with --against, gives each metric's difference from the reference with a paired interval.
+    ev = tmp_path / "ev"
+    assert main(["eval", str(exported_model), str(sample_dataset), "--against", str(trained_checkpoint), "--out", str(ev),
+                 "--no-progress", "--no-pictures", "--bootstrap", "50"]) == 0
+    report = json.loads((ev / "report.json").read_text())
+    assert report["kind"] == "onnx" and report["backend"] == "onnxruntime"
+    vs = report["against"]
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
+        estimate, low, high = vs[metric]["difference"]
+        assert abs(estimate) < 2e-3 and low - 1e-3 <= estimate <= high + 1e-3  # ONNX Runtime and PyTorch agree (parity)
+        assert abs(vs["reference"][metric] + estimate - report[metric]) < 1e-9
+    assert "against " + str(trained_checkpoint) in capsys.readouterr().out
+    # A reference that is not there: one clear line, exit 2.
+    assert main(["eval", str(exported_model), str(sample_dataset), "--against", str(tmp_path / "none"), "--out", str(ev),
+                 "--no-progress"]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -69,3 +69,16 @@ def test_image_scores_alone_give_the_image_metric_only():
 def test_one_class_is_refused():
     with pytest.raises(AdtrError, match="both normal and anomalous"):
         paired_bootstrap({"scores": np.ones(4)}, {"scores": np.ones(4)}, np.zeros(4), resamples=20)
+
+
+def test_compare_scored_refuses_models_scored_at_another_size():
+    from adtr_edge.evaluate import Scored, compare_scored
+
+    maps, masks, labels, scores = _case()
+    paths = [f"img{i}.png" for i in range(len(labels))]
+    a = Scored(scores, maps, masks, labels, ["d"] * len(labels), paths)
+    small = Scored(scores, maps[:, ::2, ::2], masks[:, ::2, ::2], labels, ["d"] * len(labels), paths)
+    with pytest.raises(AdtrError, match="same size"):
+        compare_scored(a, small, resamples=20)
+    same = compare_scored(a, a, resamples=20)
+    assert same["aupro"]["difference"] == [0.0, 0.0, 0.0] and same["reference"]["image_auroc"] == auroc(scores, labels)
