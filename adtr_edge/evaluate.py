@@ -122,7 +122,8 @@ def report_for(scored: Scored, thresholds: Thresholds | None, fpr_limit: float =
         from .significance import bootstrap_intervals
 
         intervals = bootstrap_intervals({"scores": scored.scores, "maps": scored.maps if pixel else None}, y,
-                                        scored.masks if pixel else None, resamples=resamples)
+                                        scored.masks if pixel else None, resamples=resamples,
+                                        estimates={m: report.get(m) for m in ("image_auroc", "pixel_auroc", "aupro")})
         report["intervals"] = {"confidence": 0.95, "resamples": resamples,
                                **{m: [iv.low, iv.high] for m, iv in intervals.items()}}
     if thresholds is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import AdtrError
-from .metrics import maps_and_masks, mask_regions, aupro, auroc, pixel_auroc
+from .metrics import aupro, auroc, mask_regions, maps_and_masks, pixel_auroc
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -113,9 +113,10 @@ def _stratified_weights(labels: np.ndarray, resamples: int, seed: int) -> np.nda
     return w
 
 
-def _exact_and_draws(methods: dict, labels, masks, resamples: int, confidence: float, seed: int, bins: int):
+def _exact_and_draws(methods: dict, labels, masks, resamples: int, confidence: float, seed: int, bins: int,
+                     known: dict | None = None):
     """Exact metrics and ``resamples`` bootstrap draws of every metric for each method, all methods on
-    the same resampled images."""
+    the same resampled images. ``known``: exact figures already computed, {method: {metric: value}}."""
     y = np.asarray(labels).astype(np.int64).ravel()
     if not ((y == 0).any() and (y == 1).any()):
         raise AdtrError("bootstrap: needs both normal and anomalous images")
@@ -126,9 +127,11 @@ def _exact_and_draws(methods: dict, labels, masks, resamples: int, confidence: f
     exact, hist, scores = {}, {}, {}
     for name, method in methods.items():
         scores[name] = np.asarray(method["scores"], np.float64).ravel()
-        exact[name] = {"image_auroc": auroc(scores[name], y)}
+        given = {m: v for m, v in ((known or {}).get(name) or {}).items() if v is not None}
+        exact[name] = {"image_auroc": given.get("image_auroc", auroc(scores[name], y))}
         if pixel:
-            exact[name] |= {"pixel_auroc": pixel_auroc(method["maps"], masks), "aupro": aupro(method["maps"], masks)}
+            exact[name]["pixel_auroc"] = given["pixel_auroc"] if "pixel_auroc" in given else pixel_auroc(method["maps"], masks)
+            exact[name]["aupro"] = given["aupro"] if "aupro" in given else aupro(method["maps"], masks)
             hist[name] = _PixelHistograms(method["maps"], masks, bins)
     draws = {k: {m: np.empty(resamples) for m in metrics} for k in methods}
     for r, w in enumerate(_stratified_weights(y, resamples, seed)):
@@ -147,9 +150,11 @@ def _exact_and_draws(methods: dict, labels, masks, resamples: int, confidence: f
 
 
 def bootstrap_intervals(method: dict, labels, masks=None, *, resamples: int = 1000, confidence: float = 0.95,
-                        seed: int = 0, bins: int = 2048) -> dict[str, Interval]:
-    """Each metric of one method ({"scores", "maps"}) with its bootstrap confidence interval."""
-    metrics, exact, draws, interval = _exact_and_draws({"m": method}, labels, masks, resamples, confidence, seed, bins)
+                        seed: int = 0, bins: int = 2048, estimates: dict | None = None) -> dict[str, Interval]:
+    """Each metric of one method ({"scores", "maps"}) with its bootstrap confidence interval;
+    ``estimates``: the exact metrics if already computed (an evaluation report's)."""
+    metrics, exact, draws, interval = _exact_and_draws({"m": method}, labels, masks, resamples, confidence, seed, bins,
+                                                       known={"m": estimates or {}})
     return {m: interval(exact["m"][m], draws["m"][m]) for m in metrics}
 
 
