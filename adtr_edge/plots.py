@@ -19,7 +19,7 @@ from .fileio import atomic_path
 from .postprocessing import Thresholds
 
 
-def _figure(width_in: float, height_in: float):
+def figure(width_in: float, height_in: float):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -30,7 +30,7 @@ def _figure(width_in: float, height_in: float):
     return fig
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_png(fig, path: str | os.PathLike) -> Path:
     # The temp name has no .png suffix, so the format must be given explicitly.
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
@@ -41,7 +41,7 @@ def roc_plot(curves: Mapping[str, tuple], path: str | os.PathLike) -> Path:
     """ROC curves, one line per name: ``curves[name] = (fpr, tpr, auc)``; AUC shown in the legend."""
     if not curves:
         raise AdtrError("roc_plot: no curves given")
-    fig = _figure(5.5, 5.0)
+    fig = figure(5.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="chance")
     for name, (fpr, tpr, auc) in curves.items():
@@ -53,7 +53,7 @@ def roc_plot(curves: Mapping[str, tuple], path: str | os.PathLike) -> Path:
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def score_histogram(normal_scores, anomalous_scores, threshold: float | None, path: str | os.PathLike) -> Path:
@@ -72,7 +72,7 @@ def score_histogram(normal_scores, anomalous_scores, threshold: float | None, pa
         high = low + 1.0
     bins = np.linspace(low, high, int(np.clip(math.sqrt(both.size) * 2, 10, 60)) + 1)
 
-    fig = _figure(6.5, 4.0)
+    fig = figure(6.5, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     if normal.size:
         ax.hist(normal, bins=bins, alpha=0.6, color="tab:green", label=f"normal (n={normal.size})")
@@ -82,7 +82,7 @@ def score_histogram(normal_scores, anomalous_scores, threshold: float | None, pa
         ax.axvline(float(threshold), color="black", linestyle="--", label=f"threshold {float(threshold):.4g}")
     ax.set(xlabel="image score", ylabel="images", title="Score distribution")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def overlay_grid(
@@ -105,7 +105,7 @@ def overlay_grid(
         raise AdtrError("overlay_grid: nothing to draw (no frames or max_items < 1)")
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
-    fig = _figure(3.0 * cols, 3.2 * rows)
+    fig = figure(3.0 * cols, 3.2 * rows)
     for i in range(count):
         ax = fig.add_subplot(rows, cols, i + 1)
         bgr = overlay(frames[i], maps[i], thresholds)
@@ -113,7 +113,7 @@ def overlay_grid(
         ax.set_axis_off()
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def accuracy_vs_time_plot(
@@ -127,7 +127,7 @@ def accuracy_vs_time_plot(
     """
     if not series:
         raise AdtrError("accuracy_vs_time_plot: no series given")
-    fig = _figure(6.5, 4.2)
+    fig = figure(6.5, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     all_t = []
     for name, points in series.items():
@@ -146,4 +146,4 @@ def accuracy_vs_time_plot(
     ax.set(xlabel="training time (s)", ylabel="AUROC", title="Accuracy vs training time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_png(fig, path)

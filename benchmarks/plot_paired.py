@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402, F401  (puts the repository on sys.path)
 
-from adtr_edge.fileio import atomic_path  # noqa: E402
+from adtr_edge.plots import figure, save_png  # noqa: E402
 
 METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 
@@ -43,9 +43,6 @@ def differences(spec: str) -> tuple[str, dict]:
 
 
 def main(argv: list[str]) -> int:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--row", action="append", required=True, metavar="LABEL=FILE[#i]")
     ap.add_argument("--floor", type=float, default=None, help="draw a dashed line at this difference, in points")
@@ -53,8 +50,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     rows = [differences(r) for r in args.row]
-    fig = Figure(figsize=(14, 0.9 + 0.45 * len(rows)), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(14, 0.9 + 0.45 * len(rows))
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
     ys = list(range(len(rows)))[::-1]
     for ax, (key, name) in zip(axes, METRICS):
@@ -69,8 +65,7 @@ def main(argv: list[str]) -> int:
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(args.title + " (blue: the interval excludes 0)")
     fig.tight_layout(rect=(0, 0, 1, 0.9))
-    with atomic_path(args.out) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+    save_png(fig, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402, F401  (puts the repository on sys.path)
 
-from adtr_edge.fileio import atomic_path  # noqa: E402
+from adtr_edge.plots import figure, save_png  # noqa: E402
 
 METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
 
@@ -33,9 +33,6 @@ def adtr_row(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timing", required=True)
     ap.add_argument("--point", action="append", required=True, metavar="LABEL=RESULTS_JSON")
@@ -44,8 +41,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     configs = json.loads(Path(args.timing).read_text())["configs"]
     ms = {name: c["ms"]["p50"] for name, c in configs.items()}
-    fig = Figure(figsize=(14, 4), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(14, 4)
     axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
     for i, item in enumerate(args.point):
         label, _, path = item.partition("=")
@@ -67,8 +63,7 @@ def main(argv: list[str]) -> int:
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.99, 0.5), fontsize="small")
     fig.suptitle("Validation split: accuracy against inference time (filled: ADTR, hollow: Gaussian on the same features)")
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    with atomic_path(args.out) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+    save_png(fig, args.out)
     print(f"wrote {args.out}")
     return 0
 
