@@ -130,7 +130,7 @@ def eval_cmd(
 ):
     """Evaluate a checkpoint or a deployable folder: image AUROC, pixel AUROC, AUPRO, F1-max (overall and per defect) and pictures."""
     from .data.datasets import load_dataset
-    from .evaluate import compare_scored, finish_report
+    from .evaluate import finish_report
 
     if bootstrap < 0 or 0 < bootstrap < 10:
         raise AdtrError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least 10 resamples")
@@ -138,11 +138,11 @@ def eval_cmd(
         raise AdtrError("--against compares with bootstrap intervals; give --bootstrap N (N >= 10)")
     test = load_dataset(data, "test")
     scored, spec, thresholds, extra = _score_model(model, test, device=device, backend=backend, progress=progress)
+    reference = None
     if against is not None:
-        reference = _score_model(against, test, device=device, backend=backend, progress=progress)[0]
-        extra["against"] = {"model": str(against), **compare_scored(scored, reference, resamples=bootstrap)}
+        reference = (str(against), _score_model(against, test, device=device, backend=backend, progress=progress)[0])
     report = finish_report(scored, test, spec, thresholds, out, name="ADTR", pictures=pictures, resamples=bootstrap,
-                           extra=extra | {"dataset": test.summary()})
+                           reference=reference, extra=extra | {"dataset": test.summary()})
     _print_metrics(report)
     typer.echo(f"report: {out / 'report.json'}")
 

@@ -111,21 +111,29 @@ def guard_not_trained_on(test: ImageSet, train_paths: list[str]) -> None:
         guard_disjoint(ImageSet([Sample(Path(p), 0, "good") for p in train_paths if Path(p).exists()]), test)
 
 
-def report_for(scored: Scored, thresholds: Thresholds | None, fpr_limit: float = 0.3, resamples: int = 0) -> dict:
+def report_for(scored: Scored, thresholds: Thresholds | None, fpr_limit: float = 0.3, resamples: int = 0,
+               reference: tuple[str, Scored] | None = None) -> dict:
     """All metrics of ``scored``; ``resamples`` > 0 adds their 95% bootstrap intervals
-    (``adtr_edge.significance``: how far a test set of this size pins each figure down)."""
+    (``adtr_edge.significance``: how far a test set of this size pins each figure down), and
+    ``reference`` (its name, its scores on the same images) the paired differences from it under
+    ``against``: one bootstrap gives both."""
     pixel = scored.masks.any()
     report = evaluate(scored.scores, scored.labels, scored.maps if pixel else None, scored.masks if pixel else None,
                       defects=scored.defects, fpr_limit=fpr_limit)
     y = np.asarray(scored.labels)
+    figures = {m: report.get(m) for m in ("image_auroc", "pixel_auroc", "aupro")}
     if resamples > 0 and (y == 0).any() and (y == 1).any():
-        from .significance import bootstrap_intervals
+        if reference is not None:
+            against = compare_scored(scored, reference[1], resamples, target_figures=figures)
+            ranges = against.pop("target_intervals")
+            report["against"] = {"model": reference[0], **against}
+        else:
+            from .significance import bootstrap_intervals
 
-        intervals = bootstrap_intervals({"scores": scored.scores, "maps": scored.maps if pixel else None}, y,
-                                        scored.masks if pixel else None, resamples=resamples,
-                                        estimates={m: report.get(m) for m in ("image_auroc", "pixel_auroc", "aupro")})
-        report["intervals"] = {"confidence": 0.95, "resamples": resamples,
-                               **{m: [iv.low, iv.high] for m, iv in intervals.items()}}
+            found = bootstrap_intervals({"scores": scored.scores, "maps": scored.maps if pixel else None}, y,
+                                        scored.masks if pixel else None, resamples=resamples, estimates=figures)
+            ranges = {m: [iv.low, iv.high] for m, iv in found.items()}
+        report["intervals"] = {"confidence": 0.95, "resamples": resamples, **ranges}
     if thresholds is not None:
         pred = label(scored.scores, thresholds)
         y = scored.labels.astype(bool)
@@ -177,10 +185,10 @@ def collapse_report(model, test: ImageSet, device, spec: PreprocessSpec) -> dict
 
 def finish_report(scored: Scored, images: ImageSet, spec: PreprocessSpec, thresholds: Thresholds | None,
                   out_dir: str | Path | None, *, name: str, pictures: bool = True, resamples: int = 0,
-                  extra: dict | None = None) -> dict:
-    """The report of one scored set (``report_for`` plus ``extra``), its pictures and report.json:
-    the end of every evaluation, whatever produced the scores."""
-    report = report_for(scored, thresholds, resamples=resamples) | dict(extra or {})
+                  reference: tuple[str, Scored] | None = None, extra: dict | None = None) -> dict:
+    """The report of one scored set (``report_for``, with ``reference``, plus ``extra``), its pictures
+    and report.json: the end of every evaluation, whatever produced the scores."""
+    report = report_for(scored, thresholds, resamples=resamples, reference=reference) | dict(extra or {})
     if out_dir is not None:
         out = Path(out_dir)
         if pictures:
@@ -189,9 +197,11 @@ def finish_report(scored: Scored, images: ImageSet, spec: PreprocessSpec, thresh
     return report
 
 
-def compare_scored(target: Scored, reference: Scored, resamples: int = 1000) -> dict:
+def compare_scored(target: Scored, reference: Scored, resamples: int = 1000, target_figures: dict | None = None) -> dict:
     """``target`` against ``reference`` on the same images: each metric's difference with its 95%
-    paired-bootstrap interval (``adtr_edge.significance``), e.g. an INT8 folder against its FP32 export."""
+    paired-bootstrap interval (``adtr_edge.significance``), e.g. an INT8 folder against its FP32 export,
+    and the target's own intervals from the same resamples (``target_intervals``);
+    ``target_figures``: the target's exact metrics if already computed."""
     from .significance import paired_bootstrap
 
     if list(target.paths) != list(reference.paths) or target.maps.shape != reference.maps.shape:
@@ -199,9 +209,10 @@ def compare_scored(target: Scored, reference: Scored, resamples: int = 1000) -> 
     pixel = bool(target.masks.any())
     result = paired_bootstrap({"scores": target.scores, "maps": target.maps if pixel else None},
                               {"scores": reference.scores, "maps": reference.maps if pixel else None},
-                              target.labels, target.masks if pixel else None, resamples=resamples)
+                              target.labels, target.masks if pixel else None, resamples=resamples, a_estimates=target_figures)
     return {"resamples": resamples, "confidence": result.confidence, "reference": {m: iv.estimate for m, iv in result.b.items()},
-            **{m: {"difference": [iv.estimate, iv.low, iv.high], "target_better": result.a_better[m]} for m, iv in result.difference.items()}}
+            **{m: {"difference": [iv.estimate, iv.low, iv.high], "target_better": result.a_better[m]} for m, iv in result.difference.items()},
+            "target_intervals": {m: [iv.low, iv.high] for m, iv in result.a.items()}}
 
 
 def score_checkpoint(checkpoint: str | Path, test: ImageSet, *, device: str = "auto", batch_size: int = 8,

@@ -159,10 +159,13 @@ def bootstrap_intervals(method: dict, labels, masks=None, *, resamples: int = 10
 
 
 def paired_bootstrap(a: dict, b: dict, labels, masks=None, *, resamples: int = 1000, confidence: float = 0.95,
-                     seed: int = 0, bins: int = 2048) -> PairedResult:
+                     seed: int = 0, bins: int = 2048, a_estimates: dict | None = None) -> PairedResult:
     """``a``/``b``: {"scores": (N,), "maps": (N, H, W) or None} of two methods on the same N images;
-    ``masks``: (N, H, W) ground truth (pixel metrics only when given and both have maps)."""
-    metrics, exact, draws, interval = _exact_and_draws({"a": a, "b": b}, labels, masks, resamples, confidence, seed, bins)
+    ``masks``: (N, H, W) ground truth (pixel metrics only when given and both have maps);
+    ``a_estimates``: ``a``'s exact metrics if already computed. ``a``'s intervals are exactly what
+    ``bootstrap_intervals`` gives for it with the same seed (the same resamples)."""
+    metrics, exact, draws, interval = _exact_and_draws({"a": a, "b": b}, labels, masks, resamples, confidence, seed, bins,
+                                                       known={"a": a_estimates or {}})
     return PairedResult(
         a={m: interval(exact["a"][m], draws["a"][m]) for m in metrics},
         b={m: interval(exact["b"][m], draws["b"][m]) for m in metrics},
