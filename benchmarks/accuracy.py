@@ -282,6 +282,20 @@ def split_features(model, cfg, train_set, fit_idx, test: ImageSet, cache: Path, 
     return test, (raw_fit - mean) / std, (raw_test - mean) / std, (mean, std)
 
 
+def checkpoint_features(checkpoint: Path, data: Path, cache: Path, split: str):
+    """A trained checkpoint and its own view of ``data``: the fit normals its head was fitted on
+    (``split_normals`` with its seed) and ``split`` of the test set, standardised with its own
+    statistics: (model, checkpoint, test images kept, fit features, test features)."""
+    from adtr_edge.train.checkpoint import load_checkpoint
+
+    model, ckpt = load_checkpoint(checkpoint)
+    train_set, test = load_dataset(data, "train"), load_dataset(data, "test")
+    fit_idx, _ = split_normals(train_set, ckpt.train_config)
+    stats = (model.backbone.feature_mean, model.backbone.feature_std)
+    test, fit_feats, test_feats, _ = split_features(model, ckpt.model_config, train_set, fit_idx, test, cache, split, stats=stats)
+    return model, ckpt, test, fit_feats, test_feats
+
+
 def run_backbone(args) -> str:
     """One backbone per run (every row scores the same features): --backbone, else the recipes' own."""
     if args.backbone:

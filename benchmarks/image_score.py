@@ -24,15 +24,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accuracy import split_features  # noqa: E402
+from accuracy import checkpoint_features  # noqa: E402
 
 from adtr_edge.baselines import BASELINES  # noqa: E402
-from adtr_edge.data.datasets import load_dataset  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.metrics import auroc  # noqa: E402
 from adtr_edge.significance import paired_bootstrap  # noqa: E402
-from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
-from adtr_edge.train.loop import split_normals  # noqa: E402
 from adtr_edge.train.residual_stats import reconstruct  # noqa: E402
 
 
@@ -61,12 +58,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    model, ckpt = load_checkpoint(args.checkpoint)
+    model, ckpt, test, fit_feats, test_feats = checkpoint_features(args.checkpoint, args.data, args.cache, args.split)
     cfg = ckpt.model_config
-    train_set, test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
-    fit_idx, _ = split_normals(train_set, ckpt.train_config)
-    stats = (model.backbone.feature_mean, model.backbone.feature_std)
-    test, fit_feats, test_feats, _ = split_features(model, cfg, train_set, fit_idx, test, args.cache, args.split, stats=stats)
     rec = reconstruct(model, test_feats, torch.device("cpu"))
     grids = {"ADTR": torch.cat([model.head.error_map(test_feats[i:i + 32], rec[i:i + 32]) for i in range(0, len(test_feats), 32)]),
              "Gaussian": BASELINES["gaussian"](fit_feats, test_feats)}

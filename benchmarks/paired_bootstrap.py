@@ -23,25 +23,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accuracy import masks_at, split_features  # noqa: E402
+from accuracy import checkpoint_features, masks_at  # noqa: E402
 
 from adtr_edge.baselines import BASELINES  # noqa: E402
-from adtr_edge.data.datasets import load_dataset  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.significance import METRICS, paired_bootstrap  # noqa: E402
-from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
-from adtr_edge.train.loop import score_features, split_normals  # noqa: E402
+from adtr_edge.train.loop import score_features  # noqa: E402
 
 
 def compare(checkpoint: Path, data: Path, cache: Path, split: str, against: str, resamples: int, seed: int) -> dict:
-    model, ckpt = load_checkpoint(checkpoint)
-    cfg = ckpt.model_config
-    train_set, test = load_dataset(data, "train"), load_dataset(data, "test")
-    fit_idx, _ = split_normals(train_set, ckpt.train_config)  # the normals this checkpoint's head was fitted on
-    stats = (model.backbone.feature_mean, model.backbone.feature_std)  # the checkpoint's own standardisation
-    test, fit_feats, test_feats, _ = split_features(model, cfg, train_set, fit_idx, test, cache, split, stats=stats)
-    masks = masks_at(test, preprocess_spec(cfg))
+    model, ckpt, test, fit_feats, test_feats = checkpoint_features(checkpoint, data, cache, split)
+    masks = masks_at(test, preprocess_spec(ckpt.model_config))
     with torch.no_grad():
         scores, maps = score_features(model, test_feats, torch.device("cpu"))
         base_maps, base_scores = model.head.from_grid_map(BASELINES[against](fit_feats, test_feats))
