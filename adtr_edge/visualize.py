@@ -85,22 +85,27 @@ def _font_scale(width: int) -> float:
 
 
 def _text_bar(width: int, parts: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
-    """A dark strip with coloured text segments, left to right, shrunk to fit the width."""
-    scale = _font_scale(width)
+    """A dark strip with coloured text segments, left to right, shrunk to fit the width.
+
+    Its height depends on the width alone, so every frame of a stream has the same size whatever
+    its text ("OK" or "ANOMALY", with or without FPS): a video writer refuses a frame that differs."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, _font_scale(width)
+    (_, full_h), full_baseline = cv2.getTextSize("Ag", font, scale, max(1, round(scale * 1.5)))
+    height = full_h + full_baseline + 2 * max(4, full_h // 2)
     full_text = "  ".join(text for text, _ in parts) + "  "
-    (needed, _), _ = cv2.getTextSize(full_text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    (needed, _), _ = cv2.getTextSize(full_text, font, scale, 1)
     if needed > width:
         # Narrow frames (a 220 px tile) get smaller text rather than a cut-off threshold.
         scale = max(0.3, scale * width / needed)
     thickness = max(1, round(scale * 1.5))
-    (_, text_h), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    height = text_h + baseline + 2 * max(4, text_h // 2)
+    (_, text_h), baseline = cv2.getTextSize("Ag", font, scale, thickness)
+    margin = (height - text_h - baseline) // 2  # max(4, text_h // 2) when the text was not shrunk
     bar = np.full((height, width, 3), BAR_BGR, dtype=np.uint8)
     x = max(4, text_h // 2)
-    y = height - baseline - max(4, text_h // 2) + text_h // 4
+    y = height - baseline - margin + text_h // 4
     for text, color in parts:
-        cv2.putText(bar, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
-        (w, _), _ = cv2.getTextSize(text + "  ", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        cv2.putText(bar, text, (x, y), font, scale, color, thickness, cv2.LINE_AA)
+        (w, _), _ = cv2.getTextSize(text + "  ", font, scale, thickness)
         x += w
     return bar
 
