@@ -38,16 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _models import ort_session, random_feed  # noqa: E402
 
+from adtr_edge.bench.timing import interleaved_wall_cpu  # noqa: E402
 from adtr_edge.data.datasets import load_batch, load_dataset  # noqa: E402
 from adtr_edge.engine import calibration as calib  # noqa: E402
+from adtr_edge.engine.quantize import auto_float_modules, quantize_export  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
 from adtr_edge.train.loop import split_normals  # noqa: E402
 
 PERCENTILE = 99.99
-# The shipped plan's float layers in timm's module names (quantize.float_plan, ``auto``, stages from 1).
-AUTO_FLOAT = ("conv_stem", "blocks.0.", "blocks.1.")
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ class WeightInt8(nn.Module):
         return round_ste(w / s).clamp(-127, 127) * s
 
 
-def activation_ranges(cnn: nn.Module, backbone, images: torch.Tensor, sample: int = 200_000) -> dict[str, float]:
+def activation_ranges(backbone, images: torch.Tensor, sample: int = 200_000) -> dict[str, float]:
     """99.99th percentile of |input| of every Conv over ``images`` (a sample of each batch's values)."""
     seen: dict[str, list] = {}
     g = torch.Generator().manual_seed(0)
@@ -75,7 +75,7 @@ def activation_ranges(cnn: nn.Module, backbone, images: torch.Tensor, sample: in
             seen.setdefault(name, []).append(v[torch.randint(0, v.numel(), (min(sample, v.numel()),), generator=g)])
         return hook
 
-    hooks = [m.register_forward_pre_hook(grab(n)) for n, m in cnn.named_modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_pre_hook(grab(n)) for n, m in backbone.cnn.named_modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
         for i in range(0, len(images), 8):
             backbone.raw_features(images[i:i + 8])
@@ -84,11 +84,11 @@ def activation_ranges(cnn: nn.Module, backbone, images: torch.Tensor, sample: in
     return {n: float(np.percentile(torch.cat(v).numpy(), PERCENTILE)) for n, v in seen.items()}
 
 
-def fake_quantised(backbone, ranges: dict[str, float], *, weights=True, activations=True, float_prefixes=()):
-    """A copy of ``backbone`` with its Conv layers fake-quantised (those under ``float_prefixes`` left float)."""
+def fake_quantised(backbone, ranges: dict[str, float], *, weights=True, activations=True, float_modules=()):
+    """A copy of ``backbone`` with its Conv layers fake-quantised (those in ``float_modules`` left float)."""
     student = copy.deepcopy(backbone)
     for name, m in student.cnn.named_modules():
-        if not isinstance(m, nn.Conv2d) or name.startswith(tuple(float_prefixes)):
+        if not isinstance(m, nn.Conv2d) or any(name == f or name.startswith(f + ".") for f in float_modules):
             continue
         if activations:
             scale = ranges[name] / 127
@@ -128,8 +128,6 @@ def distil(teacher, student, train_set, fit_idx, spec, steps: int, lr: float, he
 
 def time_cpu_plans(fp32: Path, calib_images: Path, rounds: int = 15) -> dict:
     """CPU ms of the FP32 backbone and of the ``--target cpu`` backbone with nothing / the auto plan float."""
-    from adtr_edge.engine.quantize import quantize_export
-
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"fp32": fp32 / "backbone.onnx"}
         for plan in ("none", "auto"):
@@ -138,17 +136,8 @@ def time_cpu_plans(fp32: Path, calib_images: Path, rounds: int = 15) -> dict:
             paths[f"cpu, keep-float {plan}"] = out / "backbone.onnx"
         sessions = {k: ort_session(p, threads=1) for k, p in paths.items()}
         feeds = {k: random_feed(s) for k, s in sessions.items()}  # the same seed: the same image for each
-        for k, s in sessions.items():
-            for _ in range(3):
-                s.run(None, feeds[k])
-        t = {k: [] for k in sessions}
-        for _ in range(rounds):
-            for k, s in sessions.items():
-                c = time.process_time()
-                s.run(None, feeds[k])
-                t[k].append(time.process_time() - c)
-    return {k: round(1000 * float(np.median(v)), 2) for k, v in t.items()}
-
+        _, cpu = interleaved_wall_cpu({k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}, rounds, 1, warmup=3)
+    return {k: round(float(np.median(v)), 2) for k, v in cpu.items()}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,13 +158,14 @@ def main() -> None:
     train_set = load_dataset(args.data, "train")
     fit_idx, val_idx = split_normals(train_set, ckpt.train_config)
     held_out = torch.from_numpy(load_batch(train_set, val_idx[:32], spec)[0])
-    ranges = activation_ranges(teacher.cnn, teacher, images)
+    ranges = activation_ranges(teacher, images)
 
     errors = {
         "everything INT8": relative_error(teacher, fake_quantised(teacher, ranges), held_out),
         "weights only": relative_error(teacher, fake_quantised(teacher, ranges, activations=False), held_out),
         "activations only": relative_error(teacher, fake_quantised(teacher, ranges, weights=False), held_out),
-        "shipped plan (stem, blocks 0-1 float)": relative_error(teacher, fake_quantised(teacher, ranges, float_prefixes=AUTO_FLOAT), held_out),
+        "shipped plan (stem, blocks 0-1 float)": relative_error(
+            teacher, fake_quantised(teacher, ranges, float_modules=auto_float_modules(ckpt.model_config.stages)), held_out),
     }
     print(json.dumps({"relative_feature_error": errors}), flush=True)
     curve = distil(teacher, fake_quantised(teacher, ranges), train_set, fit_idx, spec, args.steps, args.lr, held_out)

@@ -112,6 +112,12 @@ def parse_graphs(text: str | None, target: str = TENSORRT) -> list[str]:
     return graphs
 
 
+def auto_float_modules(stages: Sequence[int]) -> list[str]:
+    """The CNN modules ``--keep-float auto`` keeps float, by timm's names: the stem and every block
+    up to and including the first feature stage (none without stages)."""
+    return ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(min(stages) + 1)] if stages else []
+
+
 def float_plan(model, spec: str, stages: Sequence[int]) -> list[str]:
     """Backbone nodes to keep out of INT8 (mixed precision), from ``--keep-float``.
 
@@ -126,7 +132,7 @@ def float_plan(model, spec: str, stages: Sequence[int]) -> list[str]:
     if spec == "none":
         return []
     if spec == "auto":
-        prefixes = ["/cnn/conv_stem/", "/cnn/bn1/"] + [f"/cnn/blocks.{i}/" for i in range(min(stages) + 1)] if stages else []
+        prefixes = [f"/cnn/{m}/" for m in auto_float_modules(stages)]  # the exporter's node names under those modules
     else:
         prefixes = [p.strip() for p in spec.split(",") if p.strip()]
     nodes = [n.name for n in model.graph.node if any(n.name.startswith(p) for p in prefixes)]
