@@ -66,6 +66,7 @@ def train(
     d_model: Optional[int] = typer.Option(None, help="Transformer width (paper: 256)."),
     jitter: Optional[float] = typer.Option(None, help="Feature-jitter noise on the encoder input (std as a share of each token's RMS)."),
     score: Optional[str] = typer.Option(None, help="Residual score: mahalanobis (per-location statistics of normal residuals) or l2."),
+    score_select: Optional[str] = typer.Option(None, help="synthetic (default): move the head's shrinkage when synthetic defects on held-out normals clearly favour another; none."),
     time_budget: Optional[float] = typer.Option(None, help="Seconds of training (features excluded): the epochs are fitted to it after the first."),
     augment: Optional[str] = typer.Option(None, help="Extra views of the normals the transformer trains on (textures): none, flip (h+v) or d4 (flips, 90-degree turns); cached once."),
     threshold_quantile: Optional[float] = typer.Option(None, help="Quantile of held-out normal scores used as threshold (default 0.99)."),
@@ -95,7 +96,7 @@ def train(
     m_over = {"input_size": _parse_size(input_size), "stages": _parse_ints(stages, "--stages"),
               "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model, "score": score}
     t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "threshold_quantile": threshold_quantile,
-              "time_budget": time_budget, "augment": augment,
+              "time_budget": time_budget, "augment": augment, "score_select": score_select,
               "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
     m_kw, t_kw = apply_preset(preset, m_over, t_over)
     model_cfg = ModelConfig.for_backbone(backbone or preset_backbone(preset), **m_kw)

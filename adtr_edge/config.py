@@ -145,6 +145,7 @@ class TrainConfig:
     score_shrinkage: float = 0.05  # "mahalanobis" score: weight of the shrinkage target in each location's covariance
     score_fit: str = "fit"  # residual statistics from the "fit" normals or the held-out "val" ones
     score_target: str = "identity"  # what it is shrunk towards: "identity" (x mean variance) or the "pooled" covariance
+    score_select: str = "synthetic"  # "synthetic": move score_shrinkage when synthetic defects on the held-out normals say so (train.head_select); "none"
     seed: int = 0
     val_fraction: float = 0.1  # normal training images held out to calibrate the threshold
     threshold_quantile: float = 0.99

@@ -5,7 +5,7 @@ import pytest
 
 from adtr_edge.errors import AdtrError
 from adtr_edge.metrics import aupro, auroc, pixel_auroc
-from adtr_edge.significance import _PixelHistograms, _stratified_weights, paired_bootstrap
+from adtr_edge.significance import _PixelHistograms, _stratified_weights, paired_bootstrap, paired_draws
 
 
 def _case(n=40, size=32, signal=1.5, seed=0):
@@ -58,6 +58,19 @@ def test_a_clearly_better_method_is_ahead_in_every_resample():
     assert result.difference["pixel_auroc"].low > 0 and result.a_better["pixel_auroc"] == 1.0
     assert result.difference["aupro"].low > 0
     assert result.a["image_auroc"].estimate == auroc(scores, labels)
+
+
+def test_paired_draws_are_the_resamples_paired_bootstrap_summarises():
+    maps, masks, labels, scores = _case(signal=3.0)
+    weak_maps, _, _, weak_scores = _case(signal=0.3, seed=1)
+    a, b = {"scores": scores, "maps": maps}, {"scores": weak_scores, "maps": weak_maps}
+    exact, draws = paired_draws({"a": a, "b": b}, labels, masks, resamples=50, seed=4)
+    result = paired_bootstrap(a, b, labels, masks, resamples=50, seed=4)
+    for m in ("image_auroc", "pixel_auroc", "aupro"):
+        assert draws["a"][m].shape == (50,)
+        assert exact["a"][m] - exact["b"][m] == pytest.approx(result.difference[m].estimate)
+        assert np.percentile(draws["a"][m] - draws["b"][m], 2.5) == pytest.approx(result.difference[m].low)
+        assert float((draws["a"][m] > draws["b"][m]).mean()) == result.a_better[m]
 
 
 def test_image_scores_alone_give_the_image_metric_only():

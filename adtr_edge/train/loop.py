@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -159,7 +159,8 @@ def train_model(
     benchmarks record accuracy against training time.
     """
     out_dir = Path(out_dir)
-    augment_views(train_cfg.augment)  # a bad --augment fails before any feature is computed
+    augment_views(train_cfg.augment)  # a bad --augment or score_select fails before any feature is computed
+    check_score_select(train_cfg)
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
     fit_idx, val_idx = split_normals(train_set, train_cfg)
@@ -178,7 +179,7 @@ def train_model(
         history = run_epochs(model, model_cfg, train_cfg, train_set, data, loss_kind, out_dir, device, bar, t_start,
                              resume=resume, progress=progress, on_epoch_end=on_epoch_end, log=log)
     return finish(model, model_cfg, train_cfg, train_set, data, history, fit_idx, val_idx, loss_kind, anomalies, out_dir,
-                  device, t_start)
+                  device, t_start, log=log)
 
 
 def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, fit_idx, val_idx, anomalies, loss_kind: str,
@@ -306,15 +307,21 @@ def epoch_entry(model, data: RunData, epoch: int, loss: float, loss_kind: str, d
 
 
 def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, data: RunData, history: list, fit_idx, val_idx,
-           loss_kind: str, anomalies, out_dir: Path, device, t_start: float) -> TrainResult:
-    """Fit the score head, calibrate the threshold on held-out normals, write the final checkpoint."""
+           loss_kind: str, anomalies, out_dir: Path, device, t_start: float, log: Callable[[str], None] = lambda s: None) -> TrainResult:
+    """Choose the head's shrinkage, fit the head, calibrate the threshold on held-out normals, write the final
+    checkpoint (whose train config records the shrinkage chosen, so refits and ``quantize-matched`` reuse it)."""
+    selection = select_head(model, train_cfg, train_set, data, val_idx, device)
+    if selection is not None:
+        train_cfg = replace(train_cfg, score_shrinkage=selection["shrinkage"])
+        log(f"score head: shrinkage {selection['shrinkage']:g} (best on {selection['synthetic_defects']} synthetic defects: "
+            f"{selection['best']:g}, {selection['advantage_points'][0]:+.2f} points over {selection['configured']:g})")
     thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
              "anomalies": anomalies.kind if anomalies is not None else None, "epochs_run": len(history),
              **{k: history[-1].get(k) if history else None for k in ("input_following", "defect_pass_through")},
-             "train_paths": [str(train_set.samples[i].path) for i in fit_idx]}
+             "train_paths": [str(train_set.samples[i].path) for i in fit_idx], "score_selection": selection}
     ckpt = Checkpoint(model_cfg, train_cfg, thresholds, train_set.summary(), history, extra)
     save_checkpoint(out_dir, model.cpu(), ckpt)
     return TrainResult(model.eval(), ckpt, out_dir, seconds)
@@ -323,6 +330,31 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
 def _figures_text(figures: dict) -> str:
     f, p = figures.get("input_following"), figures.get("defect_pass_through")
     return (f" follow {f:.2f}" if f is not None else "") + (f" pass {p:.2f}" if p is not None else "")
+
+
+SCORE_SELECT = ("synthetic", "none")
+
+
+def check_score_select(train_cfg: TrainConfig) -> None:
+    require(train_cfg.score_select in SCORE_SELECT, f"--score-select {train_cfg.score_select!r}: choose one of {list(SCORE_SELECT)}")
+
+
+def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx, device) -> dict | None:
+    """``score_select="synthetic"``: the shrinkage that synthetic defects on the held-out normals
+    support (``train.head_select``), or None where it does not apply (another score, a head fitted
+    on the held-out normals themselves, fewer than 2 of them)."""
+    check_score_select(train_cfg)
+    if (train_cfg.score_select == "none" or model.cfg.score != "mahalanobis" or train_cfg.score_fit != "fit"
+            or len(val_idx) < 2):
+        return None
+    from .head_select import select_shrinkage, synthetic_set
+
+    t0 = time.perf_counter()
+    synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
+                              seed=train_cfg.seed)
+    chosen = select_shrinkage(model, data.feats, synthetic, train_cfg.score_shrinkage, train_cfg.score_target, seed=train_cfg.seed,
+                              device=device)
+    return {**chosen, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device):

@@ -1,0 +1,91 @@
+"""The head's shrinkage chosen from synthetic defects on held-out normals (adtr_edge.train.head_select)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adtr_edge.config import TrainConfig
+from adtr_edge.data.datasets import load_dataset
+from adtr_edge.errors import AdtrError
+from adtr_edge.train import head_select as H
+from adtr_edge.train.checkpoint import load_checkpoint
+
+
+def test_synthetic_images_keep_the_clean_ones_first_and_change_only_the_masked_pixels():
+    rng = np.random.default_rng(0)
+    clean = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    images, masks, labels = H.synthetic_images(clean, copies=2, strength=0.4, seed=1)
+    assert len(images) == len(masks) == len(labels) == 3 + 3 * 2 * len(H.KINDS)
+    assert labels.tolist() == [0] * 3 + [1] * 12
+    for i, im in enumerate(clean):
+        assert images[i] is im and not masks[i].any()
+    source = clean * (2 * len(H.KINDS))
+    for out, mask, base in zip(images[3:], masks[3:], source):
+        assert mask.any()
+        np.testing.assert_array_equal(out[~mask], base[~mask])
+
+
+def known_answer_set(model, fit_n: int = 200, n: int = 24, seed: int = 0, offset: float = 1.0):
+    """Normals whose channels vary on two scales (half with std 10, half with 0.1), and defects that
+    are an offset of 1 in the quiet half on a block of grid cells: the average variance (shrinkage 1,
+    the L2 norm) drowns them in the loud channels, the per-location covariance (shrinkage 0) sees them."""
+    g = torch.Generator().manual_seed(seed)
+    c, (h, w) = model.backbone.channels, model.cfg.grid
+    scale = torch.ones(1, c, 1, 1)
+    scale[:, : c // 2], scale[:, c // 2:] = 10.0, 0.1
+    fit = torch.randn(fit_n, c, h, w, generator=g) * scale
+    feats = torch.randn(n, c, h, w, generator=g) * scale
+    labels = np.array([0] * (n // 2) + [1] * (n - n // 2))
+    cells = torch.zeros(n, h, w)
+    for i in np.flatnonzero(labels):
+        y, x = int(torch.randint(0, h - 2, (1,), generator=g)), int(torch.randint(0, w - 2, (1,), generator=g))
+        cells[i, y:y + 2, x:x + 2] = 1
+    quiet = (scale < 1).float()
+    feats = feats + offset * quiet * cells.unsqueeze(1)
+    H_img, W_img = model.cfg.input_size
+    masks = torch.nn.functional.interpolate(cells.unsqueeze(1), size=(H_img, W_img), mode="nearest")[:, 0].numpy() > 0.5
+    return fit, H.SyntheticSet(feats, masks, labels, strength=1.0)
+
+
+def test_select_moves_to_the_head_that_sees_the_defects(trained_checkpoint):
+    model, _ = load_checkpoint(trained_checkpoint)
+    fit, synthetic = known_answer_set(model)
+    d = H.select_shrinkage(model, fit, synthetic, configured=1.0, resamples=100)
+    rows = {r["shrinkage"]: r for r in d["candidates"]}
+    assert set(rows) == set(H.CANDIDATES)
+    assert rows[0.0]["mean"] > rows[1.0]["mean"] + 0.05
+    assert d["best"] <= 0.2 and d["shrinkage"] == d["best"]
+    assert d["best_ahead"] >= d["confidence"] and d["advantage_points"][1] > 0
+    for r in d["candidates"]:
+        assert r["mean"] == pytest.approx(np.mean([r[m] for m in H.METRICS]))
+
+
+def test_select_keeps_the_configured_shrinkage_when_the_defects_are_not_there(trained_checkpoint):
+    model, _ = load_checkpoint(trained_checkpoint)
+    fit, synthetic = known_answer_set(model, offset=0.0)  # masks, but nothing changed under them: every head guesses
+    d = H.select_shrinkage(model, fit, synthetic, configured=0.05, resamples=200)
+    assert d["best"] != 0.05 and d["best_ahead"] < d["confidence"] == pytest.approx(1 - 0.05 / 9, abs=1e-4)
+    assert d["shrinkage"] == 0.05 and d["configured"] == 0.05
+    assert d["advantage_points"][1] < 0 < d["advantage_points"][2]
+    same = H.select_shrinkage(model, fit, synthetic, configured=0.9, candidates=(0.9,), resamples=100)
+    assert same["shrinkage"] == same["best"] == 0.9 and same["best_ahead"] is None
+
+
+def test_training_records_the_chosen_shrinkage(trained_checkpoint):
+    _, ckpt = load_checkpoint(trained_checkpoint)
+    chosen = ckpt.extra["score_selection"]
+    assert chosen["shrinkage"] == ckpt.train_config.score_shrinkage
+    assert chosen["configured"] == TrainConfig().score_shrinkage
+    assert chosen["synthetic_defects"] == 2 * len(H.KINDS) * ckpt.extra["val_images"]
+
+
+def test_a_bad_score_select_fails_before_any_feature(sample_dataset, tmp_path):
+    from adtr_edge.train.loop import train_model
+    from tests.conftest import tiny_model_config
+
+    with pytest.raises(AdtrError, match="--score-select 'often'"):
+        train_model(load_dataset(sample_dataset, "train"), tiny_model_config(), TrainConfig(score_select="often", device="cpu"),
+                    tmp_path / "bad", progress=False, feature_cache=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "bad").exists()
