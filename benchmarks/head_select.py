@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--split", default="val", choices=("val", "test", "all"))
-    ap.add_argument("--copies", type=int, default=2, help="defective copies of each held-out normal, per kind")
+    ap.add_argument("--copies", type=int, default=None, help="defective copies of each held-out normal, per kind (default: training's)")
     ap.add_argument("--strength", type=float, default=STRENGTH)
     ap.add_argument("--configured", type=float, default=0.05, help="the shrinkage the rule keeps unless the synthetic set says otherwise")
     ap.add_argument("--resamples", type=int, default=400)

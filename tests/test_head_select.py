@@ -27,6 +27,12 @@ def test_synthetic_images_keep_the_clean_ones_first_and_change_only_the_masked_p
         np.testing.assert_array_equal(out[~mask], base[~mask])
 
 
+def test_default_copies_reach_the_minimum_number_of_defects():
+    assert H.default_copies(76) == 2  # magnetic tile: 304 defects
+    assert H.default_copies(12) == 13 and 12 * 13 * len(H.KINDS) >= H.MIN_DEFECTS  # the generated tiles
+    assert H.default_copies(0) >= 2
+
+
 def known_answer_set(model, fit_n: int = 200, n: int = 24, seed: int = 0, offset: float = 1.0):
     """Normals whose channels vary on two scales (half with std 10, half with 0.1), and defects that
     are an offset of 1 in the quiet half on a block of grid cells: the average variance (shrinkage 1,
@@ -78,7 +84,8 @@ def test_training_records_the_chosen_shrinkage(trained_checkpoint):
     chosen = ckpt.extra["score_selection"]
     assert chosen["shrinkage"] == ckpt.train_config.score_shrinkage
     assert chosen["configured"] == TrainConfig().score_shrinkage
-    assert chosen["synthetic_defects"] == 2 * len(H.KINDS) * ckpt.extra["val_images"]
+    n = ckpt.extra["val_images"]
+    assert chosen["synthetic_defects"] == H.default_copies(n) * len(H.KINDS) * n >= H.MIN_DEFECTS
 
 
 def test_a_bad_score_select_fails_before_any_feature(sample_dataset, tmp_path):

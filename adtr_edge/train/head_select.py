@@ -5,7 +5,8 @@ magnetic tile's textures a per-location covariance (shrinkage near 0) ranks imag
 aligned, generated objects shrinking most of the way to the average variance localises 7 AUPRO
 points better (docs/benchmarks.md 1.5, 1.3). A user has normal images only. The held-out normals
 (the ones that calibrate the threshold; the head never sees them) get synthetic defects pasted at
-reduced strength, half confetti and half patches, and every candidate head scores that set.
+reduced strength, half confetti and half patches (two of each per image, more where there are
+few held-out normals, so that there are at least 300), and every candidate head scores that set.
 
 The decision is conservative: the configured shrinkage stays unless the best candidate's mean of
 image AUROC, pixel AUROC and AUPRO on the synthetic set is ahead of it in at least ``confidence`` of
@@ -17,6 +18,7 @@ is not worth leaving a value that was measured on real defects.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,6 +30,9 @@ from .residual_stats import reconstruct, whitening
 CANDIDATES = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
 KINDS = ("confetti", "patch")
 STRENGTH = 0.4  # full-strength pastes are found by every head on magnetic tile (0.98 pixel AUROC) and rank nothing
+# At least this many pasted defects, whatever the number of held-out normals: with 12 of them and two
+# copies per kind (48 defects) the generated tiles' decision flipped with the training seed.
+MIN_DEFECTS = 300
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
@@ -41,10 +46,17 @@ class SyntheticSet:
     strength: float
 
 
-def synthetic_images(images: list, *, copies: int = 2, strength: float = STRENGTH, seed: int = 0, kinds=KINDS):
+def default_copies(n_images: int, kinds=KINDS) -> int:
+    """Defective copies per image and kind: 2, or enough for ``MIN_DEFECTS`` in all."""
+    return max(2, math.ceil(MIN_DEFECTS / max(1, n_images * len(kinds))))
+
+
+def synthetic_images(images: list, *, copies: int | None = None, strength: float = STRENGTH, seed: int = 0, kinds=KINDS):
     """(images, masks, labels): ``images`` as they are, then ``copies`` defective copies of each per kind
-    (patches are cut from the other images of the list)."""
+    (``default_copies`` when None; patches are cut from the other images of the list)."""
     from ..data.anomalies import SyntheticAnomalies
+
+    copies = copies if copies is not None else default_copies(len(images), kinds)
 
     out, masks, labels = list(images), [np.zeros(im.shape[:2], bool) for im in images], [0] * len(images)
     for k, kind in enumerate(kinds):
@@ -59,7 +71,8 @@ def synthetic_images(images: list, *, copies: int = 2, strength: float = STRENGT
     return out, masks, np.asarray(labels)
 
 
-def synthetic_set(backbone, images: list, spec, device, *, copies: int = 2, strength: float = STRENGTH, seed: int = 0) -> SyntheticSet:
+def synthetic_set(backbone, images: list, spec, device, *, copies: int | None = None, strength: float = STRENGTH,
+                  seed: int = 0) -> SyntheticSet:
     """``synthetic_images`` through the backbone, standardised with its statistics."""
     from ..preprocessing import resize_mask
     from .features import extract_raw_features
