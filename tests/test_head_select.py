@@ -88,6 +88,15 @@ def test_training_records_the_chosen_shrinkage(trained_checkpoint):
     assert chosen["synthetic_defects"] == H.default_copies(n) * len(H.KINDS) * n >= H.MIN_DEFECTS
 
 
+def test_the_export_says_how_its_head_was_set(trained_checkpoint, exported_model):
+    import json
+
+    _, ckpt = load_checkpoint(trained_checkpoint)
+    head = json.loads((exported_model / "manifest.json").read_text())["meta"]["score_head"]
+    assert head["score"] == "mahalanobis" and head["shrinkage"] == ckpt.train_config.score_shrinkage
+    assert head["selection"]["shrinkage"] == head["shrinkage"] and "candidates" not in head["selection"]
+
+
 def test_a_bad_score_select_fails_before_any_feature(sample_dataset, tmp_path):
     from adtr_edge.train.loop import train_model
     from tests.conftest import tiny_model_config

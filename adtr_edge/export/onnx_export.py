@@ -37,6 +37,7 @@ from ..folder import KINDS, MANIFEST, ONNX
 from ..metadata import HEAD_MATCH_KEY, ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
 from ..preprocessing import preprocess_spec
 from ..train.checkpoint import load_checkpoint
+from ..train.head_select import head_summary
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     meta = checkpoint_metadata(
         model, ckpt, ckpt.thresholds, data_summary=ckpt.data_summary,
         extra={"opset": opset, "weights_source": ckpt.extra.get("weights_source"), "checkpoint_files": {"model.safetensors": sha256_file(Path(checkpoint) / "model.safetensors")},
+               "score_head": head_summary(ckpt),
                **({HEAD_MATCH_KEY: ckpt.extra[HEAD_MATCH_KEY]} if ckpt.extra.get(HEAD_MATCH_KEY) else {})},
     )
     manifest = {"format": KINDS[ONNX].format, "toolkit_version": __version__, "kind": ONNX, "graphs": {}, "meta": meta.raw}

@@ -136,3 +136,12 @@ def select_shrinkage(model, fit_feats: torch.Tensor, synthetic: SyntheticSet, co
     return {"shrinkage": chosen, "configured": configured, "best": best, "advantage_points": [round(v, 3) for v in advantage],
             "best_ahead": ahead, "confidence": round(confidence, 4), "synthetic_images": int(len(synthetic.labels)),
             "synthetic_defects": int(synthetic.labels.sum()), "strength": synthetic.strength, "candidates": rows}
+
+
+def head_summary(ckpt) -> dict:
+    """How a checkpoint's score head was set, for an export's metadata: the score, its shrinkage and
+    target, and (when training chose it) the decision without the per-candidate table."""
+    t = ckpt.train_config
+    chosen = (ckpt.extra or {}).get("score_selection")
+    return {"score": ckpt.model_config.score, "shrinkage": t.score_shrinkage, "target": t.score_target, "fit": t.score_fit,
+            "selection": {k: v for k, v in chosen.items() if k != "candidates"} if chosen else None}
