@@ -88,6 +88,19 @@ def test_training_records_the_chosen_shrinkage(trained_checkpoint):
     assert chosen["synthetic_defects"] == H.default_copies(n) * len(H.KINDS) * n >= H.MIN_DEFECTS
 
 
+def test_too_few_held_out_normals_keep_the_configured_head(tmp_path):
+    from adtr_edge.data.generate import generate_sample_dataset
+    from adtr_edge.train.loop import train_model
+    from tests.conftest import tiny_model_config
+
+    data = generate_sample_dataset(tmp_path / "small", n_train=20, n_test_good=2, n_test_defect=2, size=(64, 64), seed=1)
+    cfg = TrainConfig(epochs=1, batch_size=8, val_fraction=0.1, device="cpu")  # 2 held-out normals
+    result = train_model(load_dataset(data, "train"), tiny_model_config(), cfg, tmp_path / "ckpt", progress=False)
+    assert result.checkpoint.extra["val_images"] < H.MIN_HELD_OUT
+    assert result.checkpoint.extra["score_selection"] is None
+    assert result.checkpoint.train_config.score_shrinkage == cfg.score_shrinkage
+
+
 def test_the_export_says_how_its_head_was_set(trained_checkpoint, exported_model):
     import json
 

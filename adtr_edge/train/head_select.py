@@ -33,6 +33,7 @@ STRENGTH = 0.4  # full-strength pastes are found by every head on magnetic tile 
 # At least this many pasted defects, whatever the number of held-out normals: with 12 of them and two
 # copies per kind (48 defects) the generated tiles' decision flipped with the training seed.
 MIN_DEFECTS = 300
+MIN_HELD_OUT = 5  # held-out normals below which training keeps the configured shrinkage
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 

@@ -341,13 +341,15 @@ def check_score_select(train_cfg: TrainConfig) -> None:
 
 def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx, device) -> dict | None:
     """``score_select="synthetic"``: the shrinkage that synthetic defects on the held-out normals
-    support (``train.head_select``), or None where it does not apply (another score, a head fitted
-    on the held-out normals themselves, fewer than 2 of them)."""
+    support (``train.head_select``), or None where it does not apply: another score, a head fitted
+    on the held-out normals themselves, or fewer than ``MIN_HELD_OUT`` of them (the synthetic
+    set's image AUROC would rest on a handful of clean images)."""
+    from .head_select import MIN_HELD_OUT, select_shrinkage, synthetic_set
+
     check_score_select(train_cfg)
     if (train_cfg.score_select == "none" or model.cfg.score != "mahalanobis" or train_cfg.score_fit != "fit"
-            or len(val_idx) < 2):
+            or len(val_idx) < MIN_HELD_OUT):
         return None
-    from .head_select import select_shrinkage, synthetic_set
 
     t0 = time.perf_counter()
     synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
