@@ -118,13 +118,14 @@ def select_shrinkage(model, fit_feats: torch.Tensor, synthetic: SyntheticSet, co
     rec = reconstruct(model, synthetic.feats, device)
     candidates = tuple(sorted(set(candidates) | {configured}))
     confidence = confidence if confidence is not None else 1.0 - 0.05 / max(1, len(candidates) - 1)
-    methods, rows = {}, []
+    methods, rows = {}, []  # maps of the configured head and of the best so far only (each is 100 MB on magnetic tile)
     for lam, head in candidate_heads(model, fit_feats, target, candidates, device):
         scores, maps = head_maps(head, synthetic.feats, rec)
-        methods[lam] = {"scores": scores, "maps": maps}
         found = figures(scores, maps, synthetic.masks, synthetic.labels)
         rows.append({"shrinkage": lam, **found, "mean": float(np.mean([found[m] for m in METRICS]))})
-    best = max(rows, key=lambda r: r["mean"])["shrinkage"]
+        best = max(rows, key=lambda r: r["mean"])["shrinkage"]
+        methods[lam] = {"scores": scores, "maps": maps}
+        methods = {k: v for k, v in methods.items() if k in (configured, best)}
     chosen, advantage, ahead = configured, [0.0, 0.0, 0.0], None
     if best != configured:
         exact, draws = paired_draws({"best": methods[best], "configured": methods[configured]}, synthetic.labels,
