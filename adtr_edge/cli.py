@@ -161,7 +161,7 @@ def _score_model(path: Path, test, *, device: str, backend: str, progress: bool)
 
     with load_backend(folder.path, backend) as runner:
         scored = score_imageset(backend_predictor(runner), test, folder.meta.preprocess, progress=progress)
-        extra = {"model_folder": str(path), "kind": folder.kind, "backend": runner.name}
+        extra = {"model_folder": str(path), "kind": folder.kind, "backend": runner.name, "score_head": folder.meta.raw.get("score_head")}
     return scored, folder.meta.preprocess, folder.meta.thresholds, extra
 
 

@@ -222,12 +222,14 @@ def score_checkpoint(checkpoint: str | Path, test: ImageSet, *, device: str = "a
     from .preprocessing import preprocess_spec
     from .train.checkpoint import load_checkpoint
     from .train.device import resolve_device
+    from .train.head_select import head_summary
 
     model, ckpt = load_checkpoint(checkpoint, device="cpu")
     guard_not_trained_on(test, ckpt.extra.get("train_paths", []))
     spec = preprocess_spec(ckpt.model_config)
     scored = score_imageset(torch_predictor(model, resolve_device(device)), test, spec, batch_size=batch_size, progress=progress)
-    extra = {"collapse": collapse_report(model, test, resolve_device(device), spec), "checkpoint": str(checkpoint)}
+    extra = {"collapse": collapse_report(model, test, resolve_device(device), spec), "checkpoint": str(checkpoint),
+             "score_head": head_summary(ckpt)}
     return scored, spec, ckpt.thresholds, extra
 
 

@@ -22,7 +22,11 @@ def test_train_eval_export_through_the_cli(tmp_path, sample_dataset, capsys):
     ci = report["intervals"]  # 95% bootstrap intervals around each figure, printed with it
     for metric in ("image_auroc", "pixel_auroc", "aupro"):
         assert ci[metric][0] <= report[metric] + 1e-3 and report[metric] - 1e-3 <= ci[metric][1]
-    assert f"[{ci['pixel_auroc'][0]:.4f}, {ci['pixel_auroc'][1]:.4f}]" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"[{ci['pixel_auroc'][0]:.4f}, {ci['pixel_auroc'][1]:.4f}]" in printed
+    # 2 held-out normals are too few to choose the head on (train.head_select): the configured one is kept, and said so
+    assert "score head: shrinkage 0.05 kept (2 held-out normals; choosing needs 5)" in printed
+    assert report["score_head"] == {"score": "mahalanobis", "shrinkage": 0.05, "target": "identity", "fit": "fit", "selection": None}
     for pic in ("roc.png", "score_histogram.png", "overlays.png"):
         assert (ev / pic).stat().st_size > 1000
     assert main(["export", str(ckpt), "--out", str(onnx_dir)]) == 0

@@ -310,7 +310,7 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
            loss_kind: str, anomalies, out_dir: Path, device, t_start: float, log: Callable[[str], None] = lambda s: None) -> TrainResult:
     """Choose the head's shrinkage, fit the head, calibrate the threshold on held-out normals, write the final
     checkpoint (whose train config records the shrinkage chosen, so refits and ``quantize-matched`` reuse it)."""
-    selection = select_head(model, train_cfg, train_set, data, val_idx, device)
+    selection = select_head(model, train_cfg, train_set, data, val_idx, device, log)
     if selection is not None:
         train_cfg = replace(train_cfg, score_shrinkage=selection["shrinkage"])
         log(f"score head: shrinkage {selection['shrinkage']:g} (best on {selection['synthetic_defects']} synthetic defects: "
@@ -339,7 +339,8 @@ def check_score_select(train_cfg: TrainConfig) -> None:
     require(train_cfg.score_select in SCORE_SELECT, f"--score-select {train_cfg.score_select!r}: choose one of {list(SCORE_SELECT)}")
 
 
-def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx, device) -> dict | None:
+def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx, device,
+                log: Callable[[str], None] = lambda s: None) -> dict | None:
     """``score_select="synthetic"``: the shrinkage that synthetic defects on the held-out normals
     support (``train.head_select``), or None where it does not apply: another score, a head fitted
     on the held-out normals themselves, or fewer than ``MIN_HELD_OUT`` of them (the synthetic
@@ -347,8 +348,10 @@ def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx
     from .head_select import MIN_HELD_OUT, select_shrinkage, synthetic_set
 
     check_score_select(train_cfg)
-    if (train_cfg.score_select == "none" or model.cfg.score != "mahalanobis" or train_cfg.score_fit != "fit"
-            or len(val_idx) < MIN_HELD_OUT):
+    if train_cfg.score_select == "none" or model.cfg.score != "mahalanobis" or train_cfg.score_fit != "fit":
+        return None
+    if len(val_idx) < MIN_HELD_OUT:
+        log(f"score head: shrinkage {train_cfg.score_shrinkage:g} kept ({len(val_idx)} held-out normals; choosing needs {MIN_HELD_OUT})")
         return None
 
     t0 = time.perf_counter()
