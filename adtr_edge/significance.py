@@ -158,11 +158,13 @@ def bootstrap_intervals(method: dict, labels, masks=None, *, resamples: int = 10
     return {m: interval(exact["m"][m], draws["m"][m]) for m in metrics}
 
 
-def paired_draws(methods: dict, labels, masks=None, *, resamples: int = 1000, seed: int = 0, bins: int = 2048) -> tuple[dict, dict]:
+def paired_draws(methods: dict, labels, masks=None, *, resamples: int = 1000, seed: int = 0, bins: int = 2048,
+                 known: dict | None = None) -> tuple[dict, dict]:
     """(exact, draws) of several methods on the same resampled images: ``exact[name][metric]`` a float,
     ``draws[name][metric]`` an array of ``resamples`` values, draw r of every method on the same images.
-    For a statistic of several metrics at once (a mean of three, a difference of differences)."""
-    _, exact, draws, _ = _exact_and_draws(methods, labels, masks, resamples, 0.95, seed, bins)
+    For a statistic of several metrics at once (a mean of three, a difference of differences);
+    ``known``: exact figures already computed, {name: {metric: value}}."""
+    _, exact, draws, _ = _exact_and_draws(methods, labels, masks, resamples, 0.95, seed, bins, known=known)
     return exact, draws
 
 

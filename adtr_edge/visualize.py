@@ -7,6 +7,7 @@ no torch on a Jetson). Every function returns a new 3-channel uint8 BGR image, r
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import cv2
@@ -84,14 +85,21 @@ def _font_scale(width: int) -> float:
     return max(0.35, min(2.0, width / 700.0))
 
 
+@lru_cache(maxsize=32)
+def _bar_height(width: int) -> int:
+    """The text bar's height for frames this wide (a stream asks once per frame; the answer is fixed)."""
+    scale = _font_scale(width)
+    (_, h), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, round(scale * 1.5)))
+    return h + baseline + 2 * max(4, h // 2)
+
+
 def _text_bar(width: int, parts: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
     """A dark strip with coloured text segments, left to right, shrunk to fit the width.
 
     Its height depends on the width alone, so every frame of a stream has the same size whatever
     its text ("OK" or "ANOMALY", with or without FPS): a video writer refuses a frame that differs."""
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, _font_scale(width)
-    (_, full_h), full_baseline = cv2.getTextSize("Ag", font, scale, max(1, round(scale * 1.5)))
-    height = full_h + full_baseline + 2 * max(4, full_h // 2)
+    height = _bar_height(width)
     full_text = "  ".join(text for text, _ in parts) + "  "
     (needed, _), _ = cv2.getTextSize(full_text, font, scale, 1)
     if needed > width:

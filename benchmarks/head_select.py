@@ -36,7 +36,7 @@ from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.train.head_select import METRICS, STRENGTH, candidate_heads, figures, head_maps, select_shrinkage, synthetic_set  # noqa: E402
 from adtr_edge.train.loop import split_normals  # noqa: E402
-from adtr_edge.train.residual_stats import reconstruct  # noqa: E402
+from adtr_edge.train.residual_stats import reconstruct, residuals  # noqa: E402
 
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
     test_masks, test_labels = masks_at(test, spec), np.asarray(test.labels)
     by_lam = {r["shrinkage"]: r for r in decision["candidates"]}
     rows = []
-    for lam, head in candidate_heads(model, fit_feats, "identity", tuple(by_lam)):
+    for lam, head in candidate_heads(model, residuals(model, fit_feats, cpu), "identity", tuple(by_lam)):
         real = figures(*head_maps(head, test_feats, rec_test), test_masks, test_labels)
         rows.append({"shrinkage": lam, "synthetic": {m: by_lam[lam][m] for m in METRICS}, "real": real})
         print(json.dumps(rows[-1]), flush=True)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..metrics import aupro, auroc, pixel_auroc
-from .residual_stats import reconstruct, whitening
+from .residual_stats import reconstruct, residuals, whitening
 
 CANDIDATES = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
 KINDS = ("confetti", "patch")
@@ -96,11 +96,11 @@ def figures(scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, labels: np.
     return {"image_auroc": auroc(scores, labels), "pixel_auroc": pixel_auroc(maps, masks), "aupro": aupro(maps, masks)}
 
 
-def candidate_heads(model, fit_feats: torch.Tensor, target: str, candidates=CANDIDATES, device=torch.device("cpu")):
-    """(shrinkage, head on the CPU) for each candidate, fitted on the fit normals' residuals (the transformer runs once)."""
+def candidate_heads(model, residual: torch.Tensor, target: str, candidates=CANDIDATES):
+    """(shrinkage, head on the CPU) for each candidate, fitted on the fit normals' residuals
+    (``residual_stats.residuals``: the transformer runs once for all of them)."""
     from ..model.adtr import AnomalyHead
 
-    residual = fit_feats.float().cpu() - reconstruct(model, fit_feats, device)
     for lam in candidates:
         head = AnomalyHead(replace(model.cfg, score="mahalanobis", map_blur=0.0), model.backbone.channels)
         head.set_residual_stats(*whitening(residual, lam, target=target))
@@ -109,17 +109,19 @@ def candidate_heads(model, fit_feats: torch.Tensor, target: str, candidates=CAND
 
 def select_shrinkage(model, fit_feats: torch.Tensor, synthetic: SyntheticSet, configured: float, target: str = "identity",
                      *, resamples: int = 400, confidence: float | None = None, seed: int = 0, candidates=CANDIDATES,
-                     device=torch.device("cpu")) -> dict:
+                     device=torch.device("cpu"), fit_residual: torch.Tensor | None = None) -> dict:
     """The shrinkage to ship and why: {"shrinkage", "configured", "best", "advantage" (mean-of-three
     points, best minus configured, with its 95% interval), "best_ahead" (share of resamples), "confidence"
-    (the share it needed), "candidates"}."""
+    (the share it needed), "candidates"}. ``fit_residual``: ``residuals(model, fit_feats)`` if the
+    caller already has it (training fits the shipped head on the same residuals next)."""
     from ..significance import paired_draws
 
     rec = reconstruct(model, synthetic.feats, device)
     candidates = tuple(sorted(set(candidates) | {configured}))
     confidence = confidence if confidence is not None else 1.0 - 0.05 / max(1, len(candidates) - 1)
     methods, rows = {}, []  # maps of the configured head and of the best so far only (each is 100 MB on magnetic tile)
-    for lam, head in candidate_heads(model, fit_feats, target, candidates, device):
+    fit_residual = fit_residual if fit_residual is not None else residuals(model, fit_feats, device)
+    for lam, head in candidate_heads(model, fit_residual, target, candidates):
         scores, maps = head_maps(head, synthetic.feats, rec)
         found = figures(scores, maps, synthetic.masks, synthetic.labels)
         rows.append({"shrinkage": lam, **found, "mean": float(np.mean([found[m] for m in METRICS]))})
@@ -128,8 +130,10 @@ def select_shrinkage(model, fit_feats: torch.Tensor, synthetic: SyntheticSet, co
         methods = {k: v for k, v in methods.items() if k in (configured, best)}
     chosen, advantage, ahead = configured, [0.0, 0.0, 0.0], None
     if best != configured:
+        found = {r["shrinkage"]: {m: r[m] for m in METRICS} for r in rows}
         exact, draws = paired_draws({"best": methods[best], "configured": methods[configured]}, synthetic.labels,
-                                    synthetic.masks, resamples=resamples, seed=seed)
+                                    synthetic.masks, resamples=resamples, seed=seed,
+                                    known={"best": found[best], "configured": found[configured]})
         diff = np.mean([draws["best"][m] - draws["configured"][m] for m in METRICS], axis=0)
         point = float(np.mean([exact["best"][m] - exact["configured"][m] for m in METRICS]))
         lo, hi = np.percentile(diff, [2.5, 97.5])

@@ -310,12 +310,16 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
            loss_kind: str, anomalies, out_dir: Path, device, t_start: float, log: Callable[[str], None] = lambda s: None) -> TrainResult:
     """Choose the head's shrinkage, fit the head, calibrate the threshold on held-out normals, write the final
     checkpoint (whose train config records the shrinkage chosen, so refits and ``quantize-matched`` reuse it)."""
-    selection = select_head(model, train_cfg, train_set, data, val_idx, device, log)
+    from .residual_stats import residuals
+
+    # The fit normals' residuals, computed once: the head selection and the shipped head both fit on them.
+    fit_residual = residuals(model, data.feats, device) if model.cfg.score == "mahalanobis" and train_cfg.score_fit == "fit" else None
+    selection = select_head(model, train_cfg, train_set, data, val_idx, device, fit_residual, log)
     if selection is not None:
         train_cfg = replace(train_cfg, score_shrinkage=selection["shrinkage"])
         log(f"score head: shrinkage {selection['shrinkage']:g} (best on {selection['synthetic_defects']} synthetic defects: "
             f"{selection['best']:g}, {selection['advantage_points'][0]:+.2f} points over {selection['configured']:g})")
-    thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device)
+    thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, fit_residual=fit_residual)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
@@ -339,7 +343,7 @@ def check_score_select(train_cfg: TrainConfig) -> None:
     require(train_cfg.score_select in SCORE_SELECT, f"--score-select {train_cfg.score_select!r}: choose one of {list(SCORE_SELECT)}")
 
 
-def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx, device,
+def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx, device, fit_residual=None,
                 log: Callable[[str], None] = lambda s: None) -> dict | None:
     """``score_select="synthetic"``: the shrinkage that synthetic defects on the held-out normals
     support (``train.head_select``), or None where it does not apply: another score, a head fitted
@@ -347,7 +351,6 @@ def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx
     set's image AUROC would rest on a handful of clean images)."""
     from .head_select import MIN_HELD_OUT, select_shrinkage, synthetic_set
 
-    check_score_select(train_cfg)
     if train_cfg.score_select == "none" or model.cfg.score != "mahalanobis" or train_cfg.score_fit != "fit":
         return None
     if len(val_idx) < MIN_HELD_OUT:
@@ -358,19 +361,22 @@ def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx
     synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
                               seed=train_cfg.seed)
     chosen = select_shrinkage(model, data.feats, synthetic, train_cfg.score_shrinkage, train_cfg.score_target, seed=train_cfg.seed,
-                              device=device)
+                              device=device, fit_residual=fit_residual)
     return {**chosen, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device):
+def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device,
+              fit_residual: torch.Tensor | None = None):
     """How a trained transformer's output becomes a decision: fit the ``mahalanobis`` head's residual
     statistics (on the fit normals, or the held-out ones with ``score_fit="val"``), then calibrate the
-    threshold on the held-out normals. Training, ``quantize-matched`` and head refits all end here."""
+    threshold on the held-out normals. Training, ``quantize-matched`` and head refits all end here.
+    ``fit_residual``: the fit normals' residuals if the caller already has them."""
     if model.cfg.score == "mahalanobis":
         from .residual_stats import fit_head
 
         use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
-        fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage, train_cfg.score_target)
+        fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage, train_cfg.score_target,
+                 residual=None if use_val else fit_residual)
     return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
 
 

@@ -62,7 +62,10 @@ def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3, target: st
     return mean[:, 0].float(), inv_l.transpose(1, 2).contiguous().float()  # W = L^-T
 
 
-def fit_head(model, features: torch.Tensor, device, shrinkage: float, target: str = "pooled") -> None:
-    """Fit the model's ``mahalanobis`` head on the residuals of these normal features."""
-    mean, whiten = whitening(residuals(model, features, device), shrinkage, target=target)
+def fit_head(model, features: torch.Tensor, device, shrinkage: float, target: str = "pooled",
+             residual: torch.Tensor | None = None) -> None:
+    """Fit the model's ``mahalanobis`` head on the residuals of these normal features
+    (``residual``: ``residuals(model, features)`` if the caller already has it)."""
+    residual = residual if residual is not None else residuals(model, features, device)
+    mean, whiten = whitening(residual, shrinkage, target=target)
     model.head.set_residual_stats(mean.to(device), whiten.to(device))
