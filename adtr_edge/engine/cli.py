@@ -54,13 +54,14 @@ def register(app: typer.Typer) -> None:
         keep_float: str = _keep_float_option(),
         calib_count: int = _calib_count_option(),
         batch_size: int = typer.Option(8, "--batch-size"),
+        no_fuse_attention: bool = _no_fuse_attention_option(),
     ):
         """Write INT8 copies of the graphs (ONNX Runtime's quantiser), in the form --target runs fastest."""
         from .quantize import parse_graphs, parse_target, quantize_export, warn_unmatched
 
         target = parse_target(target)
         folder = quantize_export(onnx_dir, calib_images, out, parse_graphs(graphs, target), calib_count, batch_size,
-                                 log=typer.echo, target=target, keep_float=keep_float)
+                                 log=typer.echo, target=target, keep_float=keep_float, fuse_attention=not no_fuse_attention)
         warn_unmatched(folder, log=typer.echo)
         typer.echo(_next_step("INT8 graphs", folder, target))
 
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
         keep_float: str = _keep_float_option(),
         calib_count: int = _calib_count_option(),
         batch_size: int = typer.Option(8, "--batch-size"),
+        no_fuse_attention: bool = _no_fuse_attention_option(),
     ):
         """INT8 backbone with the score head refitted on its features (keeps INT8 within ~1 AUROC point)."""
         from .matched import quantize_matched
@@ -82,7 +84,8 @@ def register(app: typer.Typer) -> None:
 
         target = parse_target(target)
         folder = quantize_matched(checkpoint, data, calib_images, out, calib_count=calib_count, batch_size=batch_size,
-                                  log=typer.echo, target=target, keep_float=keep_float, graphs=parse_graphs(graphs, target))
+                                  log=typer.echo, target=target, keep_float=keep_float, graphs=parse_graphs(graphs, target),
+                                  fuse_attention=not no_fuse_attention)
         typer.echo(_next_step("matched INT8 pair", folder, target))
 
 
@@ -97,6 +100,11 @@ def _graphs_option():
 
 def _keep_float_option():
     return typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (stem + blocks to the first feature stage) | none | node-name prefixes")
+
+
+def _no_fuse_attention_option():
+    return typer.Option(False, "--no-fuse-attention",
+                        help="cpu target: keep attention as exported, not ONNX Runtime's fused MultiHeadAttention (for a build without contrib operators)")
 
 
 def _calib_count_option():

@@ -56,9 +56,10 @@ def _qdq_features(session, imageset, indices, spec, batch: int = 16):
 
 def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out: Path, *, calib_count: int = 64,
                      batch_size: int = 8, log=print, target: str = "tensorrt", keep_float: str = "auto",
-                     graphs=None) -> Path:
+                     graphs=None, fuse_attention: bool = True) -> Path:
     """Write ``out``: an INT8 backbone and a transformer whose head is fitted on that backbone's features
-    (FP32 for ``target`` tensorrt; dynamically quantised MatMuls, head FP32, for ``target`` cpu).
+    (FP32 for ``target`` tensorrt; for ``target`` cpu the transformer as ``quantize_export`` writes
+    it: dynamically quantised MatMuls, the INT8 head and, unless ``fuse_attention`` is off, fused attention).
     ``graphs``: which graphs are INT8 (default: the target's ``DEFAULT_GRAPHS``); the backbone always is."""
     import onnxruntime as ort  # noqa: PLC0415
     import torch  # noqa: PLC0415
@@ -97,7 +98,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
                                                                           extra={**ckpt.extra, MATCH_KEY: digest}))
         result = quantize_export(export_checkpoint(matched, staging / "export-matched").folder, calib_images, staging / "out",
                                  graphs or DEFAULT_GRAPHS[target], calib_count, batch_size, log=log, target=target,
-                                 keep_float=keep_float)
+                                 keep_float=keep_float, fuse_attention=fuse_attention)
         if backbone_digest(result / f"{BACKBONE}.onnx") != digest:
             raise AdtrError("INT8 calibration did not reproduce the same backbone graph twice; the matched pair was not written")
         result.replace(out)  # the finished folder appears whole

@@ -13,8 +13,10 @@ Two targets, each the fastest accurate form for its runtime (``TARGETS``):
               transformer's MatMul/Gemm quantised dynamically (activation ranges per call, the way
               transformers get their INT8 speed-up on CPUs; no calibration), and a Mahalanobis
               head's per-location whitening MatMul written in INT8 by ``int8_head`` (7-bit
-              weights per location and column). TensorRT cannot read this form (uint8
-              activations, DynamicQuantizeLinear): ``build-engine`` refuses it.
+              weights per location and column), and each attention block fused into ONNX
+              Runtime's ``MultiHeadAttention`` by ``attention_fusion`` (the same function, fewer
+              passes over the logits). TensorRT cannot read this form (uint8 activations,
+              DynamicQuantizeLinear, com.microsoft operators): ``build-engine`` refuses it.
 
 In both, LayerNormalization and Softmax nodes (and a decomposed LayerNorm) and the error head are
 excluded from ONNX Runtime's quantisers (``onnx_tools.sensitive_nodes``): transformers lose most
@@ -43,8 +45,8 @@ from ..fileio import atomic_path, sha256_file, write_json_atomic
 from ..folder import QDQ, read_export, read_model_folder
 from ..metadata import (BACKBONE, FEATURES, GRAPHS, HEAD_MATCH_KEY, IMAGES, METADATA_KEY, TARGET_CPU, TARGET_TENSORRT, TRANSFORMER,
                         quantization_target)
+from . import attention_fusion, int8_head, onnx_tools
 from . import calibration as calib
-from . import int8_head, onnx_tools
 
 TENSORRT, CPU = TARGET_TENSORRT, TARGET_CPU
 # What each target writes per graph: "static" (calibrated Q/DQ) or "dynamic" (weights only, the
@@ -61,9 +63,10 @@ TARGETS = {
         # standardisation) stays float, so the features the head reads are not rounded to 8 bits.
         BACKBONE: {"mode": "static", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": None,
                    "within": "/cnn/"},
-        # "head_weight_bits": the Mahalanobis head's whitening MatMul in INT8 too (``int8_head``).
+        # "head_weight_bits": the Mahalanobis head's whitening MatMul in INT8 too (``int8_head``);
+        # "fuse_attention": the attention blocks as ONNX Runtime's fused operator (``attention_fusion``).
         TRANSFORMER: {"mode": "dynamic", "activation_type": "QUInt8", "symmetric": False, "reduce_range": True, "ops": ["MatMul", "Gemm"],
-                      "head_weight_bits": int8_head.WEIGHT_BITS},
+                      "head_weight_bits": int8_head.WEIGHT_BITS, "fuse_attention": True},
     },
 }
 DEFAULT_GRAPHS = {TENSORRT: (BACKBONE,), CPU: GRAPHS}  # transformers lose accuracy under static PTQ
@@ -170,9 +173,11 @@ def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str],
 
 def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Sequence[str] | None = None,
                     calib_count: int = 64, batch_size: int = 8, log=print, target: str = TENSORRT,
-                    keep_float: str = "auto") -> Path:
+                    keep_float: str = "auto", fuse_attention: bool = True) -> Path:
     """Write INT8 graphs for ``graphs`` (others copied) for ``target`` into ``out``; returns ``out``.
-    ``keep_float``: the backbone's mixed-precision plan (``float_plan``), recorded in the metadata."""
+    ``keep_float``: the backbone's mixed-precision plan (``float_plan``), recorded in the metadata;
+    ``fuse_attention=False``: leave the CPU form's attention as exported (for an ONNX Runtime built
+    without its contrib operators, and for measuring what the fusion gives)."""
     try:
         import onnxruntime.quantization  # noqa: F401, PLC0415
     except ImportError:
@@ -192,7 +197,10 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
     paths = calib.calibration_images(Path(calib_images), calib_count)
     batch = min(batch_size, len(paths))
     image_batches = calib.backbone_batches(paths, meta.preprocess, batch)
-    plan = TARGETS[target]
+    plan = {g: dict(settings) for g, settings in TARGETS[target].items()}
+    for settings in plan.values():
+        if "fuse_attention" in settings:
+            settings["fuse_attention"] = fuse_attention
     data = {BACKBONE: (IMAGES, image_batches)}
     if TRANSFORMER in graphs and plan[TRANSFORMER]["mode"] == "static":
         data[TRANSFORMER] = (FEATURES, calib.transformer_batches(export.graph_file(BACKBONE), image_batches))
@@ -230,6 +238,8 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
                 if settings.get("head_weight_bits") and int8_head.quantize_whitening(qmodel, settings["head_weight_bits"]):
                     log(f"{g}: the head's whitening MatMul in INT8 ({settings['head_weight_bits']}-bit weights per location and column, "
                         "activation scales per row and call)")
+                if settings.get("fuse_attention") and (fused := attention_fusion.fuse_attention(qmodel)):
+                    log(f"{g}: {fused} attention blocks fused into ONNX Runtime's MultiHeadAttention")
             else:
                 qmodel = models[g]  # copied unchanged but for its metadata
             _set_metadata(qmodel, dict(meta_doc, graph=g))
