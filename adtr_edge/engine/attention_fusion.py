@@ -89,7 +89,8 @@ def _transposed(g: _Graph, name: str, perm: list[int]):
 
 
 def _match(g: _Graph, softmax) -> dict | None:
-    if (_attr(softmax, "axis") if _attr(softmax, "axis") is not None else -1) not in (-1, 3):
+    axis = _attr(softmax, "axis")
+    if axis not in (None, -1, 3):  # None: the default, the last axis since opset 13
         return None
     mask, pre = None, g.producer.get(softmax.input[0])
     if pre is not None and pre.op_type == "Add" and g.only_consumer(pre.output[0]) is softmax:
@@ -102,9 +103,10 @@ def _match(g: _Graph, softmax) -> dict | None:
             return None
     if pre is None or pre.op_type != "Mul" or g.only_consumer(pre.output[0]) is None:
         return None
-    scale = next((g.constant(x) for x in pre.input if g.constant(x) is not None), None)
-    logits = next((g.producer.get(x) for x in pre.input if g.constant(x) is None), None)
-    if scale is None or scale.size != 1 or logits is None or logits.op_type != "MatMul" or g.only_consumer(logits.output[0]) is None:
+    values = [g.constant(x) for x in pre.input]
+    scale = next((v for v in values if v is not None), None)
+    logits = next((g.producer.get(x) for x, v in zip(pre.input, values) if v is None), None)
+    if scale is None or scale.dtype != np.float32 or scale.size != 1 or logits is None or logits.op_type != "MatMul" or g.only_consumer(logits.output[0]) is None:
         return None
     tq, tk = _transposed(g, logits.input[0], _HEADS), _transposed(g, logits.input[1], _KEYS)
     av = g.only_consumer(softmax.output[0])
@@ -125,9 +127,10 @@ def _match(g: _Graph, softmax) -> dict | None:
         return None
     heads, width = shapes[0][2], shapes[0][3]
     if mask is not None:
-        if mask.ndim > 4 or not np.all(np.isfinite(mask)):
+        # float32 only: the fused node's bias must have the graph's type, and the CPU form is float32
+        if mask.dtype != np.float32 or mask.ndim > 4 or not np.all(np.isfinite(mask)):
             return None
-        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape).astype(np.float32)
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
         if mask.shape[0] != 1 or mask.shape[1] not in (1, heads):  # a batch-sized mask cannot be a constant
             return None
     return {"q": tq.input[0], "k": tk.input[0], "v": tv.input[0], "y": merge.output[0], "heads": heads, "width": width,
@@ -143,7 +146,7 @@ def _dead_code(graph) -> None:
             break
         for n in dead:
             graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
+    used = {i for n in graph.node for i in n.input} | {i.name for i in graph.input}  # an initialiser listed as an input stays
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
 
