@@ -11,9 +11,9 @@ The export writes attention as plain ops, the simplest graph for TensorRT and ev
 where q4, k4, v4 are the projections split into heads, (N, K, heads, width / heads). ONNX Runtime's
 own optimiser does not recognise it (the neighbour mask is an Add of a constant between the scaled
 product and the Softmax, docs section 11.3), so on the CPU every block materialises the
-(N, heads, K, K) logits three times and runs five transposes. This module replaces each matched
+(N, heads, K, K) logits three times and runs four transposes. This module replaces each matched
 block by one ``MultiHeadAttention`` node that reads the projections as (N, K, D) (a Reshape of q4,
-k4, v4, which ONNX Runtime folds into the producer) with the mask as its ``attention_bias``. The
+k4, v4: about 0.1 ms per frame for all 18 on the default model) with the mask as its ``attention_bias``. The
 output is the same function (softmax(q k^T * scale + mask) v), so accuracy does not move; only
 ONNX Runtime runs the result, and ``build-engine`` already refuses the CPU form.
 
