@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from . import onnx_tools
+
 DOMAIN = "com.microsoft"
 OP = "MultiHeadAttention"
 SUFFIX = "/fused_mha"  # the fused node is "<softmax name>/fused_mha"
@@ -51,10 +53,7 @@ class _Graph:
     def __init__(self, model: onnx.ModelProto):
         g = model.graph
         self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list] = {}
-        for n in g.node:
-            for name in n.input:
-                self.consumers.setdefault(name, []).append(n)
+        self.consumers = onnx_tools._consumers(g)
         self.outputs = {o.name for o in g.output}
         self.inits = {i.name: i for i in g.initializer}
         inferred = shape_inference.infer_shapes(model, data_prop=True)  # data_prop: Reshape targets built from Shape
@@ -162,39 +161,22 @@ def fuse_attention(model: onnx.ModelProto) -> int:
     graph.initializer.append(flat)
     for b in blocks:
         p = b["name"] + SUFFIX
-        inputs = []
-        for role in ("q", "k", "v"):
-            out = f"{p}/{role}"
-            graph.node.append(helper.make_node("Reshape", [b[role], flat.name], [out], name=out))
-            inputs.append(out)
-        inputs += ["", ""]  # no packed bias, no key padding mask
+        nodes = [helper.make_node("Reshape", [b[role], flat.name], [f"{p}/{role}"], name=f"{p}/{role}") for role in ("q", "k", "v")]
+        inputs = [n.output[0] for n in nodes] + ["", ""]  # no packed bias, no key padding mask
         if b["mask"] is not None:
             graph.initializer.append(numpy_helper.from_array(b["mask"], p + "/attention_bias"))
             inputs.append(p + "/attention_bias")
-        # The merged output keeps its name, so the output projection reads the fused node unchanged;
-        # the old producer of that name is dropped as dead code below.
-        old = g.producer[b["y"]]
-        old.output[0] = p + "/replaced"
-        graph.node.append(helper.make_node(OP, inputs, [b["y"]], name=p, domain=DOMAIN, num_heads=int(b["heads"]), scale=b["scale"]))
+        nodes.append(helper.make_node(OP, inputs, [b["y"]], name=p, domain=DOMAIN, num_heads=int(b["heads"]), scale=b["scale"]))
+        # The fused node takes the merged output's name and the merge Reshape's place in the graph:
+        # the output projection reads it unchanged, every input is produced earlier (the graph stays
+        # sorted), and the old block, now read by nobody, is dropped as dead code below.
+        merge = g.producer[b["y"]]
+        merge.output[0] = p + "/replaced"
+        at = list(graph.node).index(merge)
+        for k, n in enumerate(nodes):
+            graph.node.insert(at + k, n)
     _dead_code(graph)
-    _topological_sort(graph)
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return len(blocks)
 
-
-def _topological_sort(graph) -> None:
-    """ONNX wants producers before consumers; the new nodes were appended at the end."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise ValueError("attention fusion left a cycle or a missing input in the graph")
-        for n in ready:
-            ordered.append(n)
-            available.update(n.output)
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    del graph.node[:]
-    graph.node.extend(ordered)
