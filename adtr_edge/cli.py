@@ -74,7 +74,7 @@ def train(
     bf16: bool = typer.Option(False, help="bf16 autocast (about 1.2x faster on recent CPUs, same accuracy)."),
     seed: int = typer.Option(0, help="Random seed."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
-    synthetic: Optional[str] = typer.Option(None, help="ADTR+: synthetic anomalies, 'confetti' or 'patch' (pixel-labelled)."),
+    synthetic: Optional[str] = typer.Option(None, help="ADTR+: synthetic anomalies, 'confetti', 'patch' or 'scar' (pixel-labelled)."),
     synthetic_count: int = typer.Option(0, help="How many synthetic anomalous images to make (default: as many as normal images)."),
     synthetic_strength: float = typer.Option(1.0, help="Strength of synthetic anomalies (0-1]."),
     external_anomalies: Optional[Path] = typer.Option(None, help="ADTR+: folder of unrelated images used as image-level anomalies (outlier exposure)."),

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from adtr_edge.baselines import BASELINES  # noqa: E402
 from adtr_edge.config import PRESETS, ModelConfig, TrainConfig, preset_backbone  # noqa: E402
+from adtr_edge.data.anomalies import SYNTHETIC_KINDS  # noqa: E402
 from adtr_edge.data.datasets import ImageSet, load_dataset, validation_split  # noqa: E402
 from adtr_edge.evaluate import Scored, report_for  # noqa: E402
 from adtr_edge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--jitter", type=float, default=None)
     ap.add_argument("--eval-every", type=int, default=5)
-    ap.add_argument("--anomalies", default="none", help="comma list: none,confetti,patch,external,labelled")
+    ap.add_argument("--anomalies", default="none", help="comma list: none,confetti,patch,scar,external,labelled")
     ap.add_argument("--external-dir", default=None, help="folder of unrelated images for 'external' (default: generated textures)")
     ap.add_argument("--labelled-fraction", type=float, default=0.2, help="share of each defect type moved from test to training for 'labelled'")
     ap.add_argument("--no-baselines", action="store_true", help="skip the training-free baselines")
@@ -222,7 +223,7 @@ def main() -> None:
     for source in [a for a in anomalies if a != "none"]:
         if base_recipe is None:
             break
-        kwargs = {"synthetic": source} if source in ("confetti", "patch") else {}
+        kwargs = {"synthetic": source} if source in SYNTHETIC_KINDS else {}
         if source == "external":
             ext = args.external_dir
             if ext is None:
@@ -236,7 +237,7 @@ def main() -> None:
             lab_dir = out / "labelled"
             _write_labelled(labelled_set, lab_dir)
             kwargs = {"labelled": lab_dir / "images", "labelled_masks": lab_dir / "masks"}
-        pool = build_anomaly_pool(train_set, count=200 if source in ("confetti", "patch") else 0, seed=0, **kwargs)
+        pool = build_anomaly_pool(train_set, count=200 if source in SYNTHETIC_KINDS else 0, seed=0, **kwargs)
         tcfg = TrainConfig(**{**t_sets, "epochs": args.finetune_epochs, "lr": args.finetune_lr, "alpha": args.alpha, "device": "cpu",
                               "bf16": args.bf16, "preset": f"adtr+{source}"})
         series, eval_seconds = [], [0.0]

@@ -13,6 +13,7 @@ from adtr_edge.data import (
     confetti,
     generate_sample_dataset,
     load_labelled_anomalies,
+    scar,
     texture_patch,
 )
 from adtr_edge.data.generate import weave_texture
@@ -71,6 +72,42 @@ def test_confetti_options(texture):
     for bad in (dict(strength=0.0), dict(strength=1.5), dict(n_blobs=(3, 2)), dict(size=(0, 5))):
         with pytest.raises(AdtrError):
             confetti(texture, rng(0), **bad)
+
+
+def test_scar_is_thin_exact_and_seeded(texture, gray_texture):
+    darker = brighter = 0
+    for seed in range(20):
+        for src in (texture, gray_texture):
+            out, mask = scar(src, np.random.default_rng(seed))
+            _check_exact(src, out, mask, min_changed=0.9)
+            # Strokes, not blobs: each stroke is at most 5 px wide at 224 px, so the mask is a small
+            # share of its bounding box and of the image.
+            ys, xs = np.nonzero(mask)
+            box = (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+            assert mask.mean() < 0.08 and (mask.sum() < 0.6 * box or min(np.ptp(ys), np.ptp(xs)) < 6)
+            delta = out[mask].astype(int).mean() - src[mask].astype(int).mean()
+            darker += delta < 0
+            brighter += delta > 0
+    assert darker >= 5 and brighter >= 5  # both signs occur: cracks are dark, scratches bright
+    for seed in range(10):
+        out, _ = scar(gray_texture, np.random.default_rng(seed), colored_prob=1.0)
+        assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    a, ma = scar(texture, np.random.default_rng(3))
+    b, mb = scar(texture, np.random.default_rng(3))
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+    weak, mw = scar(texture, np.random.default_rng(6), strength=0.2, colored_prob=0.0)
+    strong, ms = scar(texture, np.random.default_rng(6), strength=1.0, colored_prob=0.0)
+    assert np.array_equal(mw, ms)
+    diff = lambda x: np.abs(x.astype(int) - texture.astype(int))[ms].mean()
+    assert diff(weak) < 0.5 * diff(strong)
+    tiny = np.full((6, 6, 3), 128, np.uint8)  # walks leave a tiny image: the mask is still non-empty
+    for seed in range(10):
+        _check_exact(tiny, *scar(tiny, np.random.default_rng(seed)), min_changed=0.9)
+    for bad in (dict(strength=0.0), dict(n_strokes=(2, 1)), dict(length=(0, 5)), dict(width=(3, 2))):
+        with pytest.raises(AdtrError, match="scar|strength"):
+            scar(texture, np.random.default_rng(0), **bad)
+    made = SyntheticAnomalies("scar", probability=1.0, seed=1)(texture)
+    assert made[2] and made[1].any() and np.array_equal(made[0][~made[1]], texture[~made[1]])
 
 
 @pytest.mark.parametrize("shape", ["perlin", "polygon", "random"])

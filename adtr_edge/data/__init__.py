@@ -4,6 +4,7 @@ from .anomalies import (
     ExternalAnomalies,
     SyntheticAnomalies,
     confetti,
+    scar,
     load_labelled_anomalies,
     texture_patch,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "Sample",
     "SyntheticAnomalies",
     "confetti",
+    "scar",
     "draw_defect",
     "generate_sample_dataset",
     "generate_video",

@@ -4,6 +4,9 @@
   intensity with smoothed edges (the paper's synthetic anomalies for ADTR+).
 * ``texture_patch``: a more realistic kind, CutPaste / DRAEM style: a patch from another image, or a
   rotated region of the same one, pasted through a Perlin-noise or random-polygon shaped mask.
+* ``scar``: thin curved strokes of shifted intensity or a new colour (CutPaste's "scar", drawn along
+  a random walk rather than as a straight box): the cracks and scratches that blobs and patches do
+  not resemble.
 * ``SyntheticAnomalies``: either of the above applied with a probability, for a training loader.
 * ``ExternalAnomalies``: any folder of images used as image-level anomalies (outlier exposure).
 * ``load_labelled_anomalies``: real labelled anomalies, from an MVTec-style test split or a folder.
@@ -24,7 +27,7 @@ import numpy as np
 from ..errors import AdtrError
 from ..preprocessing import list_images, read_image, to_bgr
 from .datasets import ImageSet, Sample, _anomalous_samples, load_mvtec
-from .shapes import perlin_noise, polygon_mask, rotated_blob
+from .shapes import perlin_noise, polygon_mask, random_walk, rotated_blob
 
 # Confetti blob sizes in the FCDD paper are given in pixels at 224 px; they scale with the image.
 _REFERENCE_SIDE = 224.0
@@ -167,7 +170,64 @@ def texture_patch(img: np.ndarray, rng: np.random.Generator, *, source_images: S
     return out, mask
 
 
-SYNTHETIC_KINDS = ("confetti", "patch")
+def scar(img: np.ndarray, rng: np.random.Generator, *, n_strokes: tuple[int, int] = (1, 3),
+         length: tuple[float, float] = (24.0, 110.0), width: tuple[float, float] = (1.0, 5.0),
+         colored_prob: float = 0.3, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Draw 1..n thin strokes along random walks; return (image BGR uint8, bool mask).
+
+    ``length`` (along the walk) and ``width`` are in pixels at 224 px, scaled to the image's shorter
+    side like confetti. CutPaste's scar is a straight box 2-16 px wide; real cracks and scratches
+    bend, so each stroke follows a walk whose heading drifts. Inside the mask the image blends by
+    ``strength`` towards a shifted intensity or a flat colour (a gray level on grayscale images);
+    outside it nothing changes.
+    """
+    strength = _check_strength(strength)
+    lo, hi = int(n_strokes[0]), int(n_strokes[1])
+    if not 1 <= lo <= hi:
+        raise AdtrError(f"scar n_strokes must be 1 <= low <= high, got {n_strokes}")
+    if not 0 < length[0] <= length[1] or not 0 < width[0] <= width[1]:
+        raise AdtrError(f"scar length and width must be 0 < low <= high, got {length} and {width}")
+    base = to_bgr(img, name="scar input")
+    h, w = base.shape[:2]
+    scale = min(h, w) / _REFERENCE_SIDE
+    gray_image = _is_gray(base)
+    out = base.astype(np.float32)
+    mask = np.zeros((h, w), dtype=bool)
+    for _ in range(int(rng.integers(lo, hi + 1))):
+        total = rng.uniform(length[0], length[1]) * scale
+        steps = int(rng.integers(3, 9))
+        pts = random_walk((rng.uniform(0, h), rng.uniform(0, w)), steps, total / steps, rng, turn=0.5)
+        thickness = max(1, int(round(rng.uniform(width[0], width[1]) * scale)))
+        canvas = np.zeros((h, w), dtype=np.uint8)
+        cv2.polylines(canvas, [pts.reshape(-1, 1, 2)], False, 1, thickness=thickness, lineType=cv2.LINE_8)
+        # Where strokes cross, the first one stays: a second, opposite shift could undo it.
+        region = canvas.astype(bool) & ~mask
+        if not region.any():
+            continue  # the walk left the image
+        if rng.random() < colored_prob:
+            target = _blob_target(out.astype(np.uint8), region, rng, True, gray_image)[region]
+        else:
+            # Darker or brighter at random (cracks are dark, scratches often bright), towards the side
+            # with room when the stroke sits near black or white.
+            local = float(out[region].mean())
+            sign = 1.0 if rng.random() < 0.5 else -1.0
+            if not 0.0 <= local + sign * 40.0 <= 255.0:
+                sign = -sign
+            target = out[region] + sign * rng.uniform(30.0, 100.0)
+        out[region] = out[region] + strength * (target - out[region])
+        mask |= region
+    if not mask.any():
+        # Every walk left the image (tiny images): one short stroke through the centre keeps it non-empty.
+        cv2.line(canvas, (w // 4, h // 2), (3 * w // 4, h // 2), 1, thickness=1, lineType=cv2.LINE_8)
+        mask = canvas.astype(bool)
+        target = _blob_target(base, mask, rng, False, gray_image)
+        out[mask] = out[mask] + strength * (target[mask] - out[mask])
+    result = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    result[~mask] = base[~mask]
+    return result, mask
+
+
+SYNTHETIC_KINDS = ("confetti", "patch", "scar")
 
 
 class SyntheticAnomalies:
@@ -197,6 +257,8 @@ class SyntheticAnomalies:
             return img, np.zeros(img.shape[:2], dtype=bool), False
         if self.kind == "confetti":
             out, mask = confetti(img, rng, strength=self.strength)
+        elif self.kind == "scar":
+            out, mask = scar(img, rng, strength=self.strength)
         else:
             out, mask = texture_patch(img, rng, source_images=self.source_images, strength=self.strength)
         return out, mask, True
