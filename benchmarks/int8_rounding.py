@@ -76,7 +76,7 @@ def main() -> None:
                 show("rounding", f"{target}, {'exact Q/DQ' if exact else 'fused kernels'}", error(target, exact))
         for target in quantize.TARGETS:
             for name, plan in PLANS.items():
-                keep = quantize.float_plan(model, "auto", stages) if plan == "auto" else \
+                keep = quantize.float_plan(model, "auto", stages, target) if plan == "auto" else \
                     [n.name for n in model.graph.node if any(p in n.name if p == "conv_dw" else n.name.startswith(p) for p in plan)]
                 show("keep float", f"{target}: {name} ({len(keep)} nodes)", error(target, target == "tensorrt", keep))
         for target in quantize.TARGETS:

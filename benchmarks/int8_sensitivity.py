@@ -139,7 +139,7 @@ def main() -> None:
             ranked = sorted(layers, key=lambda n: -per_layer[n]["whitened_mean"])
             kept = ranked[: args.top]
             mixed = run(target, keep_float=kept)
-            auto_nodes = float_plan(model, "auto", export.meta.raw["features"]["stages"])
+            auto_nodes = float_plan(model, "auto", export.meta.raw["features"]["stages"], target)
             auto = run(target, keep_float=auto_nodes)
             print(f"{target}: top {args.top} float: whitened error {mixed['whitened_mean']:.2f}; --keep-float auto "
                   f"({len(auto_nodes)} nodes): {auto['whitened_mean']:.2f}; {time.perf_counter() - t0:.0f} s", flush=True)

@@ -263,6 +263,22 @@ def test_keep_float_plan_and_exact_qdq_for_the_tensorrt_form(tmp_path):
         b.deactivate()
 
 
+def test_keep_float_auto_differs_per_target_on_timm_names(exported_model):
+    """``auto`` keeps the stem and blocks 0..first feature stage float for TensorRT, and the first
+    feature stage's block in INT8 for the CPU form (docs/benchmarks.md section 11.8)."""
+    from adtr_edge.engine.quantize import auto_float_modules, float_plan
+
+    bb = onnx.load(str(exported_model / "backbone.onnx"))
+    assert auto_float_modules([1, 2, 3]) == ["conv_stem", "bn1", "blocks.0", "blocks.1"]
+    assert auto_float_modules([1, 2, 3], "cpu") == ["conv_stem", "bn1", "blocks.0"]
+    assert auto_float_modules([], "cpu") == []
+    trt, cpu = float_plan(bb, "auto", [1, 2, 3]), float_plan(bb, "auto", [1, 2, 3], "cpu")
+    assert any(n.startswith("/cnn/blocks.1/") for n in trt) and not any(n.startswith("/cnn/blocks.1/") for n in cpu)
+    assert set(cpu) < set(trt) and any(n.startswith("/cnn/blocks.0/") for n in cpu) and any(n.startswith("/cnn/bn1/") for n in cpu)
+    with pytest.raises(AdtrError, match="--target 'gpu'"):
+        auto_float_modules([1], "gpu")
+
+
 def test_export_folder_errors(tmp_path):
     cuda = CudaRuntime(make_cudart())
     with pytest.raises(AdtrError, match="no manifest.json"):

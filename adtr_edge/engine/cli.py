@@ -99,7 +99,8 @@ def _graphs_option():
 
 
 def _keep_float_option():
-    return typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (stem + blocks to the first feature stage) | none | node-name prefixes")
+    return typer.Option("auto", "--keep-float", help="backbone layers kept out of INT8: auto (the stem and the blocks before the first "
+                        "feature stage; that stage too for --target tensorrt) | none | node-name prefixes")
 
 
 def _no_fuse_attention_option():

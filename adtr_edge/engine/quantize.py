@@ -115,27 +115,37 @@ def parse_graphs(text: str | None, target: str = TENSORRT) -> list[str]:
     return graphs
 
 
-def auto_float_modules(stages: Sequence[int]) -> list[str]:
-    """The CNN modules ``--keep-float auto`` keeps float, by timm's names: the stem and every block
-    up to and including the first feature stage (none without stages)."""
-    return ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(min(stages) + 1)] if stages else []
+def auto_float_modules(stages: Sequence[int], target: str = TENSORRT) -> list[str]:
+    """The CNN modules ``--keep-float auto`` keeps float, by timm's names (none without stages).
+
+    ``tensorrt``: the stem and every block up to and including the first feature stage.
+    ``cpu``: the stem and the blocks before the first feature stage; that stage's block runs in
+    INT8. Chosen on magnetic tile's validation split (docs/benchmarks.md section 11.8): for the
+    CPU form that block costs 0.2 pixel points and is what takes the frame past 1.5x FP32 on a
+    VNNI CPU. TensorRT keeps it float, because its INT8 speed cannot be measured here and its
+    symmetric form loses more in that block (the sensitivity study, section 4.3).
+    """
+    if not stages:
+        return []
+    last = min(stages) + (1 if parse_target(target) == TENSORRT else 0)
+    return ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(last)]
 
 
-def float_plan(model, spec: str, stages: Sequence[int]) -> list[str]:
+def float_plan(model, spec: str, stages: Sequence[int], target: str = TENSORRT) -> list[str]:
     """Backbone nodes to keep out of INT8 (mixed precision), from ``--keep-float``.
 
-    ``auto``: the stem and every block up to and including the first feature stage, i.e. the
-    high-resolution layers, where the sensitivity study (benchmarks/int8_sensitivity.py, docs
-    section 4.3) finds most of INT8's feature error: one rounding there is carried by every later
-    layer into all three feature stages. Found by timm's node names (``/cnn/conv_stem``,
-    ``/cnn/bn1``, ``/cnn/blocks.N/``); a backbone named otherwise gets none. ``none``: nothing.
-    Otherwise comma-separated node-name prefixes.
+    ``auto``: the high-resolution layers of ``auto_float_modules`` for ``target``, where the
+    sensitivity study (benchmarks/int8_sensitivity.py, docs section 4.3) finds most of INT8's
+    feature error: one rounding there is carried by every later layer into all three feature
+    stages. Found by timm's node names (``/cnn/conv_stem``, ``/cnn/bn1``, ``/cnn/blocks.N/``); a
+    backbone named otherwise gets none. ``none``: nothing. Otherwise comma-separated node-name
+    prefixes.
     """
     spec = (spec or "none").strip()
     if spec == "none":
         return []
     if spec == "auto":
-        prefixes = [f"/cnn/{m}/" for m in auto_float_modules(stages)]  # the exporter's node names under those modules
+        prefixes = [f"/cnn/{m}/" for m in auto_float_modules(stages, target)]  # the exporter's node names under those modules
     else:
         prefixes = [p.strip() for p in spec.split(",") if p.strip()]
     nodes = [n.name for n in model.graph.node if any(n.name.startswith(p) for p in prefixes)]
@@ -205,7 +215,7 @@ def quantize_export(onnx_dir: Path, calib_images: Path, out: Path, graphs: Seque
     if TRANSFORMER in graphs and plan[TRANSFORMER]["mode"] == "static":
         data[TRANSFORMER] = (FEATURES, calib.transformer_batches(export.graph_file(BACKBONE), image_batches))
     stages = (meta.raw.get("features") or {}).get("stages") or []
-    float_nodes = {BACKBONE: float_plan(models[BACKBONE], keep_float, stages)} if BACKBONE in graphs else {}
+    float_nodes = {BACKBONE: float_plan(models[BACKBONE], keep_float, stages, target)} if BACKBONE in graphs else {}
     info = dict(QUANT_SETTINGS if target == TENSORRT else {"format": "QDQ", "weight_type": "QInt8", "per_channel": True, **CALIBRATION},
                 target=target, per_graph={g: plan[g] for g in graphs}, graphs=list(graphs),
                 keep_float=keep_float, float_nodes=float_nodes,
