@@ -263,10 +263,10 @@ def test_keep_float_plan_and_exact_qdq_for_the_tensorrt_form(tmp_path):
         b.deactivate()
 
 
-def test_keep_float_auto_differs_per_target_on_timm_names(exported_model):
+def test_keep_float_auto_differs_per_target_on_timm_names(tmp_path, exported_model, sample_dataset):
     """``auto`` keeps the stem and blocks 0..first feature stage float for TensorRT, and the first
     feature stage's block in INT8 for the CPU form (docs/benchmarks.md section 11.8)."""
-    from adtr_edge.engine.quantize import auto_float_modules, float_plan
+    from adtr_edge.engine.quantize import auto_float_modules, float_plan, quantize_export
 
     bb = onnx.load(str(exported_model / "backbone.onnx"))
     assert auto_float_modules([1, 2, 3]) == ["conv_stem", "bn1", "blocks.0", "blocks.1"]
@@ -277,6 +277,12 @@ def test_keep_float_auto_differs_per_target_on_timm_names(exported_model):
     assert set(cpu) < set(trt) and any(n.startswith("/cnn/blocks.0/") for n in cpu) and any(n.startswith("/cnn/bn1/") for n in cpu)
     with pytest.raises(AdtrError, match="--target 'gpu'"):
         auto_float_modules([1], "gpu")
+    # quantize passes its target on: the CPU folder records (and leaves float) the CPU plan
+    out = quantize_export(exported_model, sample_dataset / "train" / "good", tmp_path / "c", ["backbone"], 8, 4, log=lambda s: None,
+                          target="cpu")
+    meta = json.loads((out / "manifest.json").read_text())["meta"]["quantization"]
+    stages = json.loads((exported_model / "manifest.json").read_text())["meta"]["features"]["stages"]
+    assert meta["keep_float"] == "auto" and meta["float_nodes"]["backbone"] == float_plan(bb, "auto", stages, "cpu") != []
 
 
 def test_export_folder_errors(tmp_path):
