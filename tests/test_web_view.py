@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import cv2
@@ -18,6 +19,7 @@ from tests.web_helpers import http, live_stream, wait_for
 from adtr_edge.cli import main as cli_main
 from adtr_edge.errors import AdtrError
 from adtr_edge.runtime.pipeline import run_stream
+from adtr_edge.runtime.sinks import Sink
 from adtr_edge.runtime.web import open_frontend
 from adtr_edge.runtime.web.frontend import Frontend
 from adtr_edge.runtime.web.server import parse_address
@@ -150,6 +152,20 @@ def test_token_guards_the_page_the_api_and_changes(model):
     assert "threshold_history" not in json.loads((model / "manifest.json").read_text())
 
 
+class _FirstJpegGate(Sink):
+    """A sink after the frontend that, at the first frame, waits (up to 10 s) for its first JPEG."""
+
+    def __init__(self, frontend):
+        self.frontend, self.encoded_mid_stream = frontend, None  # None until the first frame
+
+    def on_frame(self, result) -> None:
+        if self.encoded_mid_stream is None:
+            deadline = time.monotonic() + 10
+            while self.frontend.encoder.encoded < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.encoded_mid_stream = self.frontend.encoder.encoded >= 1
+
+
 def test_a_stalled_client_does_not_hold_the_stream(model, tmp_path):
     """A client that opens the MJPEG stream and never reads: the file still runs to its end."""
     images = _folder(tmp_path / "imgs", [i % 7 == 0 for i in range(150)])
@@ -160,11 +176,13 @@ def test_a_stalled_client_does_not_hold_the_stream(model, tmp_path):
     stalled.sendall(f"GET /stream.mjpg?source={label} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     try:
         wait_for(lambda: str(images) in fe.state.labels(), 10, "the stalled client's request")
-        summary = run_stream(model, str(images), backend="onnxruntime", extra_sinks=[fe], print_summary=False, handle_signals=False)
+        # The encoder runs at nice 10 and stops when the stream closes its sinks, so on a fast CPU
+        # all 150 frames can pass before it is first scheduled. The gate holds the sink thread at
+        # the first frame until a JPEG exists, so the stalled client is really sent one mid-stream.
+        gate = _FirstJpegGate(fe)
+        summary = run_stream(model, str(images), backend="onnxruntime", extra_sinks=[fe, gate], print_summary=False, handle_signals=False)
         assert summary["frames"] == 150 and summary["errors"] == []
-        # It was watched, so its latest overlay gets encoded. The encoder runs at nice 10 beside the
-        # pipeline; on a fast CPU all 150 frames can finish before it is first scheduled.
-        wait_for(lambda: fe.encoder.encoded >= 1, 10, "an overlay encoded for the stalled client")
+        assert gate.encoded_mid_stream, "no overlay was encoded for the stalled client while the stream ran"
     finally:
         stalled.close()
         fe.close()
