@@ -122,8 +122,8 @@ def auto_float_modules(stages: Sequence[int], target: str = TENSORRT) -> list[st
     ``cpu``: the stem and the blocks before the first feature stage; that stage's block runs in
     INT8. Chosen on magnetic tile's validation split (docs/benchmarks.md section 11.8): for the
     CPU form that block costs 0.2 pixel points and is what takes the frame past 1.5x FP32 on a
-    VNNI CPU. TensorRT keeps it float, because its INT8 speed cannot be measured here and its
-    symmetric form loses more in that block (the sensitivity study, section 4.3).
+    VNNI CPU. TensorRT keeps it float: there it costs 0.4 pixel points on the same split, for a
+    GPU speed-up that cannot be measured here.
     """
     if not stages:
         return []
