@@ -50,9 +50,9 @@ def main(argv: list[str]) -> int:
     rows = []
     for i, img in enumerate(images):
         cells = [img]
+        # Other training normals as the patch kind's sources, as build_anomaly_pool gives it.
+        others = [im for j, im in enumerate(images) if j != i] or None
         for kind in SYNTHETIC_KINDS:
-            # Other training normals as the patch kind's sources, as build_anomaly_pool gives it.
-            others = [im for j, im in enumerate(images) if j != i] or None
             out, mask, _ = SyntheticAnomalies(kind, probability=1.0, seed=args.seed + i, source_images=others)(img)
             cells.append(outlined(out, mask))
         rows.append(np.hstack([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in cells]))

@@ -7,7 +7,7 @@
 * ``scar``: thin curved strokes of shifted intensity or a new colour (CutPaste's "scar", drawn along
   a random walk rather than as a straight box): the cracks and scratches that blobs and patches do
   not resemble.
-* ``SyntheticAnomalies``: either of the above applied with a probability, for a training loader.
+* ``SyntheticAnomalies``: any of the above applied with a probability, for a training loader.
 * ``ExternalAnomalies``: any folder of images used as image-level anomalies (outlier exposure).
 * ``load_labelled_anomalies``: real labelled anomalies, from an MVTec-style test split or a folder.
 
@@ -218,6 +218,7 @@ def scar(img: np.ndarray, rng: np.random.Generator, *, n_strokes: tuple[int, int
         mask |= region
     if not mask.any():
         # Every walk left the image (tiny images): one short stroke through the centre keeps it non-empty.
+        canvas = np.zeros((h, w), dtype=np.uint8)
         cv2.line(canvas, (w // 4, h // 2), (3 * w // 4, h // 2), 1, thickness=1, lineType=cv2.LINE_8)
         mask = canvas.astype(bool)
         target = _blob_target(base, mask, rng, False, gray_image)
@@ -227,7 +228,14 @@ def scar(img: np.ndarray, rng: np.random.Generator, *, n_strokes: tuple[int, int
     return result, mask
 
 
-SYNTHETIC_KINDS = ("confetti", "patch", "scar")
+# Each kind's drawing, (image, rng, strength, source images) -> (image, mask): the one list of kinds,
+# read by SyntheticAnomalies (which checks the name for the CLI) and by the benchmarks.
+_DRAW = {
+    "confetti": lambda img, rng, strength, sources: confetti(img, rng, strength=strength),
+    "patch": lambda img, rng, strength, sources: texture_patch(img, rng, source_images=sources, strength=strength),
+    "scar": lambda img, rng, strength, sources: scar(img, rng, strength=strength),
+}
+SYNTHETIC_KINDS = tuple(_DRAW)
 
 
 class SyntheticAnomalies:
@@ -255,12 +263,7 @@ class SyntheticAnomalies:
         rng = rng if rng is not None else self._rng
         if rng.random() >= self.probability:
             return img, np.zeros(img.shape[:2], dtype=bool), False
-        if self.kind == "confetti":
-            out, mask = confetti(img, rng, strength=self.strength)
-        elif self.kind == "scar":
-            out, mask = scar(img, rng, strength=self.strength)
-        else:
-            out, mask = texture_patch(img, rng, source_images=self.source_images, strength=self.strength)
+        out, mask = _DRAW[self.kind](img, rng, self.strength, self.source_images)
         return out, mask, True
 
 
