@@ -67,6 +67,8 @@ def train(
     jitter: Optional[float] = typer.Option(None, help="Feature-jitter noise on the encoder input (std as a share of each token's RMS)."),
     score: Optional[str] = typer.Option(None, help="Residual score: mahalanobis (per-location statistics of normal residuals) or l2."),
     score_select: Optional[str] = typer.Option(None, help="synthetic (default): move the head's shrinkage when synthetic defects on held-out normals clearly favour another; none."),
+    region_grid: Optional[int] = typer.Option(None, help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
+    map_pool: Optional[int] = typer.Option(None, help="Map: also the whitened residual averaged over each K x K neighbourhood, K odd (0, the default: per location only; 5 for large faint defects)."),
     time_budget: Optional[float] = typer.Option(None, help="Seconds of training (features excluded): the epochs are fitted to it after the first."),
     augment: Optional[str] = typer.Option(None, help="Extra views of the normals the transformer trains on (textures): none, flip (h+v) or d4 (flips, 90-degree turns); cached once."),
     threshold_quantile: Optional[float] = typer.Option(None, help="Quantile of held-out normal scores used as threshold (default 0.99)."),
@@ -94,7 +96,10 @@ def train(
     from .train.sources import build_anomaly_pool
 
     m_over = {"input_size": _parse_size(input_size), "stages": _parse_ints(stages, "--stages"),
-              "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model, "score": score}
+              "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model, "score": score,
+              # --score l2 turns the preset's regional term off unless asked for (it is fitted with the Mahalanobis head)
+              "region_grid": region_grid if region_grid is not None or score in (None, "mahalanobis") else 0,
+              "map_pool": map_pool}
     t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "threshold_quantile": threshold_quantile,
               "time_budget": time_budget, "augment": augment, "score_select": score_select,
               "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}

@@ -93,6 +93,12 @@ class ModelMeta:
         return int(self.raw["postprocess"]["pool_kernel"])
 
     @property
+    def image_score(self) -> dict:
+        """How the graph makes its image score (``AnomalyHead.describe``); folders written before the
+        regional term existed score with the map alone."""
+        return self.raw["postprocess"].get("image_score", {"image_score": "the map's score"})
+
+    @property
     def graph(self) -> str | None:
         return self.raw.get("graph")
 
@@ -132,6 +138,7 @@ def build_metadata(
     stages: list[int],
     thresholds: Thresholds,
     pool_kernel: int,
+    image_score: dict | None = None,
     data_summary: dict | None = None,
     extra: dict | None = None,
 ) -> ModelMeta:
@@ -144,6 +151,7 @@ def build_metadata(
         "postprocess": {
             "thresholds": thresholds.to_dict(),
             "pool_kernel": int(pool_kernel),
+            "image_score": image_score or {"image_score": "the map's score"},
             "map_size": [preprocess.height, preprocess.width],
             "normalized_score": "clamp((score - threshold) / (score_max - score_min) + 0.5, 0, 1)",
         },

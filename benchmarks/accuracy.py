@@ -169,7 +169,8 @@ def main() -> None:
             if m.cfg.score == "mahalanobis":  # score as the finished model will: fit the head first
                 from adtr_edge.train.residual_stats import fit_head
 
-                fit_head(m, fit_feats, torch.device("cpu"), tcfg.score_shrinkage, tcfg.score_target)
+                fit_head(m, fit_feats, torch.device("cpu"), tcfg.score_shrinkage, tcfg.score_target,
+                         region_shrinkage=tcfg.region_shrinkage, seed=tcfg.seed)
             scores, maps = score_features(m, test_feats, torch.device("cpu"))
             series.append({"epoch": epoch, "seconds": round(elapsed - eval_seconds[0], 1),
                            "image_auroc": auroc(scores, test.labels), "pixel_auroc": pixel_auroc(maps, masks)})
@@ -338,7 +339,7 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
 
     from adtr_edge.model.adtr import AnomalyHead
     from adtr_edge.train.checkpoint import load_checkpoint
-    from adtr_edge.train.residual_stats import reconstruct, whitening
+    from adtr_edge.train.residual_stats import reconstruct, set_map_stats, whitening
 
     model, ckpt = load_checkpoint(checkpoint)
     cpu = torch.device("cpu")
@@ -363,7 +364,7 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
     def head_for(kind: str, blur: float, residual=None, lam=None, target=None):
         head = AnomalyHead(dc_replace(ckpt.model_config, score=kind, map_blur=blur), model.backbone.channels)
         if kind == "mahalanobis":
-            head.set_residual_stats(*whitening(residual, lam, target=target))
+            set_map_stats(head, residual, *whitening(residual, lam, target=target))
         return head
 
     variants = [("l2", None, None, 0.0, None), ("l2", None, None, 4.0, None)]

@@ -48,14 +48,29 @@ def aggregations(pool_kernel: int) -> dict:
     return rules
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def checkpoint_split_args(ap: argparse.ArgumentParser, resamples: int) -> argparse.ArgumentParser:
+    """The options every image-score study takes: a checkpoint, its data, cache and split, resamples, --json."""
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--split", choices=("val", "test", "all"), default="val")
-    ap.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples per rule")
+    ap.add_argument("--resamples", type=int, default=resamples, help="paired bootstrap resamples per row")
     ap.add_argument("--json", type=Path, default=None)
+    return ap
+
+
+def per_defect(scores: np.ndarray, y: np.ndarray, defects: np.ndarray) -> dict:
+    """Image AUROC of each defect type against all the normals."""
+    return {d: auroc(scores[(y == 0) | (defects == d)], y[(y == 0) | (defects == d)]) for d in sorted(set(defects[y == 1]))}
+
+
+def points(iv: dict | None) -> str:
+    """A paired difference as points with its 95% interval ("" for none)."""
+    return f"{100 * iv['estimate']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]" if iv else ""
+
+
+def main() -> None:
+    ap = checkpoint_split_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter), 2000)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     model, ckpt, test, fit_feats, test_feats = checkpoint_features(args.checkpoint, args.data, args.cache, args.split)
@@ -73,7 +88,7 @@ def main() -> None:
             s = fn(grid, ups[method]).numpy()
             shipped.setdefault(method, s)  # the first rule is the shipped one
             row[method] = auroc(s, y)
-            row[f"{method} per defect"] = {d: auroc(s[(y == 0) | (defects == d)], y[(y == 0) | (defects == d)]) for d in kinds}
+            row[f"{method} per defect"] = per_defect(s, y, defects)
             # Paired on the same images: is this rule better than the shipped one beyond resampling noise?
             diff = paired_bootstrap({"scores": s}, {"scores": shipped[method]}, y, resamples=args.resamples).difference["image_auroc"]
             row[f"{method} vs shipped"] = diff.to_dict()
@@ -81,8 +96,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     def d(r, m):
-        iv = r[f"{m} vs shipped"]
-        return f"{100 * iv['estimate']:+.2f} [{100 * iv['low']:+.2f}, {100 * iv['high']:+.2f}]"
+        return points(r[f"{m} vs shipped"])
 
     print(f"\n| image score ({len(y)} images, {args.split}) | ADTR | vs shipped, points [95%] | Gaussian | vs shipped | "
           f"ADTR per defect ({', '.join(kinds)}) |\n|---|---|---|---|---|---|")

@@ -15,7 +15,7 @@ def test_train_eval_export_through_the_cli(tmp_path, sample_dataset, capsys):
     assert main(args) == 0
     assert (ckpt / "checkpoint.json").is_file()
     model = json.loads((ckpt / "checkpoint.json").read_text())["model"]
-    assert model["backbone"] == "tf_efficientnet_lite2" and model["stages"] == [1, 2, 3]  # the default preset's
+    assert model["backbone"] == "tf_efficientnet_lite2" and model["stages"] == [1, 2, 3] and model["region_grid"] == 4  # the default preset's
     assert main(["eval", str(ckpt), str(sample_dataset), "--out", str(ev), "--no-progress", "--device", "cpu"]) == 0
     report = json.loads((ev / "report.json").read_text())
     assert 0.0 <= report["image_auroc"] <= 1.0 and report["pixel_auroc"] is not None
@@ -26,7 +26,8 @@ def test_train_eval_export_through_the_cli(tmp_path, sample_dataset, capsys):
     assert f"[{ci['pixel_auroc'][0]:.4f}, {ci['pixel_auroc'][1]:.4f}]" in printed
     # 2 held-out normals are too few to choose the head on (train.head_select): the configured one is kept, and said so
     assert "score head: shrinkage 0.05 kept (2 held-out normals; choosing needs 5)" in printed
-    assert report["score_head"] == {"score": "mahalanobis", "shrinkage": 0.05, "target": "identity", "fit": "fit", "selection": None}
+    assert report["score_head"] == {"score": "mahalanobis", "shrinkage": 0.05, "target": "identity", "fit": "fit", "selection": None,
+                                    "region_grid": 4, "region_shrinkage": 0.3}  # the preset's regional image score
     for pic in ("roc.png", "score_histogram.png", "overlays.png"):
         assert (ev / pic).stat().st_size > 1000
     assert main(["export", str(ckpt), "--out", str(onnx_dir)]) == 0

@@ -108,6 +108,12 @@ def test_the_export_says_how_its_head_was_set(trained_checkpoint, exported_model
     head = json.loads((exported_model / "manifest.json").read_text())["meta"]["score_head"]
     assert head["score"] == "mahalanobis" and head["shrinkage"] == ckpt.train_config.score_shrinkage
     assert head["selection"]["shrinkage"] == head["shrinkage"] and "candidates" not in head["selection"]
+    # ... and how its image score is made, with the normalisation the graph applies
+    from adtr_edge.metadata import read_onnx_metadata
+
+    assert head["region_grid"] == ckpt.model_config.region_grid == 4 and head["region_shrinkage"] == ckpt.train_config.region_shrinkage
+    rule = read_onnx_metadata(exported_model / "transformer.onnx").image_score
+    assert rule["region_grid"] == 4 and rule["score_norm"]["region_std"] > 0 and rule["score_norm"]["map_std"] > 0
 
 
 def test_a_bad_score_select_fails_before_any_feature(sample_dataset, tmp_path):

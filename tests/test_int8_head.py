@@ -101,8 +101,9 @@ def test_cpu_target_writes_the_int8_head_and_keeps_the_scores(tmp_path, exported
     q = onnx.load(str(exported_model / "transformer.onnx"))
     assert int8_head.quantize_whitening(q)
     (map_q, score_q), (map_f, score_f) = _run(q, {"features": feats}), float_head
-    assert 0 < np.abs(score_q - score_f).max() and np.allclose(score_q, score_f, rtol=0.02)
-    assert np.linalg.norm(map_q - map_f) / np.linalg.norm(map_f) < 0.02
+    # The map goes through the integer MatMul; the score may not (the regional term can be the larger).
+    assert 0 < np.abs(map_q - map_f).max() and np.linalg.norm(map_q - map_f) / np.linalg.norm(map_f) < 0.02
+    assert np.allclose(score_q, score_f, rtol=0.02)
     np.testing.assert_allclose(int8[1], score_f, rtol=0.1)  # with the dynamic INT8 transformer too
     result = Detector.load(out, backend="onnxruntime").detect_batches([rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)])
     assert len(list(result)) == 1  # the runtime runs the folder as written

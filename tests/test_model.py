@@ -1,3 +1,5 @@
+from dataclasses import replace as dc_replace
+
 import numpy as np
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_in_graph_preprocess_matches_numpy_reference():
 
 
 def test_shapes_and_score_is_max_of_pooled_map():
-    cfg = tiny_model_config()
+    cfg = dc_replace(tiny_model_config(), region_grid=0)
     m = build_model(cfg).eval()
     x = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
     with torch.no_grad():
@@ -97,3 +99,39 @@ def test_weights_file_errors(tmp_path):
         read_state_dict(bad)
     with pytest.raises(AdtrError, match="not found"):
         read_state_dict(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("region_grid", [3, 4])  # 3 on an 8x8 grid: overlapping windows (kernel 4, stride 2)
+def test_regional_score_is_the_larger_z_score_of_map_and_region_means(region_grid):
+    from adtr_edge.model.adtr import AnomalyHead
+
+    cfg = dc_replace(tiny_model_config(), region_grid=region_grid)
+    c, g = 24, region_grid
+    head = AnomalyHead(cfg, c)
+    gen = torch.Generator().manual_seed(0)
+    dim, rank = c * g * g, 10
+    basis = torch.linalg.qr(torch.randn(dim, rank, generator=gen))[0]
+    mean, scale = torch.randn(dim, generator=gen), torch.rand(rank, generator=gen) + 0.5
+    head.set_region_stats(mean, basis, scale, 0.7)
+    head.set_score_norm(3.0, 2.0, 40.0, 5.0)
+    f, rec = torch.randn(3, c, 8, 8, generator=gen), torch.randn(3, c, 8, 8, generator=gen)
+    with torch.no_grad():
+        amap, score = head(f, rec)
+    # Reference: explicit windows that cover the 8 cells, one vector per image, low rank + isotropic.
+    d = (f - rec).double().numpy()
+    k, stride = {3: (4, 2), 4: (2, 2)}[g]
+    x = np.stack([d[:, :, i * stride:i * stride + k, j * stride:j * stride + k].mean(axis=(2, 3))
+                  for i in range(g) for j in range(g)], axis=2).reshape(3, -1) - mean.double().numpy()
+    b = basis.double().numpy()
+    p = x @ b
+    region = np.sqrt(((p * scale.double().numpy()) ** 2).sum(1) + (((x - p @ b.T) * 0.7) ** 2).sum(1))
+    expected = np.maximum((pooled_max_score(amap.numpy(), cfg.pool_kernel) - 3.0) / 2.0, (region - 40.0) / 5.0)
+    np.testing.assert_allclose(score.numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert head.describe()["region_grid"] == g and head.describe()["score_norm"]["region_std"] == 5.0
+
+
+def test_region_grid_is_checked():
+    with pytest.raises(AdtrError, match="region_grid 9"):
+        dc_replace(tiny_model_config(), region_grid=9)  # the 8x8 feature grid has no 9 windows
+    with pytest.raises(AdtrError, match="needs score 'mahalanobis'"):
+        dc_replace(tiny_model_config(), score="l2", region_grid=2)

@@ -157,7 +157,7 @@ def checkpoint_metadata(model, ckpt, thresholds, **extra_fields):
     cfg = ckpt.model_config
     return build_metadata(model_config=cfg.to_dict(), preprocess=preprocess_spec(cfg), channels=model.backbone.channels,
                           grid=cfg.grid, stages=list(cfg.stages), thresholds=thresholds, pool_kernel=model.head.kernel,
-                          **extra_fields)
+                          image_score=model.head.describe(), **extra_fields)
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = 17, force: bool = False,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..metrics import aupro, auroc, pixel_auroc
-from .residual_stats import reconstruct, residuals, whitening
+from .residual_stats import reconstruct, residuals, set_map_stats, whitening
 
 CANDIDATES = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
 KINDS = ("confetti", "patch")
@@ -103,7 +103,7 @@ def candidate_heads(model, residual: torch.Tensor, target: str, candidates=CANDI
 
     for lam in candidates:
         head = AnomalyHead(replace(model.cfg, score="mahalanobis", map_blur=0.0), model.backbone.channels)
-        head.set_residual_stats(*whitening(residual, lam, target=target))
+        set_map_stats(head, residual, *whitening(residual, lam, target=target))
         yield lam, head
 
 
@@ -149,5 +149,7 @@ def head_summary(ckpt) -> dict:
     target, and (when training chose it) the decision without the per-candidate table."""
     t = ckpt.train_config
     chosen = (ckpt.extra or {}).get("score_selection")
+    grid = ckpt.model_config.region_grid
     return {"score": ckpt.model_config.score, "shrinkage": t.score_shrinkage, "target": t.score_target, "fit": t.score_fit,
-            "selection": {k: v for k, v in chosen.items() if k != "candidates"} if chosen else None}
+            "selection": {k: v for k, v in chosen.items() if k != "candidates"} if chosen else None,
+            "region_grid": grid, "region_shrinkage": t.region_shrinkage if grid else None}

@@ -376,7 +376,7 @@ def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: tor
 
         use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
         fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage, train_cfg.score_target,
-                 residual=None if use_val else fit_residual)
+                 residual=None if use_val else fit_residual, region_shrinkage=train_cfg.region_shrinkage, seed=train_cfg.seed)
     return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
 
 

@@ -10,13 +10,23 @@ and W_u = L_u^-T with Sigma_u = L_u L_u^T, so that ||(d_u - mu_u) W_u||^2 is the
 Mahalanobis distance. ``lam`` = 1 is one shared covariance (few normals); ``lam`` near 0 trusts
 each location (many normals). ``eps`` is relative to the average variance, which keeps channels
 with near-zero residual variance from dominating the score.
+
+The regional term (``region_grid`` g > 0) scores the whole image at once: the residual averaged over
+g x g regions, one vector of C g^2 values, against the covariance of those vectors over normal images.
+A per-location covariance cannot see a faint change spread over many locations (a long thin crack, a
+patch of uneven shading), nor tell a region that drifts from its neighbours from a whole image that
+drifts (lighting); one covariance over all regions at once does both.
 """
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import torch
 
 from ..errors import require
+from ..model.adtr import REGION_RANK, region_means
 
 
 @torch.no_grad()
@@ -62,10 +72,82 @@ def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3, target: st
     return mean[:, 0].float(), inv_l.transpose(1, 2).contiguous().float()  # W = L^-T
 
 
+def region_whitening(res: torch.Tensor, grid: int, shrinkage: float, rank: int = REGION_RANK, eps: float = 1e-3):
+    """(mean (D,), basis (D, r'), scale (r',), rest) of the regional term (``AnomalyHead.region_score``)
+    for residuals (N, C, h, w): the covariance of their region means, (1 - lam) S + lam s I with s the
+    average variance, kept exactly along S's top r' = min(rank, N - 1, D) principal directions
+    (scale = 1/sqrt of its variance there) and as lam s + eps s elsewhere (rest = 1/sqrt of that)."""
+    require(0.0 <= shrinkage <= 1.0, f"region shrinkage {shrinkage}: must be in [0, 1]")
+    n = res.shape[0]
+    require(n >= 2, f"regional score: needs at least 2 normal images to fit, got {n}")
+    x = region_means(res.double(), grid, tuple(res.shape[-2:]))
+    mean = x.mean(dim=0)
+    # The principal directions from the SVD of the centred data (N x D), not an eigendecomposition
+    # of the D x D covariance (D = 3072 for the default model): N < D, so this is the cheap way.
+    _, sv, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    var = sv.pow(2) / (n - 1)
+    scale_all = (var.sum() / x.shape[1]).clamp_min(1e-12)  # the average variance s
+    r = min(rank, n - 1, x.shape[1])
+    floor = (shrinkage + eps) * scale_all
+    scale = ((1.0 - shrinkage) * var[:r] + floor).rsqrt()
+    return mean.float(), vh[:r].T.contiguous().float(), scale.float(), float(floor.rsqrt())
+
+
+def _head_stats(residual, shrinkage, target, region_grid, region_shrinkage):
+    stats = {"residual": whitening(residual, shrinkage, target=target)}
+    if region_grid:
+        stats["region"] = region_whitening(residual, region_grid, region_shrinkage)
+    return stats
+
+
+@torch.no_grad()
+def set_map_stats(head, residual: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor, batch_size: int = 64) -> None:
+    """The per-location statistics of ``head`` and, with ``map_pool``, the pooled part's scale, from
+    these normal residuals (every head fit and every candidate head comes through here)."""
+    head.set_residual_stats(mean, whiten)
+    if head.map_pool:
+        parts = [head.map_parts(residual[s:s + batch_size].to(mean.device)) for s in range(0, len(residual), batch_size)]
+        head.set_pool_scale(*(float(torch.cat([p[i] for p in parts]).mean()) for i in (0, 1)))
+
+
+def _set_stats(head, stats, residual, device=None) -> None:
+    set_map_stats(head, residual, *(t.to(device) if device is not None else t for t in stats["residual"]))
+    if "region" in stats:
+        mean, basis, scale, rest = stats["region"]
+        head.set_region_stats(mean, basis, scale, rest)
+
+
+@torch.no_grad()
+def _scores(head, residual: torch.Tensor, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(map scores, regional scores) of residuals under ``head``, on the CPU."""
+    parts = [(head.map_score(residual[s:s + batch_size]), head.region_score(residual[s:s + batch_size]))
+             for s in range(0, len(residual), batch_size)]
+    return tuple(torch.cat([p[i] for p in parts]).double().numpy() for i in (0, 1))
+
+
 def fit_head(model, features: torch.Tensor, device, shrinkage: float, target: str = "pooled",
-             residual: torch.Tensor | None = None) -> None:
+             residual: torch.Tensor | None = None, region_shrinkage: float = 0.3, folds: int = 5, seed: int = 0) -> None:
     """Fit the model's ``mahalanobis`` head on the residuals of these normal features
-    (``residual``: ``residuals(model, features)`` if the caller already has it)."""
-    residual = residual if residual is not None else residuals(model, features, device)
-    mean, whiten = whitening(residual, shrinkage, target=target)
-    model.head.set_residual_stats(mean.to(device), whiten.to(device))
+    (``residual``: ``residuals(model, features)`` if the caller already has it).
+
+    With a regional term (``region_grid``) the head also needs each term's spread over normal images,
+    to put them on one scale. Scored on the images they were fitted on, both would look too normal (the
+    regional covariance has 3072 dimensions for 685 images), so the spread comes from ``folds``-fold
+    cross-fitting: each fold is scored by statistics fitted without it, as a new normal image would be."""
+    residual = (residual if residual is not None else residuals(model, features, device)).float().cpu()
+    head, grid = model.head, model.cfg.region_grid
+    if grid:
+        probe = copy.deepcopy(head).cpu()
+        n = len(residual)
+        require(n >= 3, f"regional score: needs at least 3 normal images to cross-fit, got {n} (or train with --region-grid 0)")
+        folds = min(folds, n)  # leave-one-out on tiny sets
+        order = np.random.default_rng(seed).permutation(n)
+        scores = np.zeros((2, n))
+        for part in np.array_split(order, folds):
+            keep = torch.from_numpy(np.setdiff1d(order, part))
+            _set_stats(probe, _head_stats(residual[keep], shrinkage, target, grid, region_shrinkage), residual[keep])
+            scores[:, part] = _scores(probe, residual[torch.from_numpy(part)])
+    _set_stats(head, _head_stats(residual, shrinkage, target, grid, region_shrinkage), residual, device)
+    if grid:
+        (m0, m1), (s0, s1) = scores.mean(axis=1), scores.std(axis=1).clip(min=1e-6)
+        head.set_score_norm(float(m0), float(s0), float(m1), float(s1))
