@@ -80,10 +80,11 @@ class ModelConfig:
     # training and stored in the head, so every runtime computes the same score inside the graph.
     score: str = "l2"
     map_blur: float = 0.0  # sigma (pixels at input size) of a Gaussian blur of the anomaly map, in the graph; 0 = off
-    # g > 0 ("mahalanobis" only): the image score is the larger of two z-scores, the map's (above) and
-    # the Mahalanobis distance of the residual averaged over a g x g grid of regions, all regions in one
-    # vector (low rank plus isotropic covariance of normal images). It sees defects too faint for any one
-    # location but spread over many (cracks, uneven shading); the map is unchanged. 0 = the map only.
+    # g >= 2 ("mahalanobis" only): the image score is the larger of two z-scores, the map's (above) and
+    # the Mahalanobis distance of the residual averaged over a g x g grid of regions, less the image's
+    # own average, all regions in one vector (low rank plus isotropic covariance of normal images). It
+    # sees defects too faint for any one location but spread over many (cracks, uneven shading); the
+    # map is unchanged. 0 = the map only.
     region_grid: int = 0
     # k > 0 (odd): the map adds, at ``map_pool_weight`` of the per-location part's mean on normal images,
     # the norm of the whitened residual averaged over each k x k neighbourhood. 0 = per location only.
@@ -111,8 +112,9 @@ class ModelConfig:
         if self.map_blur < 0:
             raise AdtrError(f"map_blur {self.map_blur}: must be >= 0 (0 = off)")
         gh, gw = self.grid
-        if self.region_grid < 0 or self.region_grid > min(gh, gw):
-            raise AdtrError(f"region_grid {self.region_grid}: use 0 (off) or at most the feature grid's side ({gh}x{gw})")
+        if self.region_grid < 0 or self.region_grid == 1 or self.region_grid > min(gh, gw):
+            raise AdtrError(f"region_grid {self.region_grid}: use 0 (off) or 2 to the feature grid's side ({gh}x{gw}); "
+                            "1 region has nothing to compare with")
         if self.map_pool < 0 or self.map_pool % 2 == 0 and self.map_pool:
             raise AdtrError(f"map_pool {self.map_pool}: use 0 (off) or an odd window such as 3 or 5")
         if self.map_pool_weight < 0:

@@ -121,7 +121,8 @@ def test_regional_score_is_the_larger_z_score_of_map_and_region_means(region_gri
     d = (f - rec).double().numpy()
     k, stride = {3: (4, 2), 4: (2, 2)}[g]
     x = np.stack([d[:, :, i * stride:i * stride + k, j * stride:j * stride + k].mean(axis=(2, 3))
-                  for i in range(g) for j in range(g)], axis=2).reshape(3, -1) - mean.double().numpy()
+                  for i in range(g) for j in range(g)], axis=2)  # (N, C, regions)
+    x = (x - x.mean(axis=2, keepdims=True)).reshape(3, -1) - mean.double().numpy()  # less the image's own average
     b = basis.double().numpy()
     p = x @ b
     region = np.sqrt(((p * scale.double().numpy()) ** 2).sum(1) + (((x - p @ b.T) * 0.7) ** 2).sum(1))
@@ -133,5 +134,7 @@ def test_regional_score_is_the_larger_z_score_of_map_and_region_means(region_gri
 def test_region_grid_is_checked():
     with pytest.raises(AdtrError, match="region_grid 9"):
         dc_replace(tiny_model_config(), region_grid=9)  # the 8x8 feature grid has no 9 windows
+    with pytest.raises(AdtrError, match="nothing to compare"):
+        dc_replace(tiny_model_config(), region_grid=1)
     with pytest.raises(AdtrError, match="needs score 'mahalanobis'"):
         dc_replace(tiny_model_config(), score="l2", region_grid=2)

@@ -117,3 +117,12 @@ def test_map_pool_is_checked():
         dc_replace(tiny_model_config(), map_pool=4)
     with pytest.raises(AdtrError, match="map_pool_weight"):
         dc_replace(tiny_model_config(), map_pool_weight=-1.0)
+
+
+def test_the_regional_term_is_blind_to_a_change_of_the_whole_image():
+    head = _fitted()
+    res = _normals(20, 7)
+    shifted = res + 0.8 * torch.randn(1, C, 1, 1, generator=torch.Generator().manual_seed(3))  # every cell alike
+    with torch.no_grad():
+        np.testing.assert_allclose(head.region_score(shifted), head.region_score(res), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(head.map_score(shifted), head.map_score(res), rtol=1e-3)  # the map does see it

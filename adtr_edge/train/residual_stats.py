@@ -11,11 +11,12 @@ Mahalanobis distance. ``lam`` = 1 is one shared covariance (few normals); ``lam`
 each location (many normals). ``eps`` is relative to the average variance, which keeps channels
 with near-zero residual variance from dominating the score.
 
-The regional term (``region_grid`` g > 0) scores the whole image at once: the residual averaged over
-g x g regions, one vector of C g^2 values, against the covariance of those vectors over normal images.
-A per-location covariance cannot see a faint change spread over many locations (a long thin crack, a
-patch of uneven shading), nor tell a region that drifts from its neighbours from a whole image that
-drifts (lighting); one covariance over all regions at once does both.
+The regional term (``region_grid`` g >= 2) scores the whole image at once: the residual averaged over
+g x g regions less the image's own average over them, one vector of C g^2 values, against the
+covariance of those vectors over normal images. A per-location covariance cannot see a faint change
+spread over many locations (a long thin crack, a patch of uneven shading); one covariance over how
+all regions depart from their image's average does, and a change of the whole image (a codec, the
+lighting) leaves it as it was.
 """
 
 from __future__ import annotations
