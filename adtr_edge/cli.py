@@ -68,7 +68,7 @@ def train(
     score: Optional[str] = typer.Option(None, help="Residual score: mahalanobis (per-location statistics of normal residuals) or l2."),
     score_select: Optional[str] = typer.Option(None, help="synthetic (default): move the head's shrinkage when synthetic defects on held-out normals clearly favour another; none."),
     region_grid: Optional[int] = typer.Option(None, help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
-    map_pool: Optional[int] = typer.Option(None, help="Map: also the whitened residual averaged over each K x K neighbourhood, K odd (0, the default: per location only; 5 for large faint defects)."),
+    map_pool: Optional[int] = typer.Option(None, help="Map: add the whitened residual averaged over K x K neighbours, K odd (default 0: per location; 5 for large faint defects)."),
     time_budget: Optional[float] = typer.Option(None, help="Seconds of training (features excluded): the epochs are fitted to it after the first."),
     augment: Optional[str] = typer.Option(None, help="Extra views of the normals the transformer trains on (textures): none, flip (h+v) or d4 (flips, 90-degree turns); cached once."),
     threshold_quantile: Optional[float] = typer.Option(None, help="Quantile of held-out normal scores used as threshold (default 0.99)."),
