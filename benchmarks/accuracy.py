@@ -337,7 +337,7 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
     The transformer runs once per image set; every head is fitted and scored on those reconstructions."""
     from dataclasses import replace as dc_replace
 
-    from adtr_edge.model.adtr import AnomalyHead
+    from adtr_edge.model.head import AnomalyHead
     from adtr_edge.train.checkpoint import load_checkpoint
     from adtr_edge.train.residual_stats import reconstruct, set_map_stats, whitening
 

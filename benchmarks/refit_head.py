@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adtr_edge.data.datasets import load_dataset  # noqa: E402
-from adtr_edge.model.adtr import AnomalyHead  # noqa: E402
+from adtr_edge.model.head import AnomalyHead  # noqa: E402
 from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
 from adtr_edge.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from adtr_edge.train.features import cached_raw_features  # noqa: E402

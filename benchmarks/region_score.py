@@ -31,7 +31,7 @@ from image_score import checkpoint_split_args, per_defect, points  # noqa: E402
 
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.metrics import auroc  # noqa: E402
-from adtr_edge.model.adtr import AnomalyHead  # noqa: E402
+from adtr_edge.model.head import AnomalyHead  # noqa: E402
 from adtr_edge.significance import paired_bootstrap  # noqa: E402
 from adtr_edge.train.residual_stats import fit_head, reconstruct  # noqa: E402
 

@@ -103,7 +103,7 @@ def test_weights_file_errors(tmp_path):
 
 @pytest.mark.parametrize("region_grid", [3, 4])  # 3 on an 8x8 grid: overlapping windows (kernel 4, stride 2)
 def test_regional_score_is_the_larger_z_score_of_map_and_region_means(region_grid):
-    from adtr_edge.model.adtr import AnomalyHead
+    from adtr_edge.model.head import AnomalyHead
 
     cfg = dc_replace(tiny_model_config(), region_grid=region_grid)
     c, g = 24, region_grid

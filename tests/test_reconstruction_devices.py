@@ -12,7 +12,8 @@ import torch
 
 from adtr_edge.config import ModelConfig, TrainConfig
 from adtr_edge.errors import AdtrError
-from adtr_edge.model.adtr import MASKED_BIAS, AnomalyHead, Attention, neighbour_bias, sine_position
+from adtr_edge.model.adtr import MASKED_BIAS, Attention, neighbour_bias, sine_position
+from adtr_edge.model.head import AnomalyHead
 from adtr_edge.train.diagnostics import DefectProbe, collapse_figures, defect_pass_through, input_following
 from adtr_edge.train.loop import epochs_for_budget, feature_jitter
 from adtr_edge.train.residual_stats import whitening
@@ -216,7 +217,7 @@ def test_validation_split_is_stable_disjoint_and_covers(sample_dataset):
 
 
 def test_map_blur_keeps_a_constant_map_and_spreads_a_peak():
-    from adtr_edge.model.adtr import MapBlur
+    from adtr_edge.model.head import MapBlur
 
     blur = MapBlur(2.0, (20, 24))
     flat = torch.full((1, 1, 20, 24), 3.0)

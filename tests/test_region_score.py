@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adtr_edge.errors import AdtrError
-from adtr_edge.model.adtr import AnomalyHead
+from adtr_edge.model.head import AnomalyHead
 from adtr_edge.train.residual_stats import fit_head, region_whitening
 from tests.conftest import tiny_model_config
 

@@ -99,7 +99,7 @@ def figures(scores: np.ndarray, maps: np.ndarray, masks: np.ndarray, labels: np.
 def candidate_heads(model, residual: torch.Tensor, target: str, candidates=CANDIDATES):
     """(shrinkage, head on the CPU) for each candidate, fitted on the fit normals' residuals
     (``residual_stats.residuals``: the transformer runs once for all of them)."""
-    from ..model.adtr import AnomalyHead
+    from ..model.head import AnomalyHead
 
     for lam in candidates:
         head = AnomalyHead(replace(model.cfg, score="mahalanobis", map_blur=0.0), model.backbone.channels)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import require
-from ..model.adtr import REGION_RANK, region_means
+from ..model.head import REGION_RANK, region_means
 
 
 @torch.no_grad()
