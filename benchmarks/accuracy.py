@@ -362,7 +362,9 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
         return scored_grid(head, grid(head, test_feats, reconstruction), name)
 
     def head_for(kind: str, blur: float, residual=None, lam=None, target=None):
-        head = AnomalyHead(dc_replace(ckpt.model_config, score=kind, map_blur=blur), model.backbone.channels)
+        # Per-location heads: these rows compare maps; the image-score terms have benchmarks/region_score.py.
+        cfg = dc_replace(ckpt.model_config, score=kind, map_blur=blur, region_grid=0, map_pool=0)
+        head = AnomalyHead(cfg, model.backbone.channels)
         if kind == "mahalanobis":
             set_map_stats(head, residual, *whitening(residual, lam, target=target))
         return head
