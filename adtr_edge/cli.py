@@ -97,9 +97,7 @@ def train(
 
     m_over = {"input_size": _parse_size(input_size), "stages": _parse_ints(stages, "--stages"),
               "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model, "score": score,
-              # --score l2 turns the preset's regional term off unless asked for (it is fitted with the Mahalanobis head)
-              "region_grid": region_grid if region_grid is not None or score in (None, "mahalanobis") else 0,
-              "map_pool": map_pool}
+              "region_grid": region_grid, "map_pool": map_pool}
     t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "threshold_quantile": threshold_quantile,
               "time_budget": time_budget, "augment": augment, "score_select": score_select,
               "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}

@@ -238,10 +238,14 @@ def preset_backbone(preset: str) -> str:
 
 
 def apply_preset(preset: str, model_overrides: dict, train_overrides: dict) -> tuple[dict, dict]:
-    """Merge a named preset under explicit overrides (explicit options win)."""
+    """Merge a named preset under explicit overrides (explicit options win). A preset's regional image
+    score is fitted with the Mahalanobis head, so another score named by the user drops it unless the
+    user names a region grid too."""
     m = dict(_preset(preset).get("model", {}))
     t = dict(_preset(preset).get("train", {}))
     m.update({k: v for k, v in model_overrides.items() if v is not None})
+    if model_overrides.get("region_grid") is None and m.get("score") != "mahalanobis":
+        m.pop("region_grid", None)
     t.update({k: v for k, v in train_overrides.items() if v is not None})
     t["preset"] = preset
     return m, t

@@ -22,6 +22,9 @@ FORMAT = "adtr-edge/1"
 METADATA_KEY = "adtr_edge"
 # Set on a quantisation-matched pair: the digest of the Q/DQ backbone graph the score head was fitted on.
 HEAD_MATCH_KEY = "head_matched_to_backbone"
+# ``postprocess.image_score`` of a graph whose head scores with the map alone (and of folders written
+# before the field existed)
+MAP_ONLY_SCORE = {"image_score": "the map's score"}
 # Quantisation targets an INT8 folder's metadata names (``{"quantization": {"target": ...}}``):
 # symmetric Q/DQ for TensorRT, or the U8S8/dynamic form for ONNX Runtime on CPUs.
 TARGET_TENSORRT, TARGET_CPU = "tensorrt", "cpu"
@@ -96,7 +99,7 @@ class ModelMeta:
     def image_score(self) -> dict:
         """How the graph makes its image score (``AnomalyHead.describe``); folders written before the
         regional term existed score with the map alone."""
-        return self.raw["postprocess"].get("image_score", {"image_score": "the map's score"})
+        return self.raw["postprocess"].get("image_score", MAP_ONLY_SCORE)
 
     @property
     def graph(self) -> str | None:
@@ -151,7 +154,7 @@ def build_metadata(
         "postprocess": {
             "thresholds": thresholds.to_dict(),
             "pool_kernel": int(pool_kernel),
-            "image_score": image_score or {"image_score": "the map's score"},
+            "image_score": image_score or MAP_ONLY_SCORE,
             "map_size": [preprocess.height, preprocess.width],
             "normalized_score": "clamp((score - threshold) / (score_max - score_min) + 0.5, 0, 1)",
         },

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from adtr_edge.baselines import BASELINES  # noqa: E402
-from adtr_edge.config import PRESETS, ModelConfig, TrainConfig, preset_backbone  # noqa: E402
+from adtr_edge.config import PRESETS, ModelConfig, TrainConfig, apply_preset, preset_backbone  # noqa: E402
 from adtr_edge.data.anomalies import SYNTHETIC_KINDS  # noqa: E402
 from adtr_edge.data.datasets import ImageSet, load_dataset, validation_split  # noqa: E402
 from adtr_edge.evaluate import Scored, report_for  # noqa: E402
@@ -167,10 +167,9 @@ def main() -> None:
                 return
             t = time.perf_counter()
             if m.cfg.score == "mahalanobis":  # score as the finished model will: fit the head first
-                from adtr_edge.train.residual_stats import fit_head
+                from adtr_edge.train.residual_stats import fit_head_for
 
-                fit_head(m, fit_feats, torch.device("cpu"), tcfg.score_shrinkage, tcfg.score_target,
-                         region_shrinkage=tcfg.region_shrinkage, seed=tcfg.seed)
+                fit_head_for(m, tcfg, fit_feats, torch.device("cpu"))
             scores, maps = score_features(m, test_feats, torch.device("cpu"))
             series.append({"epoch": epoch, "seconds": round(elapsed - eval_seconds[0], 1),
                            "image_auroc": auroc(scores, test.labels), "pixel_auroc": pixel_auroc(maps, masks)})
@@ -181,21 +180,14 @@ def main() -> None:
     checkpoints = {"base": Path(args.base_checkpoint)} if args.base_checkpoint else {}
     for item in [r for r in args.recipes.split(",") if r and not args.base_checkpoint and not args.rescore]:
         recipe, _, epochs = item.partition(":")  # "fast:12" = preset fast, 12 epochs
-        m_over = dict(PRESETS[recipe].get("model", {}))
-        t_over = dict(PRESETS[recipe].get("train", {}))
-        if epochs or args.epochs:
-            t_over["epochs"] = int(epochs or args.epochs)
-        if args.bf16:
-            t_over["bf16"] = True
-        if args.jitter is not None:
-            t_over["feature_jitter"] = args.jitter
-        m_over.update(m_sets)
-        m_over["input_size"] = cfg.input_size  # the size the features were computed at (run_input_size)
-        t_over.update(t_sets)
+        t_given = {"epochs": int(epochs or args.epochs) if epochs or args.epochs else None, "bf16": True if args.bf16 else None,
+                   "feature_jitter": args.jitter, **t_sets}
         if args.time_budget:
-            t_over["time_budget"] = args.time_budget
+            t_given["time_budget"] = args.time_budget
+        # the input size the features were computed at (run_input_size) wins over the preset's
+        m_over, t_over = apply_preset(recipe, {**m_sets, "input_size": cfg.input_size}, t_given)
         rcfg = replace(cfg, **m_over)
-        tcfg = TrainConfig(**{**t_over, "preset": recipe, "device": "cpu"})
+        tcfg = TrainConfig(**{**t_over, "device": "cpu"})
         series, eval_seconds = [], [0.0]
         result = train_model(train_set, rcfg, tcfg, out / f"adtr-{recipe}", progress=False, feature_cache=cache,
                              on_epoch_end=curve_callback(series, eval_seconds, tcfg))

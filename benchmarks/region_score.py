@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -33,17 +34,14 @@ from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.metrics import auroc  # noqa: E402
 from adtr_edge.model.head import AnomalyHead  # noqa: E402
 from adtr_edge.significance import paired_bootstrap  # noqa: E402
-from adtr_edge.train.residual_stats import fit_head, reconstruct  # noqa: E402
+from adtr_edge.train.residual_stats import fit_head_for, reconstruct  # noqa: E402
 
 
-def head_scores(model, grid: int, region_shrinkage: float, fit_residual, residual) -> np.ndarray:
+def head_scores(model, tcfg, grid: int, region_shrinkage: float, fit_residual, residual) -> np.ndarray:
     """Image scores of ``residual`` under a head with this region grid, fitted on ``fit_residual``."""
     cfg = replace(model.cfg, region_grid=grid)
-    probe = type("Probe", (), {})()
-    probe.cfg, probe.head = cfg, AnomalyHead(cfg, model.backbone.channels)
-    tcfg = model.train_config
-    fit_head(probe, None, torch.device("cpu"), tcfg.score_shrinkage, tcfg.score_target, residual=fit_residual,
-             region_shrinkage=region_shrinkage, seed=tcfg.seed)
+    probe = SimpleNamespace(cfg=cfg, head=AnomalyHead(cfg, model.backbone.channels))  # what fit_head reads of a model
+    fit_head_for(probe, replace(tcfg, region_shrinkage=region_shrinkage), None, torch.device("cpu"), residual=fit_residual)
     with torch.no_grad():
         return torch.cat([probe.head(residual[s:s + 32], torch.zeros_like(residual[s:s + 32]))[1]
                           for s in range(0, len(residual), 32)]).numpy()
@@ -59,7 +57,6 @@ def main() -> None:
     if variants[0][0] != 0:
         sys.exit(f"--variants {args.variants}: the first must be grid 0 (the map alone), the reference")
     model, ckpt, test, fit_feats, test_feats = checkpoint_features(args.checkpoint, args.data, args.cache, args.split)
-    model.train_config = ckpt.train_config
     cpu = torch.device("cpu")
     mu = fit_feats.mean(dim=0, keepdim=True)
     sources = {"ADTR (f - f_hat)": (fit_feats - reconstruct(model, fit_feats, cpu), test_feats - reconstruct(model, test_feats, cpu)),
@@ -71,7 +68,7 @@ def main() -> None:
         reference = None
         for grid, lam in variants:
             t = time.perf_counter()
-            s = head_scores(model, grid, lam, fit_res, res)
+            s = head_scores(model, ckpt.train_config, grid, lam, fit_res, res)
             reference = s if reference is None else reference
             first.setdefault((grid, lam), s)  # ADTR's, for the row of the mean with the same image score
             diff = paired_bootstrap({"scores": s}, {"scores": reference}, y, resamples=args.resamples).difference["image_auroc"]

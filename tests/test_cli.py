@@ -86,6 +86,15 @@ def test_a_preset_input_size_applies_unless_the_user_names_one():
     assert ModelConfig(**apply_preset("default", {"input_size": None}, {})[0]).input_size == (256, 256)
 
 
+def test_another_score_drops_the_presets_regional_term_unless_named():
+    from adtr_edge.config import ModelConfig, apply_preset
+
+    assert ModelConfig(**apply_preset("default", {"score": None, "region_grid": None}, {})[0]).region_grid == 4
+    assert ModelConfig(**apply_preset("default", {"score": "l2", "region_grid": None}, {})[0]).region_grid == 0
+    m, _ = apply_preset("default", {"score": "l2", "region_grid": 2}, {})
+    assert m["region_grid"] == 2  # named: kept, and ModelConfig says why it cannot be
+
+
 def test_eval_scores_a_deployed_folder_against_its_checkpoint(tmp_path, sample_dataset, trained_checkpoint, exported_model, capsys):
     # What an edge user trusts is the folder they deploy: eval runs it through its runtime backend and,
     # with --against, gives each metric's difference from the reference with a paired interval.

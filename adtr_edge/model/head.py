@@ -45,16 +45,11 @@ class MapBlur(nn.Module):
 REGION_RANK = 256  # principal directions kept exactly by the regional term (256 scored like all of them, docs 1.3)
 
 
-def region_dim(channels: int, grid: int) -> int:
-    return channels * grid * grid
-
-
 def region_window(side: int, grid: int) -> tuple[int, int]:
-    """(kernel, stride) that cut ``side`` cells into ``grid`` equal windows covering every cell: disjoint
-    where ``grid`` divides ``side`` (16 -> 4 x 4), overlapping by a cell or two where not (14 -> kernel 5,
-    stride 3), so that one AvgPool exports it (ONNX's adaptive pooling needs divisible sizes)."""
-    if grid == 1:
-        return side, 1
+    """(kernel, stride) that cut ``side`` cells into ``grid`` >= 2 equal windows covering every cell:
+    disjoint where ``grid`` divides ``side`` (16 -> 4 x 4), overlapping by a cell or two where not
+    (14 -> kernel 5, stride 3), so that one AvgPool exports it (ONNX's adaptive pooling needs
+    divisible sizes). ``ModelConfig`` refuses a grid of 1 (nothing to compare with)."""
     stride = (side - -(-side // grid)) // (grid - 1)
     return side - (grid - 1) * stride, stride
 
@@ -104,7 +99,7 @@ class AnomalyHead(nn.Module):
             self.register_buffer("pool_scale", torch.tensor([self.map_pool_weight]))  # fitted: set_pool_scale
         self.region_grid, self.feature_grid = int(cfg.region_grid), tuple(cfg.grid)
         if self.region_grid:
-            dim = region_dim(channels, self.region_grid)
+            dim = channels * self.region_grid ** 2  # region_means' length
             rank = min(REGION_RANK, dim)
             # Low rank plus isotropic: the top principal directions of normal regional residuals, each
             # with its own scale, and one scale for everything outside them (see set_region_stats).

@@ -102,7 +102,8 @@ def candidate_heads(model, residual: torch.Tensor, target: str, candidates=CANDI
     from ..model.head import AnomalyHead
 
     for lam in candidates:
-        head = AnomalyHead(replace(model.cfg, score="mahalanobis", map_blur=0.0), model.backbone.channels)
+        # map heads (head_maps scores the map alone): no regional buffers they would never use
+        head = AnomalyHead(replace(model.cfg, score="mahalanobis", map_blur=0.0, region_grid=0), model.backbone.channels)
         set_map_stats(head, residual, *whitening(residual, lam, target=target))
         yield lam, head
 

@@ -372,11 +372,10 @@ def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: tor
     threshold on the held-out normals. Training, ``quantize-matched`` and head refits all end here.
     ``fit_residual``: the fit normals' residuals if the caller already has them."""
     if model.cfg.score == "mahalanobis":
-        from .residual_stats import fit_head
+        from .residual_stats import fit_head_for
 
         use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
-        fit_head(model, val_feats if use_val else feats, device, train_cfg.score_shrinkage, train_cfg.score_target,
-                 residual=None if use_val else fit_residual, region_shrinkage=train_cfg.region_shrinkage, seed=train_cfg.seed)
+        fit_head_for(model, train_cfg, val_feats if use_val else feats, device, residual=None if use_val else fit_residual)
     return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
 
 

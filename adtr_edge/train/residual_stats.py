@@ -126,6 +126,13 @@ def _scores(head, residual: torch.Tensor, batch_size: int = 64) -> tuple[np.ndar
     return tuple(torch.cat([p[i] for p in parts]).double().numpy() for i in (0, 1))
 
 
+def fit_head_for(model, train_cfg, features: torch.Tensor, device, residual: torch.Tensor | None = None) -> None:
+    """``fit_head`` with the head settings of a ``TrainConfig`` (shrinkage, target, regional
+    shrinkage, seed): what training, its evaluation curve and the benchmarks all fit."""
+    fit_head(model, features, device, train_cfg.score_shrinkage, train_cfg.score_target, residual=residual,
+             region_shrinkage=train_cfg.region_shrinkage, seed=train_cfg.seed)
+
+
 def fit_head(model, features: torch.Tensor, device, shrinkage: float, target: str = "pooled",
              residual: torch.Tensor | None = None, region_shrinkage: float = 0.3, folds: int = 5, seed: int = 0) -> None:
     """Fit the model's ``mahalanobis`` head on the residuals of these normal features
