@@ -20,8 +20,8 @@ Candidates are judged by the image score the shipped head computes. With a regio
 (``AnomalyHead.forward``); the regional term does not depend on the shrinkage, so it is fitted once,
 and both terms are put on one scale by their mean and spread on the clean held-out normals. Judged
 by the map's score alone, the image AUROC of the candidates is the map's, which is not what users
-deploy: on the generated tiles that picked 0.65 where the shipped score's ranking picks 0.8
-(docs/benchmarks.md 1.3, stop 27).
+deploy: on the generated tiles (seed 0) that picked 0.65 where the shipped score's ranking picks
+0.8, which localises 1.2 AUPRO points better there (docs/benchmarks.md 1.3 and 1.5, stop 27).
 """
 
 from __future__ import annotations
