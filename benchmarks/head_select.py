@@ -41,10 +41,10 @@ from accuracy import checkpoint_features, masks_at  # noqa: E402
 from adtr_edge.data.datasets import load_dataset  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
-from adtr_edge.train.head_select import (METRICS, STRENGTH, candidate_heads, figures, head_maps, region_term_scores,  # noqa: E402
-                                         select_shrinkage, synthetic_set, zscore_max)
+from adtr_edge.train.head_select import (METRICS, STRENGTH, candidate_heads, figures, head_maps, select_shrinkage,  # noqa: E402
+                                         synthetic_set, zscore_max)
 from adtr_edge.train.loop import split_normals  # noqa: E402
-from adtr_edge.train.residual_stats import reconstruct, residuals  # noqa: E402
+from adtr_edge.train.residual_stats import reconstruct, region_term_scores, residuals  # noqa: E402
 
 
 def main() -> None:
@@ -86,12 +86,13 @@ def main() -> None:
         region_syn, region_test = region_term_scores(model, fit_res, [synthetic.feats - rec_syn, test_feats - rec_test], region_shrinkage)
 
     def real_figures(head):
-        """The test set's figures, its image scores on the synthetic set's clean scale (as training judges)."""
+        """The test set's figures, its image scores on the clean held-out normals' scale (as training judges)."""
         scores, maps = head_maps(head, test_feats, rec_test)
-        if zmax:
-            both = zscore_max(np.concatenate([head_maps(head, synthetic.feats, rec_syn)[0], scores]),
-                              np.concatenate([region_syn, region_test]), np.concatenate([clean, np.zeros(len(scores), bool)]))
-            scores = both[len(clean):]
+        if zmax:  # the clean images set each term's scale; they go first and are dropped after
+            ref = head_maps(head, synthetic.feats[clean], rec_syn[clean])[0]
+            both = zscore_max(np.concatenate([ref, scores]), np.concatenate([region_syn[clean], region_test]),
+                              np.arange(len(ref) + len(scores)) < len(ref))
+            scores = both[len(ref):]
         return figures(scores, maps, test_masks, test_labels)
 
     by_lam = {r["shrinkage"]: r for r in decision["candidates"]}

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..metrics import aupro, auroc, pixel_auroc
-from .residual_stats import reconstruct, region_whitening, residuals, set_map_stats, whitening
+from .residual_stats import reconstruct, region_term_scores, residuals, set_map_stats, whitening
 
 CANDIDATES = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
 KINDS = ("confetti", "patch")
@@ -110,18 +110,6 @@ def zscore_max(map_scores: np.ndarray, region_scores: np.ndarray, clean: np.ndar
     def z(s):
         return (s - s[clean].mean()) / max(float(s[clean].std()), 1e-12)
     return np.maximum(z(map_scores), z(region_scores))
-
-
-@torch.no_grad()
-def region_term_scores(model, fit_residual: torch.Tensor, residual_sets: list, region_shrinkage: float) -> list:
-    """The regional term's raw scores for each residual set, fitted on ``fit_residual`` as
-    ``residual_stats.fit_head`` fits the shipped one (without the z-normalisation: ``zscore_max``)."""
-    from ..model.head import AnomalyHead
-
-    head = AnomalyHead(replace(model.cfg, score="mahalanobis", map_blur=0.0, map_pool=0), model.backbone.channels)
-    head.set_region_stats(*region_whitening(fit_residual.float(), model.cfg.region_grid, region_shrinkage))
-    return [torch.cat([head.region_score(r[s:s + 64].float()) for s in range(0, len(r), 64)]).double().numpy()
-            for r in residual_sets]
 
 
 def candidate_heads(model, residual: torch.Tensor, target: str, candidates=CANDIDATES):

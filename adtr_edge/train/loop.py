@@ -361,8 +361,7 @@ def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx
     synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
                               seed=train_cfg.seed)
     chosen = select_shrinkage(model, data.feats, synthetic, train_cfg.score_shrinkage, train_cfg.score_target, seed=train_cfg.seed,
-                              device=device, fit_residual=fit_residual,
-                              region_shrinkage=train_cfg.region_shrinkage if model.cfg.region_grid else None)
+                              device=device, fit_residual=fit_residual, region_shrinkage=train_cfg.region_shrinkage)
     return {**chosen, "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -22,6 +22,7 @@ lighting) leaves it as it was.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -114,16 +115,29 @@ def set_map_stats(head, residual: torch.Tensor, mean: torch.Tensor, whiten: torc
 def _set_stats(head, stats, residual, device=None) -> None:
     set_map_stats(head, residual, *(t.to(device) if device is not None else t for t in stats["residual"]))
     if "region" in stats:
-        mean, basis, scale, rest = stats["region"]
-        head.set_region_stats(mean, basis, scale, rest)
+        head.set_region_stats(*stats["region"])
 
 
 @torch.no_grad()
+def _batched(score, residual: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """``score`` (one of the head's per-image scores) over residuals in batches, as float64 on the CPU."""
+    return torch.cat([score(residual[s:s + batch_size]) for s in range(0, len(residual), batch_size)]).double().numpy()
+
+
 def _scores(head, residual: torch.Tensor, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(map scores, regional scores) of residuals under ``head``, on the CPU."""
-    parts = [(head.map_score(residual[s:s + batch_size]), head.region_score(residual[s:s + batch_size]))
-             for s in range(0, len(residual), batch_size)]
-    return tuple(torch.cat([p[i] for p in parts]).double().numpy() for i in (0, 1))
+    return _batched(head.map_score, residual, batch_size), _batched(head.region_score, residual, batch_size)
+
+
+def region_term_scores(model, fit_residual: torch.Tensor, residual_sets: list, region_shrinkage: float) -> list:
+    """The regional term's raw scores for each residual set, fitted on ``fit_residual`` as ``fit_head``
+    fits the shipped one, without its z-normalisation (head selection scores candidates with it:
+    ``train.head_select``). The probe head carries no map part (its map is not scored)."""
+    from ..model.head import AnomalyHead
+
+    head = AnomalyHead(replace(model.cfg, score="mahalanobis", map_blur=0.0, map_pool=0), model.backbone.channels)
+    head.set_region_stats(*region_whitening(fit_residual.float(), model.cfg.region_grid, region_shrinkage))
+    return [_batched(head.region_score, r.float()) for r in residual_sets]
 
 
 def fit_head_for(model, train_cfg, features: torch.Tensor, device, residual: torch.Tensor | None = None) -> None:
