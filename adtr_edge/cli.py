@@ -65,6 +65,7 @@ def train(
     decoder_layers: Optional[int] = typer.Option(None, help="Transformer decoder layers (paper: 4)."),
     d_model: Optional[int] = typer.Option(None, help="Transformer width (paper: 256)."),
     jitter: Optional[float] = typer.Option(None, help="Feature-jitter noise on the encoder input (std as a share of each token's RMS)."),
+    jitter_shape: Optional[str] = typer.Option(None, help="isotropic (UniAD's) or covariance: the jitter shaped like each location's normal variation, same energy."),
     score: Optional[str] = typer.Option(None, help="Residual score: mahalanobis (per-location statistics of normal residuals) or l2."),
     score_select: Optional[str] = typer.Option(None, help="synthetic (default): move the head's shrinkage when synthetic defects on held-out normals clearly favour another; none."),
     region_grid: Optional[int] = typer.Option(None, help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
@@ -98,7 +99,7 @@ def train(
     m_over = {"input_size": _parse_size(input_size), "stages": _parse_ints(stages, "--stages"),
               "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model, "score": score,
               "region_grid": region_grid, "map_pool": map_pool}
-    t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "threshold_quantile": threshold_quantile,
+    t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "jitter_shape": jitter_shape, "threshold_quantile": threshold_quantile,
               "time_budget": time_budget, "augment": augment, "score_select": score_select,
               "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
     m_kw, t_kw = apply_preset(preset, m_over, t_over)
@@ -178,6 +179,8 @@ def _collapse_text(figures: dict) -> str:
 
 
 def _print_metrics(report: dict) -> None:
+    from .significance import METRIC_NAMES
+
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
 
@@ -192,7 +195,7 @@ def _print_metrics(report: dict) -> None:
     vs = report.get("against")
     if vs:
         diffs = [f"{name} {100 * vs[key]['difference'][0]:+.2f} [{100 * vs[key]['difference'][1]:+.2f}, {100 * vs[key]['difference'][2]:+.2f}]"
-                 for key, name in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")) if key in vs]
+                 for key, name in METRIC_NAMES.items() if key in vs]
         typer.echo(f"against {vs['model']}, points [95% paired interval]: " + "  ".join(diffs))
     for defect, m in sorted(report.get("per_defect", {}).items()):
         typer.echo(f"  {defect:<14} image {fmt(m.get('image_auroc'))}  pixel {fmt(m.get('pixel_auroc'))}  AUPRO {fmt(m.get('aupro'))}  n={m.get('n')}")

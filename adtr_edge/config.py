@@ -159,6 +159,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     standardize_features: bool = True  # per-channel feature standardisation (training stats)
     feature_jitter: float = 0.0  # UniAD-style noise on the encoder input: std = this x the token's RMS
+    jitter_shape: str = "isotropic"  # "isotropic" (UniAD) | "covariance": shaped like each location's normal variation, same energy
     time_budget: float = 0.0  # seconds of training (features excluded); > 0 fits the schedule to it after epoch 1
     augment: str = "none"  # extra views of the normals the transformer trains on: "none" | "flip" | "d4" (train.features.AUGMENTS)
     score_shrinkage: float = 0.05  # "mahalanobis" score: weight of the shrinkage target in each location's covariance

@@ -37,6 +37,24 @@ def save_png(fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def style_panel(ax, legend: bool = False, **labels) -> None:
+    """The benchmark plots' panel style: ``labels`` (title, xlabel, ylabel), a light grid, and a
+    small legend in the lower left where ``legend`` (the first panel of a row)."""
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="lower left")
+
+
+def write_figure(fig, path: str | os.PathLike, rect: tuple | None = None) -> int:
+    """Lay out a benchmark's figure, save it atomically and say where: the end of every plot script
+    (``rect`` leaves room for a suptitle or an outside legend). Returns 0, the script's exit code."""
+    fig.tight_layout(**({"rect": rect} if rect else {}))
+    save_png(fig, path)
+    print(f"wrote {path}")
+    return 0
+
+
 def roc_plot(curves: Mapping[str, tuple], path: str | os.PathLike) -> Path:
     """ROC curves, one line per name: ``curves[name] = (fpr, tpr, auc)``; AUC shown in the legend."""
     if not curves:

@@ -21,7 +21,8 @@ import numpy as np
 from .errors import AdtrError
 from .metrics import aupro, auroc, mask_regions, maps_and_masks, pixel_auroc
 
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
+METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}  # key -> how reports name it
+METRICS = tuple(METRIC_NAMES)
 
 
 @dataclass

@@ -8,6 +8,8 @@ default the per-location Gaussian) on the *same* standardised features of the sa
 ``adtr_edge.significance.paired_bootstrap``: stratified resamples of the images, each metric's
 confidence interval and the interval of the difference ADTR - baseline. Several checkpoints (for
 example the same recipe trained with other seeds) add the spread that training itself adds.
+``--against-checkpoint CKPT`` pairs each checkpoint with another trained one instead (two training
+variants on the same images; each scores its own features as shipped).
 """
 
 from __future__ import annotations
@@ -32,14 +34,26 @@ from adtr_edge.significance import METRICS, paired_bootstrap  # noqa: E402
 from adtr_edge.train.loop import score_features  # noqa: E402
 
 
-def compare(checkpoint: Path, data: Path, cache: Path, split: str, against: str, resamples: int, seed: int) -> dict:
+def shipped_outputs(checkpoint: Path, data: Path, cache: Path, split: str) -> tuple:
+    """A checkpoint's image scores and maps on ``split``, each on its own standardised features:
+    (model, checkpoint, test images, fit features, test features, {"scores", "maps"})."""
     model, ckpt, test, fit_feats, test_feats = checkpoint_features(checkpoint, data, cache, split)
-    masks = masks_at(test, preprocess_spec(ckpt.model_config))
     with torch.no_grad():
         scores, maps = score_features(model, test_feats, torch.device("cpu"))
-        base_maps, base_scores = model.head.from_grid_map(BASELINES[against](fit_feats, test_feats))
-    result = paired_bootstrap({"scores": scores, "maps": maps}, {"scores": base_scores.numpy(), "maps": base_maps[:, 0].numpy()},
-                              np.asarray(test.labels), masks, resamples=resamples, seed=seed)
+    return model, ckpt, test, fit_feats, test_feats, {"scores": scores, "maps": maps}
+
+
+def compare(checkpoint: Path, data: Path, cache: Path, split: str, against: str, resamples: int, seed: int,
+            reference: dict | None = None) -> dict:
+    """``checkpoint`` against the baseline ``against`` on its features, or against ``reference``
+    (another checkpoint's ``shipped_outputs`` on the same images) when given."""
+    model, ckpt, test, fit_feats, test_feats, ours = shipped_outputs(checkpoint, data, cache, split)
+    masks = masks_at(test, preprocess_spec(ckpt.model_config))
+    if reference is None:
+        with torch.no_grad():
+            base_maps, base_scores = model.head.from_grid_map(BASELINES[against](fit_feats, test_feats))
+        reference = {"scores": base_scores.numpy(), "maps": base_maps[:, 0].numpy()}
+    result = paired_bootstrap(ours, reference, np.asarray(test.labels), masks, resamples=resamples, seed=seed)
     return {"checkpoint": str(checkpoint), "seed": ckpt.train_config.seed, "images": len(test), "against": against, **result.to_dict()}
 
 
@@ -69,13 +83,18 @@ def main() -> None:
     ap.add_argument("--cache", required=True, type=Path, help="feature cache folder (as for accuracy.py)")
     ap.add_argument("--split", choices=("val", "test", "all"), default="test")
     ap.add_argument("--against", choices=sorted(BASELINES), default="gaussian")
+    ap.add_argument("--against-checkpoint", type=Path, default=None,
+                    help="compare with this trained checkpoint as shipped instead of a baseline (same images)")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0, help="resampling seed")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    rows = []
+    rows, reference, against = [], None, args.against
+    if args.against_checkpoint:
+        *_, reference = shipped_outputs(args.against_checkpoint, args.data, args.cache, args.split)
+        against = str(args.against_checkpoint)
     for checkpoint in args.checkpoints:
-        rows.append(compare(checkpoint, args.data, args.cache, args.split, args.against, args.resamples, args.seed))
+        rows.append(compare(checkpoint, args.data, args.cache, args.split, against, args.resamples, args.seed, reference))
         print(json.dumps({k: rows[-1][k] for k in ("checkpoint", "images", "difference", "a_better")}), flush=True)
     print(to_markdown(rows))
     if args.json:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import _models  # noqa: F401  (puts the repository on sys.path)
 
-from adtr_edge.plots import figure, save_png  # noqa: E402
+from adtr_edge.plots import figure, style_panel, write_figure  # noqa: E402
+from adtr_edge.significance import METRIC_NAMES  # noqa: E402
 
-METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+METRICS = tuple(METRIC_NAMES.items())
 
 
 def main(argv: list[str]) -> int:
@@ -43,15 +44,9 @@ def main(argv: list[str]) -> int:
         d = run["decision"]
         ax.axvline(d["configured"], color="grey", linestyle=":", linewidth=1)
         ax.axvline(d["shrinkage"], color="grey", linewidth=1.5)
-        ax.set(title=f"{label}: chosen {d['shrinkage']:g} (best synthetic {d['best']:g}, ahead {d['best_ahead']:.0%})",
-               xlabel="shrinkage towards the average variance", ylabel="metric")
-        ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    save_png(fig, args.out)
-    print(f"wrote {args.out}")
-    return 0
+        style_panel(ax, i == 0, title=f"{label}: chosen {d['shrinkage']:g} (best synthetic {d['best']:g}, ahead {d['best_ahead']:.0%})",
+                    xlabel="shrinkage towards the average variance", ylabel="metric")
+    return write_figure(fig, args.out)
 
 
 if __name__ == "__main__":

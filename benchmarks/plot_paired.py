@@ -20,9 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402, F401  (puts the repository on sys.path)
 
-from adtr_edge.plots import figure, save_png  # noqa: E402
+from adtr_edge.plots import figure, write_figure  # noqa: E402
+from adtr_edge.significance import METRIC_NAMES  # noqa: E402
 
-METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+METRICS = tuple(METRIC_NAMES.items())
 
 
 def differences(spec: str) -> tuple[str, dict]:
@@ -64,10 +65,7 @@ def main(argv: list[str]) -> int:
         ax.set(xlabel=f"{name}, points", yticks=ys, yticklabels=[r[0] for r in rows] if ax is axes[0] else [])
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(args.title + " (blue: the interval excludes 0)")
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    save_png(fig, args.out)
-    print(f"wrote {args.out}")
-    return 0
+    return write_figure(fig, args.out, rect=(0, 0, 1, 0.9))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402, F401  (puts the repository on sys.path)
 
-from adtr_edge.plots import figure, save_png  # noqa: E402
+from adtr_edge.plots import figure, style_panel, write_figure  # noqa: E402
+from adtr_edge.significance import METRIC_NAMES  # noqa: E402
 
-METRICS = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+METRICS = tuple(METRIC_NAMES.items())
 
 
 def adtr_row(rows: list[dict]) -> dict:
@@ -57,15 +58,11 @@ def main(argv: list[str]) -> int:
     for ax, (_, name) in zip(axes, METRICS):
         if args.half_of in ms:
             ax.axvline(ms[args.half_of] / 2, linestyle="--", color="grey", linewidth=1, label=f"half of {args.half_of}")
-        ax.set(xlabel="ms per frame (ONNX Runtime, 1 thread)", ylabel=name)
-        ax.grid(alpha=0.3)
+        style_panel(ax, xlabel="ms per frame (ONNX Runtime, 1 thread)", ylabel=name)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.99, 0.5), fontsize="small")
     fig.suptitle("Validation split: accuracy against inference time (filled: ADTR, hollow: Gaussian on the same features)")
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    save_png(fig, args.out)
-    print(f"wrote {args.out}")
-    return 0
+    return write_figure(fig, args.out, rect=(0, 0, 1, 0.94))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 One batch of 16 random standardised feature maps (176 channels, 16x16 grid, Lite0 at 256 px),
 AdamW, forward + backward + step, after one warm-up step. Shows what dropout, heads, width, depth
-and the neighbour mask cost on a CPU (docs/benchmarks.md section 1.2).
+and the neighbour mask cost on a CPU (docs/benchmarks.md section 1.2), and what drawing the feature
+jitter costs for the default shape, isotropic against covariance-shaped (section 1.3, stop 28).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adtr_edge.config import ModelConfig  # noqa: E402
 from adtr_edge.model.adtr import ReconstructionTransformer  # noqa: E402
+from adtr_edge.train.loop import covariance_jitter_shape, feature_jitter  # noqa: E402
 
 VARIANTS = {
     "d128 2+2, dropout 0.1": dict(d_model=128, dim_feedforward=512, num_encoder_layers=2, num_decoder_layers=2, dropout=0.1),
@@ -32,15 +34,19 @@ VARIANTS = {
 }
 
 
-def seconds_per_step(cfg: ModelConfig, steps: int) -> float:
+def seconds_per_step(cfg: ModelConfig, steps: int, jitter: str | None = None) -> float:
+    """``jitter``: None, "isotropic" or "covariance" (drawn every step, at 1.0, as training does)."""
     torch.manual_seed(0)
     model = ReconstructionTransformer(cfg, 176).train()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     f = torch.randn(16, 176, *cfg.grid)
+    shape = covariance_jitter_shape(torch.randn(200, 176, *cfg.grid)) if jitter == "covariance" else None
+    g = torch.Generator().manual_seed(0)
     for i in range(steps + 1):
         if i == 1:
             t0 = time.perf_counter()
-        loss = ((model(f) - f) ** 2).mean()
+        noise = feature_jitter(f, 1.0, g, shape) if jitter else None
+        loss = ((model(f, noise) - f) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -53,6 +59,9 @@ def main() -> None:
     print("| variant | s per step |\n|---|---|")
     for name, kw in VARIANTS.items():
         print(f"| {name} | {seconds_per_step(ModelConfig(**kw), steps):.2f} |", flush=True)
+    default = ModelConfig(**VARIANTS["d128 2+2, dropout 0, mask 3x3, sine (default)"])
+    for jitter in ("isotropic", "covariance", "isotropic", "covariance"):  # interleaved: the machine is noisy
+        print(f"| default, {jitter} jitter 1.0 | {seconds_per_step(default, steps, jitter):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from adtr_edge.errors import AdtrError
 from adtr_edge.model.adtr import MASKED_BIAS, Attention, neighbour_bias, sine_position
 from adtr_edge.model.head import AnomalyHead
 from adtr_edge.train.diagnostics import DefectProbe, collapse_figures, defect_pass_through, input_following
-from adtr_edge.train.loop import epochs_for_budget, feature_jitter
+from adtr_edge.train.loop import check_train_choices, covariance_jitter_shape, epochs_for_budget, feature_jitter
 from adtr_edge.train.residual_stats import whitening
 
 from tests.conftest import tiny_model_config
@@ -124,6 +124,31 @@ def test_feature_jitter_scales_with_each_tokens_rms():
     assert j.shape == (2, 16, 8)
     assert float(j[0].std()) == pytest.approx(0.5, rel=0.2)
     assert float(j[1].std()) == pytest.approx(5.0, rel=0.2)
+
+
+def test_covariance_jitter_follows_each_locations_normal_variation_at_isotropic_energy():
+    g = torch.Generator().manual_seed(0)
+    n, c = 4000, 3
+    scales = torch.tensor([0.5, 1.0, 2.0]).reshape(1, c, 1, 1)
+    feats = torch.randn(n, c, 2, 2, generator=g) * scales + 5.0  # one location's spread differs per channel
+    feats[:, :, 0, 0] *= 2.0  # and per location
+    shape = covariance_jitter_shape(feats)
+    assert shape.shape == (4, c, c)
+    noise = feature_jitter(feats[:500], 1.0, g, shape)  # (N, K, C)
+    std = noise.std(dim=0)  # per location and channel
+    expected = feats.std(dim=0).permute(1, 2, 0).reshape(4, c)
+    ratio = std / expected  # one gain for every location and direction
+    assert torch.allclose(ratio, ratio.mean(), rtol=0.15)
+    # the same mean energy per token as UniAD's jitter at 1x the token's RMS
+    iso = feature_jitter(feats[:500], 1.0, g)
+    energy, iso_energy = noise.pow(2).sum(dim=2).mean(), iso.pow(2).sum(dim=2).mean()
+    assert float(energy) == pytest.approx(float(iso_energy), rel=0.1)
+
+
+def test_jitter_shape_is_checked_before_training():
+    check_train_choices(TrainConfig(jitter_shape="covariance"))
+    with pytest.raises(AdtrError, match="--jitter-shape 'round'"):
+        check_train_choices(TrainConfig(jitter_shape="round"))
 
 
 def test_time_budget_sets_epochs():

@@ -159,3 +159,26 @@ def test_augmented_views_are_cached_and_trained_on(tmp_path, sample_dataset):
     with pytest.raises(AdtrError, match="--augment"):
         train_model(ds, tiny_model_config(), TrainConfig(epochs=1, device="cpu", augment="rot"), tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_covariance_jitter_is_what_training_adds(tmp_path, sample_dataset):
+    """--jitter-shape covariance: training draws its noise from the fit normals' per-location factors."""
+    import adtr_edge.train.loop as loop
+
+    ds = load_dataset(sample_dataset, "train")
+    cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", feature_jitter=1.0, jitter_shape="covariance")
+    shapes = []
+    real_jitter = loop.feature_jitter
+
+    def recording(f, scale, g, shape=None):
+        shapes.append(shape)
+        return real_jitter(f, scale, g, shape)
+
+    loop.feature_jitter = recording
+    try:
+        result = train_model(ds, tiny_model_config(), cfg, tmp_path / "run", progress=False)
+    finally:
+        loop.feature_jitter = real_jitter
+    c, (h, w) = result.model.backbone.channels, result.model.cfg.grid
+    assert shapes and all(s is not None and s.shape == (h * w, c, c) for s in shapes)
+    assert result.checkpoint.train_config.jitter_shape == "covariance"

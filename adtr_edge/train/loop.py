@@ -27,6 +27,7 @@ from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_chec
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
 from .features import augment_views, cached_raw_features, channel_stats, extract_raw_features, grid_masks
+from .residual_stats import location_covariance
 
 PROBE_IMAGES = 16  # held-out normals that get a synthetic defect for the pass-through figure
 
@@ -56,11 +57,30 @@ class TrainResult:
     seconds: float
 
 
-def feature_jitter(f: torch.Tensor, scale: float, g: torch.Generator) -> torch.Tensor:
-    """UniAD's feature jitter, (N, K, C): Gaussian noise whose std is ``scale`` x each token's RMS."""
+def feature_jitter(f: torch.Tensor, scale: float, g: torch.Generator, shape: torch.Tensor | None = None) -> torch.Tensor:
+    """UniAD's feature jitter, (N, K, C): Gaussian noise whose std is ``scale`` x each token's RMS;
+    with ``shape`` (``covariance_jitter_shape``), noise shaped like each location's normal variation."""
     tokens = f.flatten(2).transpose(1, 2)
+    if shape is not None:
+        z = torch.randn(tokens.shape, generator=g).to(f.device)
+        return torch.einsum("kcd,nkd->nkc", shape.to(f.device), z) * scale
     rms = tokens.pow(2).mean(dim=2, keepdim=True).sqrt()
     return torch.randn(tokens.shape, generator=g).to(f.device) * rms * scale
+
+
+JITTER_SHAPES = ("isotropic", "covariance")
+
+
+def covariance_jitter_shape(feats: torch.Tensor) -> torch.Tensor:
+    """(K, C, C): each grid location's Cholesky factor of the fit normals' feature covariance
+    (plus 1% of the average variance), scaled so that the noise's mean energy per token equals
+    isotropic jitter's at the same ``feature_jitter``. Isotropic noise at 1x the token's RMS buries
+    the low-variance directions that the Mahalanobis head weighs most; this noise perturbs every
+    direction in proportion to its normal variation (docs/benchmarks.md 1.3, stop 28)."""
+    _, chol = location_covariance(feats, eps=0.01, what="--jitter-shape covariance")
+    token_energy = feats.double().pow(2).sum(dim=1).mean()
+    gain = (token_energy / chol.pow(2).sum(dim=(1, 2)).mean()).sqrt()  # trace(L L^T) = sum of L^2
+    return (chol * gain).float()
 
 
 def epochs_for_budget(cfg: TrainConfig, first_epoch_seconds: float) -> int:
@@ -135,6 +155,7 @@ class RunData:
     pool_feats: torch.Tensor | None = None  # anomalous examples (ADTR+)
     pool_targets: torch.Tensor | None = None  # their grid masks (pixel loss) or ones (image loss)
     train_feats: torch.Tensor | None = None  # what the transformer trains on: feats + augmented views (None: feats)
+    jitter_shape: torch.Tensor | None = None  # covariance-shaped jitter's per-location factors (None: isotropic)
 
 
 def train_model(
@@ -160,7 +181,7 @@ def train_model(
     """
     out_dir = Path(out_dir)
     augment_views(train_cfg.augment)  # a bad --augment or score_select fails before any feature is computed
-    check_score_select(train_cfg)
+    check_train_choices(train_cfg)
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
     fit_idx, val_idx = split_normals(train_set, train_cfg)
@@ -200,6 +221,8 @@ def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_se
     probe = make_probe(model.backbone, [train_set.image(i) for i in probe_idx], val_feats[:len(probe_idx)], spec,
                        model_cfg.grid, device, seed=train_cfg.seed)
     data = RunData(feats, val_feats, feats.mean(dim=0, keepdim=True), probe)
+    if train_cfg.jitter_shape == "covariance" and train_cfg.feature_jitter > 0:
+        data.jitter_shape = covariance_jitter_shape(feats)
     views = augment_views(train_cfg.augment)
     if views:  # the transformer sees more normal variety; the head and threshold stay on the real views
         extra = [(cached_raw_features(model.backbone, train_set, fit_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
@@ -221,7 +244,7 @@ def step_loss(model, f: torch.Tensor, data: RunData, loss_kind: str, model_cfg: 
               g: torch.Generator, device) -> torch.Tensor:
     """The loss of one batch of normal features (plus anomalous ones, ADTR+)."""
     if loss_kind == "normal":
-        jitter = feature_jitter(f, train_cfg.feature_jitter, g) if train_cfg.feature_jitter > 0 else None
+        jitter = feature_jitter(f, train_cfg.feature_jitter, g, data.jitter_shape) if train_cfg.feature_jitter > 0 else None
         return normal_loss(f, model.transformer(f, jitter)).float()
     pick = torch.randint(0, len(data.pool_feats), (max(1, f.shape[0] // 2),), generator=g)
     both = torch.cat([f, data.pool_feats[pick].to(device)])
@@ -339,8 +362,10 @@ def _figures_text(figures: dict) -> str:
 SCORE_SELECT = ("synthetic", "none")
 
 
-def check_score_select(train_cfg: TrainConfig) -> None:
+def check_train_choices(train_cfg: TrainConfig) -> None:
+    """The named choices of a TrainConfig that no dataclass check covers, before any work is done."""
     require(train_cfg.score_select in SCORE_SELECT, f"--score-select {train_cfg.score_select!r}: choose one of {list(SCORE_SELECT)}")
+    require(train_cfg.jitter_shape in JITTER_SHAPES, f"--jitter-shape {train_cfg.jitter_shape!r}: choose one of {list(JITTER_SHAPES)}")
 
 
 def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx, device, fit_residual=None,

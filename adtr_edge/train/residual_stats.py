@@ -47,20 +47,18 @@ def residuals(model, features: torch.Tensor, device, batch_size: int = 32) -> to
 SHRINK_TARGETS = ("pooled", "identity")
 
 
-def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3, target: str = "pooled") -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean (K, C), whiten (K, C, C)) of residuals (N, C, h, w); see the module docstring.
-
-    ``target`` "identity" shrinks towards the average variance times I instead of the pooled
-    covariance: at ``shrinkage`` 1 the score is then the plain L2 norm (scaled), at 0 the full
-    per-location Mahalanobis distance.
-    """
+def location_covariance(x: torch.Tensor, shrinkage: float = 0.0, target: str = "pooled", eps: float = 1e-3,
+                        what: str = "per-location covariance") -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (K, C), lower Cholesky factor L (K, C, C)) of each grid location's covariance of ``x``
+    (N, C, h, w), float64: shrunk by ``shrinkage`` towards ``target`` (see ``whitening``), plus
+    ``eps`` x the average variance on the diagonal. ``what`` names the caller in errors."""
     require(0.0 <= shrinkage <= 1.0, f"score shrinkage {shrinkage}: must be in [0, 1]")
     require(target in SHRINK_TARGETS, f"score shrinkage target {target!r}: choose one of {list(SHRINK_TARGETS)}")
-    n, c, h, w = res.shape
-    require(n >= 2, f"mahalanobis score: needs at least 2 normal images to fit, got {n}")
-    x = res.double().permute(2, 3, 0, 1).reshape(h * w, n, c)  # (K, N, C)
-    mean = x.mean(dim=1, keepdim=True)
-    xc = x - mean
+    n, c, h, w = x.shape
+    require(n >= 2, f"{what}: needs at least 2 normal images to fit, got {n}")
+    xs = x.double().permute(2, 3, 0, 1).reshape(h * w, n, c)  # (K, N, C)
+    mean = xs.mean(dim=1, keepdim=True)
+    xc = xs - mean
     cov = xc.transpose(1, 2) @ xc / (n - 1)  # (K, C, C)
     pooled = cov.mean(dim=0, keepdim=True)
     scale = torch.diagonal(pooled[0]).mean().clamp_min(1e-12)
@@ -68,10 +66,21 @@ def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3, target: st
         pooled = scale * torch.eye(c, dtype=torch.float64).unsqueeze(0)
     sigma = (1.0 - shrinkage) * cov + shrinkage * pooled
     sigma = sigma + eps * scale * torch.eye(c, dtype=torch.float64)
-    chol = torch.linalg.cholesky(sigma)  # (K, C, C), lower
-    eye = torch.eye(c, dtype=torch.float64).expand(h * w, c, c)
+    return mean[:, 0], torch.linalg.cholesky(sigma)
+
+
+def whitening(res: torch.Tensor, shrinkage: float, eps: float = 1e-3, target: str = "pooled") -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (K, C), whiten (K, C, C)) of residuals (N, C, h, w); see the module docstring.
+
+    ``target`` "identity" shrinks towards the average variance times I instead of the pooled
+    covariance: at ``shrinkage`` 1 the score is then the plain L2 norm (scaled), at 0 the full
+    per-location Mahalanobis distance.
+    """
+    mean, chol = location_covariance(res, shrinkage, target, eps, what="mahalanobis score")  # (K, C), (K, C, C) lower
+    k, c = mean.shape
+    eye = torch.eye(c, dtype=torch.float64).expand(k, c, c)
     inv_l = torch.linalg.solve_triangular(chol, eye, upper=False)  # L^-1
-    return mean[:, 0].float(), inv_l.transpose(1, 2).contiguous().float()  # W = L^-T
+    return mean.float(), inv_l.transpose(1, 2).contiguous().float()  # W = L^-T
 
 
 def region_whitening(res: torch.Tensor, grid: int, shrinkage: float, rank: int = REGION_RANK, eps: float = 1e-3):
