@@ -150,6 +150,9 @@ def main() -> None:
     ap.add_argument("--rings", default="1,2")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
+    rings = [int(r) for r in args.rings.split(",") if r.strip().isdigit()]
+    if not rings or min(rings) < 1 or len(rings) != len([r for r in args.rings.split(",") if r]):
+        sys.exit(f"--rings {args.rings}: use distances of 1 or more, e.g. 1,2 (0 would be the cell itself)")
     torch.set_grad_enabled(False)
 
     m_over, t_over = apply_preset(args.preset, {}, {})
@@ -185,7 +188,7 @@ def main() -> None:
         return r
 
     rows = [row("f - mu (the Gaussian under the shipped head)", fit - mu, feats - mu, {})]
-    for radius in [int(r) for r in args.rings.split(",") if r]:
+    for radius in rings:
         offsets = ring_offsets(radius)
         for space, (into, back) in spaces.items():
             t = time.perf_counter()
