@@ -92,7 +92,12 @@ def explained(x: torch.Tensor, pred: torch.Tensor) -> float:
 
 
 class Whitening:
-    """Each location's Gaussian of the fit normals: z = L^-1 (f - mu), back: f = mu + L z."""
+    """Each location's Gaussian of the fit normals: z = L^-1 (f - mu), back: f = mu + L z.
+
+    Not ``residual_stats.location_covariance``: this adds an absolute 0.01 to the diagonal, as the
+    Gaussian baseline does (``baselines.gaussian``), where that one scales it by the average
+    variance; the documented figures (docs/benchmarks.md 1.3, stop 28) were made with this one, and
+    the other moves them in the third decimal."""
 
     def __init__(self, centred: torch.Tensor, eps: float = 0.01):
         n, c, h, w = centred.shape
@@ -177,8 +182,7 @@ def main() -> None:
 
     def row(name: str, fit_res: torch.Tensor, res: torch.Tensor, extra: dict) -> dict:
         fit_head_for(model, tcfg, None, torch.device("cpu"), residual=fit_res)
-        with torch.no_grad():
-            out = [model.head(res[s:s + 32], torch.zeros_like(res[s:s + 32])) for s in range(0, len(res), 32)]
+        out = [model.head(res[s:s + 32], torch.zeros_like(res[s:s + 32])) for s in range(0, len(res), 32)]  # grad is off (main)
         maps, scores = torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
         rep = report_for(scored_from(maps, scores, test, masks), None)
         r = {"residual": name, **summarise(rep), **extra,

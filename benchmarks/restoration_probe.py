@@ -37,12 +37,23 @@ def _draw(g: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high, (1,), generator=g))
 
 
+def cells(y: int, x: int, size: tuple[int, int], width: int) -> torch.Tensor:
+    """Token indices of the ``size`` (rows, cols) rectangle at (y, x) on a grid ``width`` cells wide."""
+    return torch.tensor([(y + dy) * width + x + dx for dy in range(size[0]) for dx in range(size[1])])
+
+
+def placed(g: torch.Generator, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """A rectangle of ``size`` at a random place on ``grid``: its token indices."""
+    (h, w), (a, b) = grid, size
+    y, x = _draw(g, 0, h - a + 1), _draw(g, 0, w - b + 1)
+    return cells(y, x, size, w)
+
+
 def rectangle(g: torch.Generator, grid: tuple[int, int], side: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Token indices of a random rectangle of at most ``side`` x ``side`` cells, and its size."""
     h, w = grid
-    a, b = _draw(g, 1, min(side, h) + 1), _draw(g, 1, min(side, w) + 1)
-    y, x = _draw(g, 0, h - a + 1), _draw(g, 0, w - b + 1)
-    return torch.tensor([(y + dy) * w + x + dx for dy in range(a) for dx in range(b)]), (a, b)
+    size = (_draw(g, 1, min(side, h) + 1), _draw(g, 1, min(side, w) + 1))
+    return placed(g, grid, size), size
 
 
 def restoration_jitter(share: float, side: int):
@@ -54,14 +65,12 @@ def restoration_jitter(share: float, side: int):
         for i in range(n):
             if torch.rand(1, generator=g).item() >= share:
                 continue
-            cells, (a, b) = rectangle(g, (h, w), side)
+            here, size = rectangle(g, (h, w), side)
             if torch.rand(1, generator=g).item() < 0.5 and n > 1:  # another image's features, elsewhere
                 src = (i + _draw(g, 1, n)) % n
-                ys, xs = _draw(g, 0, h - a + 1), _draw(g, 0, w - b + 1)
-                src_cells = torch.tensor([(ys + dy) * w + xs + dx for dy in range(a) for dx in range(b)])
-                noise[i, cells] = tokens[src, src_cells] - tokens[i, cells]
+                noise[i, here] = tokens[src, placed(g, (h, w), size)] - tokens[i, here]
             else:
-                noise[i, cells] += torch.randn(len(cells), c, generator=g).to(f.device) * rms[i, cells] * 3.0
+                noise[i, here] += torch.randn(len(here), c, generator=g).to(f.device) * rms[i, here] * 3.0
         return noise
     return jitter
 

@@ -61,11 +61,10 @@ def feature_jitter(f: torch.Tensor, scale: float, g: torch.Generator, shape: tor
     """UniAD's feature jitter, (N, K, C): Gaussian noise whose std is ``scale`` x each token's RMS;
     with ``shape`` (``covariance_jitter_shape``), noise shaped like each location's normal variation."""
     tokens = f.flatten(2).transpose(1, 2)
-    if shape is not None:
-        z = torch.randn(tokens.shape, generator=g).to(f.device)
-        return torch.einsum("kcd,nkd->nkc", shape.to(f.device), z) * scale
-    rms = tokens.pow(2).mean(dim=2, keepdim=True).sqrt()
-    return torch.randn(tokens.shape, generator=g).to(f.device) * rms * scale
+    z = torch.randn(tokens.shape, generator=g).to(f.device)
+    if shape is not None:  # already on f's device (prepare_data): no copy per step
+        return torch.einsum("kcd,nkd->nkc", shape, z) * scale
+    return z * tokens.pow(2).mean(dim=2, keepdim=True).sqrt() * scale
 
 
 JITTER_SHAPES = ("isotropic", "covariance")
@@ -155,7 +154,7 @@ class RunData:
     pool_feats: torch.Tensor | None = None  # anomalous examples (ADTR+)
     pool_targets: torch.Tensor | None = None  # their grid masks (pixel loss) or ones (image loss)
     train_feats: torch.Tensor | None = None  # what the transformer trains on: feats + augmented views (None: feats)
-    jitter_shape: torch.Tensor | None = None  # covariance-shaped jitter's per-location factors (None: isotropic)
+    jitter_factors: torch.Tensor | None = None  # covariance-shaped jitter's per-location factors, on the device (None: isotropic)
 
 
 def train_model(
@@ -180,7 +179,7 @@ def train_model(
     benchmarks record accuracy against training time.
     """
     out_dir = Path(out_dir)
-    augment_views(train_cfg.augment)  # a bad --augment or score_select fails before any feature is computed
+    augment_views(train_cfg.augment)  # a bad --augment, --score-select or --jitter-shape fails before any feature is computed
     check_train_choices(train_cfg)
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
@@ -222,7 +221,7 @@ def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_se
                        model_cfg.grid, device, seed=train_cfg.seed)
     data = RunData(feats, val_feats, feats.mean(dim=0, keepdim=True), probe)
     if train_cfg.jitter_shape == "covariance" and train_cfg.feature_jitter > 0:
-        data.jitter_shape = covariance_jitter_shape(feats)
+        data.jitter_factors = covariance_jitter_shape(feats).to(device)  # once, not per step
     views = augment_views(train_cfg.augment)
     if views:  # the transformer sees more normal variety; the head and threshold stay on the real views
         extra = [(cached_raw_features(model.backbone, train_set, fit_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
@@ -244,7 +243,7 @@ def step_loss(model, f: torch.Tensor, data: RunData, loss_kind: str, model_cfg: 
               g: torch.Generator, device) -> torch.Tensor:
     """The loss of one batch of normal features (plus anomalous ones, ADTR+)."""
     if loss_kind == "normal":
-        jitter = feature_jitter(f, train_cfg.feature_jitter, g, data.jitter_shape) if train_cfg.feature_jitter > 0 else None
+        jitter = feature_jitter(f, train_cfg.feature_jitter, g, data.jitter_factors) if train_cfg.feature_jitter > 0 else None
         return normal_loss(f, model.transformer(f, jitter)).float()
     pick = torch.randint(0, len(data.pool_feats), (max(1, f.shape[0] // 2),), generator=g)
     both = torch.cat([f, data.pool_feats[pick].to(device)])
