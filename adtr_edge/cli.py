@@ -40,6 +40,17 @@ def _parse_size(text: Optional[str]) -> Optional[tuple]:
     return tuple(parts)
 
 
+def _pool_clip(map_pool: Optional[int], clip: Optional[float]) -> Optional[float]:
+    """``--map-pool-clip``, or the shipped clip wherever ``--map-pool`` turns the pooled part on."""
+    if clip is not None and not map_pool:
+        raise AdtrError(f"--map-pool-clip {clip}: clips the pooled map part, so it needs --map-pool K (K odd, e.g. 5)")
+    if clip is None and map_pool:
+        from .config import MAP_POOL_CLIP
+
+        return MAP_POOL_CLIP
+    return clip
+
+
 def _parse_ints(text: Optional[str], option: str) -> Optional[tuple]:
     if text is None:
         return None
@@ -70,6 +81,7 @@ def train(
     score_select: Optional[str] = typer.Option(None, help="synthetic (default): move the head's shrinkage when synthetic defects on held-out normals clearly favour another; none."),
     region_grid: Optional[int] = typer.Option(None, help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
     map_pool: Optional[int] = typer.Option(None, help="Map: add the whitened residual averaged over K x K neighbours, K odd (default 0: per location; 5 for large faint defects)."),
+    map_pool_clip: Optional[float] = typer.Option(None, help="With --map-pool: clip each cell to this quantile of normal cells' norms before the average (default 0.99; 0 = no clip)."),
     time_budget: Optional[float] = typer.Option(None, help="Seconds of training (features excluded): the epochs are fitted to it after the first."),
     augment: Optional[str] = typer.Option(None, help="Extra views of the normals the transformer trains on (textures): none, flip (h+v) or d4 (flips, 90-degree turns); cached once."),
     threshold_quantile: Optional[float] = typer.Option(None, help="Quantile of held-out normal scores used as threshold (default 0.99)."),
@@ -98,7 +110,7 @@ def train(
 
     m_over = {"input_size": _parse_size(input_size), "stages": _parse_ints(stages, "--stages"),
               "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model, "score": score,
-              "region_grid": region_grid, "map_pool": map_pool}
+              "region_grid": region_grid, "map_pool": map_pool, "map_pool_clip": _pool_clip(map_pool, map_pool_clip)}
     t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "jitter_shape": jitter_shape, "threshold_quantile": threshold_quantile,
               "time_budget": time_budget, "augment": augment, "score_select": score_select,
               "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}

@@ -90,6 +90,11 @@ class ModelConfig:
     # the norm of the whitened residual averaged over each k x k neighbourhood. 0 = per location only.
     map_pool: int = 0
     map_pool_weight: float = 0.25
+    # q in (0, 1): before the average, each cell's whitened residual is clipped to the q-quantile of
+    # normal cells' norms (``pool_cap``, fitted), so that one strong small defect cannot spread over
+    # the window while a faint change over many cells still adds up. 0 = no clip (checkpoints from
+    # before this field); ``train --map-pool`` uses MAP_POOL_CLIP.
+    map_pool_clip: float = 0.0
     mean: tuple[float, float, float] = BACKBONES[DEFAULT_BACKBONE]["mean"]  # of the backbone's ImageNet weights
     std: tuple[float, float, float] = BACKBONES[DEFAULT_BACKBONE]["std"]
 
@@ -119,6 +124,8 @@ class ModelConfig:
             raise AdtrError(f"map_pool {self.map_pool}: use 0 (off) or an odd window such as 3 or 5")
         if self.map_pool_weight < 0:
             raise AdtrError(f"map_pool_weight {self.map_pool_weight}: must be >= 0")
+        if not 0.0 <= self.map_pool_clip < 1.0:
+            raise AdtrError(f"map_pool_clip {self.map_pool_clip}: use 0 (no clip) or a quantile below 1, such as 0.99")
         if self.region_grid and self.score != "mahalanobis":
             raise AdtrError(f"region_grid {self.region_grid}: needs score 'mahalanobis' (its statistics are fitted with that head's)")
         if self.neighbor_mask >= min(gh, gw):
@@ -199,7 +206,10 @@ class TrainConfig:
 # The regional image score (4 x 4 regions) was chosen on magnetic tile's validation split (section 1.3,
 # stop 26): +4.0 image-AUROC points there, +2.4 on the held-out rest, the map unchanged. The map's
 # pooled part (``map_pool``) is not in the presets: +2.2 pixel points on magnetic tile, but -3.7 AUPRO
-# points on the generated tiles' small defects.
+# points on the generated tiles' small defects (-1.3 with its cells clipped, MAP_POOL_CLIP; stop 29).
+# The clip of the pooled part's cells when a user turns it on: the normal range of one cell (its 99th
+# percentile on the fit normals), not a tuned value (docs/benchmarks.md 1.3, stop 29).
+MAP_POOL_CLIP = 0.99
 CONTEXT_RECIPE = {"d_model": 128, "dim_feedforward": 512, "dropout": 0.0, "pos_embed": "sine", "neighbor_mask": 3,
                   "score": "mahalanobis", "region_grid": 4}
 PRESETS: dict[str, dict] = {

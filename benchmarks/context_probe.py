@@ -14,7 +14,8 @@ refitted on the fit normals, exactly as ADTR's residual is. The reference row is
 Gaussian baseline under the same head.
 
 Rings: ``1`` = the 8 neighbours (what the 3x3 neighbour mask hides from ADTR's queries), ``2`` = the
-16 cells at Chebyshev distance 2 (what the mask leaves nearest). Each is fitted in two spaces: the
+16 cells at Chebyshev distance 2 (what the mask leaves nearest). ``farR`` (stop 29): the mean of every cell at
+distance R or more, the part of the image a defect smaller than the window cannot reach. Each is fitted in two spaces: the
 standardised features (an L2 loss, as ADTR trains) and each location's whitened features (the
 per-location Gaussian's own metric, so the fit spends itself on directions the head weighs). The
 ridge strength is chosen by the explained variance on the held-out normals (no defects involved).
@@ -54,9 +55,29 @@ def ring_offsets(radius: int) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if max(abs(dy), abs(dx)) == radius]
 
 
-def context(x: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
+class Far:
+    """Far context: the mean of a cell's features over every cell at Chebyshev distance ``radius``
+    or more, one C-vector per cell. A defect smaller than the (2 radius - 1)^2 window around a cell
+    cannot reach it; what it carries is the image's overall state (its shading, its texture)."""
+
+    def __init__(self, radius: int):
+        self.radius, self.window = radius, 2 * radius - 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        k, pad = self.window, self.radius - 1
+        _, _, h, w = x.shape
+        box = lambda t: torch.nn.functional.avg_pool2d(t, k, stride=1, padding=pad, count_include_pad=True) * (k * k)  # noqa: E731
+        outside = h * w - box(torch.ones(1, 1, h, w, dtype=x.dtype))
+        if float(outside.min()) < 1:
+            raise ValueError(f"far {self.radius}: the {k}x{k} window covers the whole {h}x{w} grid")
+        return (x.sum(dim=(2, 3), keepdim=True) - box(x)) / outside
+
+
+def context(x: torch.Tensor, offsets: list[tuple[int, int]] | Far) -> torch.Tensor:
     """(N, C, H, W) centred features -> (N, K*C, H, W): each cell's neighbours at ``offsets``,
-    zero (the mean) beyond the border."""
+    zero (the mean) beyond the border; or, for a ``Far``, the mean of the cells beyond its window."""
+    if isinstance(offsets, Far):
+        return offsets(x)
     r = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     _, _, h, w = x.shape
     pad = torch.nn.functional.pad(x, (r, r, r, r))
@@ -144,6 +165,18 @@ def fit_context(fit: torch.Tensor, held: torch.Tensor, offsets) -> tuple[torch.T
     return best[0], best[2], tried
 
 
+def parse_rings(text: str) -> list[tuple[str, int]]:
+    """``"1,2,far3"`` -> [("ring", 1), ("ring", 2), ("far", 3)]; a one-line exit on anything else."""
+    out = []
+    for tok in (t.strip() for t in text.split(",")):
+        kind, num = ("far", tok[3:]) if tok.startswith("far") else ("ring", tok)
+        if not num.isdigit() or int(num) < 1 or (kind == "far" and int(num) < 2):
+            sys.exit(f"--rings {text}: use ring distances of 1 or more and farR with R of 2 or more, e.g. 1,2,far3"
+                     " (0 would be the cell itself)")
+        out.append((kind, int(num)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -152,12 +185,10 @@ def main() -> None:
     ap.add_argument("--preset", default="default", help="whose backbone, input size and head to use")
     ap.add_argument("--input-size", type=int, default=None)
     ap.add_argument("--feature-stride", type=int, default=16)
-    ap.add_argument("--rings", default="1,2")
+    ap.add_argument("--rings", default="1,2", help="ring distances, and farR for the mean of the cells at distance R or more")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
-    rings = [int(r) for r in args.rings.split(",") if r.strip().isdigit()]
-    if not rings or min(rings) < 1 or len(rings) != len([r for r in args.rings.split(",") if r]):
-        sys.exit(f"--rings {args.rings}: use distances of 1 or more, e.g. 1,2 (0 would be the cell itself)")
+    rings = parse_rings(args.rings)
     torch.set_grad_enabled(False)
 
     m_over, t_over = apply_preset(args.preset, {}, {})
@@ -192,28 +223,29 @@ def main() -> None:
         return r
 
     rows = [row("f - mu (the Gaussian under the shipped head)", fit - mu, feats - mu, {})]
-    for radius in rings:
-        offsets = ring_offsets(radius)
+    for kind, radius in rings:
+        offsets = ring_offsets(radius) if kind == "ring" else Far(radius)
         for space, (into, back) in spaces.items():
             t = time.perf_counter()
             f_in, h_in = into(fit), into(held)
             wgt, lam, tried = fit_context(f_in, h_in, offsets)
             predictor = LinearContext(into, back, mu, offsets, wgt)
             fit_hat, test_hat, held_hat = (predictor(v) for v in (fit, feats, held))
-            extra = {"ring": radius, "cells": len(offsets), "space": space, "ridge": lam, "held_out_explained": tried,
+            extra = {kind: radius, "cells": len(offsets) if kind == "ring" else "mean beyond the window", "space": space, "ridge": lam, "held_out_explained": tried,
                      **collapse_figures(SimpleNamespace(transformer=predictor, eval=lambda: None), held, mu, probe, torch.device("cpu")),
                      "explained_std_held": round(explained(held - mu, held_hat - mu), 4),
                      "explained_white_held": round(explained(white.whiten(held - mu), white.whiten(held_hat - mu)), 4),
                      "explained_white_fit": round(explained(white.whiten(fit - mu), white.whiten(fit_hat - mu)), 4),
                      "seconds": round(time.perf_counter() - t, 1)}
-            rows.append(row(f"linear context, ring {radius}, fitted {space}", fit - fit_hat, feats - test_hat, extra))
+            what = f"ring {radius}" if kind == "ring" else f"mean of the cells at distance {radius} or more"
+            rows.append(row(f"linear context, {what}, fitted {space}", fit - fit_hat, feats - test_hat, extra))
     write_json_atomic(Path(args.json), {"command": " ".join(sys.argv), "split": args.split, "n_fit": len(fit), "n_held": len(held),
                                         "n_test": len(test), "rows": rows})
     print("| residual | image AUROC | pixel AUROC | AUPRO | explained, held-out normals (standardised / whitened) | following | pass-through |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         ev = f"{r['explained_std_held']:.3f} / {r['explained_white_held']:.3f} | {r['input_following']:.3f} | {r['defect_pass_through']:.3f}" \
-            if "ring" in r else " | 0 | 0"
+            if "input_following" in r else " | 0 | 0"
         print(f"| {r['residual']} | {r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} | {r['aupro']:.4f} | {ev} |")
 
 

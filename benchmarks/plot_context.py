@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     probe = read_json(args.probe, "--probe")
     reference, *linear = probe["rows"]
-    points = [(f"linear context, ring {r['ring']}, {r['space']}", r, "s") for r in linear]
+    points = [(f"linear context, {'ring ' + str(r['ring']) if 'ring' in r else 'far ' + str(r['far'])}, {r['space']}", r, "s")
+              for r in linear]
     for spec in args.model:
         label, sep, path = spec.partition("=")
         if not sep:

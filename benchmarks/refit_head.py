@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--region-shrinkage", type=float, default=None, help="(default: the checkpoint's)")
     ap.add_argument("--map-pool", type=int, default=None, help="the map's pooled part, an odd window, 0 = off (default: the checkpoint's)")
     ap.add_argument("--map-pool-weight", type=float, default=None, help="(default: the checkpoint's)")
+    ap.add_argument("--map-pool-clip", type=float, default=None, help="the pooled part's clip quantile, 0 = none (default: the checkpoint's)")
     ap.add_argument("--cache", default=None, help="feature cache folder (as used in training)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -51,7 +52,8 @@ def main() -> None:
     model.backbone.weights_source = ckpt.extra.get("weights_source", model.backbone.weights_source)
     given = {"score_shrinkage": args.shrinkage, "score_target": args.target, "region_shrinkage": args.region_shrinkage}
     cfg, tcfg = ckpt.model_config, replace(ckpt.train_config, **{k: v for k, v in given.items() if v is not None})
-    head_fields = {"region_grid": args.region_grid, "map_pool": args.map_pool, "map_pool_weight": args.map_pool_weight}
+    head_fields = {"region_grid": args.region_grid, "map_pool": args.map_pool, "map_pool_weight": args.map_pool_weight,
+                   "map_pool_clip": args.map_pool_clip}
     head_fields = {k: v for k, v in head_fields.items() if v is not None and v != getattr(cfg, k)}
     if head_fields:
         cfg = replace(cfg, **head_fields)  # a new head; fit_score below fits all of it
@@ -63,7 +65,7 @@ def main() -> None:
                                                             device=cpu)) for idx in (fit_idx, val_idx)]
     thresholds = fit_score(model, tcfg, feats[0], feats[1], cpu)
     save_checkpoint(args.out, model, replace(ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds))
-    print(f"wrote {args.out}: shrinkage {tcfg.score_shrinkage} to {tcfg.score_target}, region grid {cfg.region_grid}, map pool {cfg.map_pool}, "
+    print(f"wrote {args.out}: shrinkage {tcfg.score_shrinkage} to {tcfg.score_target}, region grid {cfg.region_grid}, map pool {cfg.map_pool} (clip {cfg.map_pool_clip:g}), "
           f"threshold {thresholds.threshold:.4f}")
 
 

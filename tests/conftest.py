@@ -25,10 +25,10 @@ def tiny_model_config():
 
     # The shipped recipe's devices (sine positions, neighbour-masked attention, Mahalanobis head, the
     # regional image score), so every export, runtime and parity test runs the graph users get; and the
-    # optional pooled map part, so that its graph is held to the same parity.
+    # optional pooled map part with its clipped cells, so that its graph is held to the same parity.
     return ModelConfig(input_size=(64, 64), feature_stride=8, d_model=64, nhead=4, num_encoder_layers=1,
                        num_decoder_layers=1, dim_feedforward=128, pool_kernel=8, pos_embed="sine", neighbor_mask=3,
-                       score="mahalanobis", region_grid=4, map_pool=5)
+                       score="mahalanobis", region_grid=4, map_pool=5, map_pool_clip=0.99)
 
 
 @pytest.fixture(scope="session")

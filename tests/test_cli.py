@@ -45,7 +45,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "--input-size" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "ckpt"), str(tmp_path), "--bootstrap", "5"]) == 2
     assert "--bootstrap 5" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "--map-pool-clip", "0.5", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--map-pool-clip 0.5" in err and "--map-pool K" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_map_pool_turns_on_the_clipped_form_unless_told_otherwise():
+    from adtr_edge.cli import _pool_clip
+    from adtr_edge.config import MAP_POOL_CLIP
+
+    assert _pool_clip(5, None) == MAP_POOL_CLIP == 0.99
+    assert _pool_clip(5, 0.0) == 0.0 and _pool_clip(5, 0.9) == 0.9
+    assert _pool_clip(None, None) is None and _pool_clip(0, None) is None  # off: the config's own default (no clip)
 
 
 def test_eval_refuses_images_used_for_training(tmp_path, sample_dataset, trained_checkpoint, capsys):

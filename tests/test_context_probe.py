@@ -55,3 +55,26 @@ def test_context_fit_explains_a_correlated_field_and_not_white_noise():
     white_fit, white_held = torch.randn(400, 2, 8, 8, generator=g), torch.randn(100, 2, 8, 8, generator=g)
     weight, _, _ = cp.fit_context(white_fit, white_held, cp.ring_offsets(1))
     assert cp.explained(white_held, cp.predict(white_held, cp.ring_offsets(1), weight)) < 0.02
+
+
+def test_far_context_is_the_mean_of_the_cells_beyond_the_window():
+    x = torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(2))
+    ctx = cp.context(x, cp.Far(2))  # beyond the 3x3 window
+    assert ctx.shape == x.shape
+    for y, xx in ((0, 0), (2, 3), (5, 6)):
+        keep = torch.tensor([[max(abs(a - y), abs(b - xx)) >= 2 for b in range(7)] for a in range(6)])
+        assert torch.allclose(ctx[:, :, y, xx], x[:, :, keep].mean(dim=-1), atol=1e-5)
+    bump = x.clone()
+    bump[:, :, 2:5, 2:5] += 10.0  # a 3x3 defect centred on (3, 3) does not reach that cell's far context
+    assert torch.allclose(cp.context(bump, cp.Far(3))[:, :, 3, 3], cp.context(x, cp.Far(3))[:, :, 3, 3], atol=1e-5)
+
+
+def test_rings_option_reads_rings_and_far_and_refuses_the_cell_itself():
+    assert cp.parse_rings("1,far3") == [("ring", 1), ("far", 3)]
+    for bad in ("0", "far1", "x", "1,,2"):
+        try:
+            cp.parse_rings(bad)
+        except SystemExit as e:
+            assert "--rings" in str(e)
+        else:
+            raise AssertionError(bad)

@@ -114,6 +114,11 @@ def test_the_export_says_how_its_head_was_set(trained_checkpoint, exported_model
     assert head["region_grid"] == ckpt.model_config.region_grid == 4 and head["region_shrinkage"] == ckpt.train_config.region_shrinkage
     rule = read_onnx_metadata(exported_model / "transformer.onnx").image_score
     assert rule["region_grid"] == 4 and rule["score_norm"]["region_std"] > 0 and rule["score_norm"]["map_std"] > 0
+    # the map's pooled part (the test config has one): its window, fitted weight and fitted clip travel too
+    model, _ = load_checkpoint(trained_checkpoint)
+    assert rule["map_pool"] == {"window": 5, "weight": pytest.approx(float(model.head.pool_scale)), "clip_quantile": 0.99,
+                                "cap": pytest.approx(float(model.head.pool_cap))}
+    assert 0 < rule["map_pool"]["cap"] < 1e4  # fitted, not the unfitted start
 
 
 def test_a_bad_score_select_fails_before_any_feature(sample_dataset, tmp_path):

@@ -97,6 +97,10 @@ class AnomalyHead(nn.Module):
         self.map_pool, self.map_pool_weight = int(cfg.map_pool), float(cfg.map_pool_weight)
         if self.map_pool:
             self.register_buffer("pool_scale", torch.tensor([self.map_pool_weight]))  # fitted: set_pool_scale
+        self.map_pool_clip = float(cfg.map_pool_clip) if self.map_pool else 0.0
+        if self.map_pool_clip:
+            # A large finite start (FP16-safe), so that an unfitted head pools unclipped; fitted: set_pool_cap.
+            self.register_buffer("pool_cap", torch.tensor([1e4]))
         self.region_grid, self.feature_grid = int(cfg.region_grid), tuple(cfg.grid)
         if self.region_grid:
             dim = channels * self.region_grid ** 2  # region_means' length
@@ -163,9 +167,17 @@ class AnomalyHead(nn.Module):
         local = torch.sqrt((d * d).sum(dim=1, keepdim=True)) * NORM_SCALE  # (N,1,h,w)
         if not self.map_pool:
             return local, None
+        if self.map_pool_clip:
+            # Each cell's vector shortened to at most pool_cap: a Min and a Mul in the graph. The floor
+            # on the norm only matters where the residual is ~0 (and the product is ~0 anyway).
+            d = d * torch.clamp(self.pool_cap / torch.clamp(local, min=1e-3), max=1.0)
         k = self.map_pool
         p = F.avg_pool2d(d, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
         return local, torch.sqrt((p * p).sum(dim=1, keepdim=True)) * NORM_SCALE
+
+    def set_pool_cap(self, cap: float) -> None:
+        """The length each cell's whitened residual is clipped to before the pooled average."""
+        self.pool_cap.fill_(float(cap))
 
     def set_pool_scale(self, local_mean: float, pooled_mean: float) -> None:
         """The pooled part's weight in the map: ``map_pool_weight`` times the ratio of the two parts'
@@ -190,6 +202,9 @@ class AnomalyHead(nn.Module):
                      "score_norm": {"map_mean": n[0], "map_std": n[1], "region_mean": n[2], "region_std": n[3]}}
         else:
             rule["image_score"] = "the map's score"
+        if self.map_pool:
+            rule["map_pool"] = {"window": self.map_pool, "weight": float(self.pool_scale),
+                                "clip_quantile": self.map_pool_clip, "cap": float(self.pool_cap) if self.map_pool_clip else None}
         return rule
 
     def from_grid_map(self, grid_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
