@@ -132,6 +132,29 @@ def train(
     typer.echo(_collapse_text(extra))
 
 
+@app.command("refit-head")
+def refit_head_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder (adtr-edge train) with a mahalanobis head."),
+    data: Path = typer.Argument(..., help="The dataset it was trained on (its train split: the same fit and held-out normals)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the checkpoint with the refitted head."),
+    map_pool: Optional[int] = typer.Option(None, help="The map's pooled part: K odd (5 for large faint defects), 0 = off (default: the checkpoint's)."),
+    map_pool_clip: Optional[float] = typer.Option(None, help="Its cells' clip quantile, 0 = none (default: the checkpoint's; 0.99 where --map-pool turns it on)."),
+    region_grid: Optional[int] = typer.Option(None, help="The regional image score's grid G, 0 = the map alone (default: the checkpoint's)."),
+    shrinkage: Optional[float] = typer.Option(None, help="The per-location covariance's shrinkage (default: the checkpoint's, as training chose it)."),
+    feature_cache: Optional[Path] = typer.Option(None, help="Folder of cached backbone features (as in train)."),
+    device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+):
+    """Refit a checkpoint's score head with other settings, no training (about a minute on a 2-core CPU); compare with eval NEW DATA --against OLD."""
+    from .train.refit import refit_head
+
+    res = refit_head(checkpoint, data, out, feature_cache=feature_cache, device=device, force=force, map_pool=map_pool,
+                     map_pool_clip=map_pool_clip, region_grid=region_grid, score_shrinkage=shrinkage)
+    changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in res.changed.items()) or "nothing changed (refitted as trained)"
+    typer.echo(f"wrote {res.out}: {changes}; threshold {res.thresholds.threshold:.4f}")
+    typer.echo(f"compare on labelled images: adtr-edge eval {res.out} DATA --against {checkpoint}")
+
+
 @app.command("eval")
 def eval_cmd(
     model: Path = typer.Argument(..., help="Checkpoint folder (adtr-edge train), or a model folder: export, Q/DQ INT8 or engine folder."),

@@ -1,7 +1,8 @@
 """Atomic writes: an artefact appears under its final name only when it is complete.
 
 A crash, Ctrl-C or full disk half-way through leaves at most a ``.tmp-*`` file behind, never a
-truncated engine, graph or checkpoint under the real name.
+truncated engine, graph or checkpoint under the real name; ``staged_folder`` does the same for a
+whole folder (a dataset, a model repository, a refitted checkpoint).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +32,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; when the block succeeds, rename it onto
+    ``path``. So ``path`` only ever holds what it held before or the complete new folder: an existing
+    one is moved aside first, removed after, and put back if the rename fails. On any error the
+    temporary folder is removed. (Whether an existing ``path`` may be replaced is the caller's call.)"""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if not final.exists():
+            os.replace(tmp, final)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
+        os.rmdir(old)
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

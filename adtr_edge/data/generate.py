@@ -10,7 +10,6 @@ set of drawn pixels; images are written as PNG so no compression blurs that corr
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..errors import AdtrError
+from ..fileio import staged_folder
 from .shapes import polygon_mask, random_walk, smooth_noise
 
 DEFECT_KINDS = ("scratch", "spot", "crack", "missing")
@@ -196,10 +196,7 @@ def generate_sample_dataset(root: str | os.PathLike, *, n_train: int = 60, n_tes
     final = root / category
     if final.exists() and not overwrite:
         raise AdtrError(f"dataset folder already exists: {final} (remove it or pass overwrite)")
-    root.mkdir(parents=True, exist_ok=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{category}-", dir=root))
-    try:
+    with staged_folder(final) as tmp:  # the final name never holds a half-written or half-replaced tree
         train = tmp / "train" / "good"
         train.mkdir(parents=True)
         for i in range(n_train):
@@ -219,17 +216,6 @@ def generate_sample_dataset(root: str | os.PathLike, *, n_train: int = 60, n_tes
             (tmp / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
             _write_png(tmp / "test" / kind / f"{k:03d}.png", img)
             _write_png(tmp / "ground_truth" / kind / f"{k:03d}_mask.png", mask.astype(np.uint8) * 255)
-        if final.exists():
-            # Move the old folder aside first so the final name never holds a half-replaced tree.
-            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{category}-", dir=root))
-            os.replace(final, old / category)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import AdtrError
+from ..fileio import staged_folder
 from ..folder import ONNX_KINDS, TENSORRT, ModelFolder, read_model_folder, verify_engine_files, verify_graph_files
 from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, GRAPHS, IMAGES, SCORE, TRANSFORMER, onnxruntime_config
 
@@ -263,9 +263,7 @@ def export_triton(model_dir: str | os.PathLike, out: str | os.PathLike, options:
     max_batch = _max_batch(folder, opts)
     params = repository_parameters(folder, opts.flavour)
     members = member_names(opts.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:  # out is the old repository or the complete new one, never half of either
         for graph in GRAPHS:
             _write_member(tmp, graph, members[graph], folder, opts, max_batch, params)
         ensemble = tmp / opts.name
@@ -287,24 +285,4 @@ def export_triton(model_dir: str | os.PathLike, out: str | os.PathLike, options:
         (tmp / REPO_MANIFEST).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         for d in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700: a server in a container runs as another user
             os.chmod(d, 0o755 if d.is_dir() else 0o644)
-        _replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return summary
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` onto ``out``; an existing ``out`` is moved aside first and removed after."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}-", dir=out.parent))
-    os.rmdir(old)
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old, out)  # put the old repository back rather than leave none
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,102 @@
+"""Refit a trained checkpoint's score head with other settings, on the normals it trained on: no training.
+
+The transformer is untouched. The head (its per-location statistics, the regional image score, the
+map's pooled part) is fitted again on the same fit normals (``split_normals`` with the checkpoint's
+seed) and the threshold recalibrated on the same held-out normals, exactly as training ends
+(``loop.fit_score``). What it is for: a head setting that normal images cannot choose, such as the
+pooled map part for large faint defects (docs/benchmarks.md 1.3, stops 26-29), tried on a user's own
+labelled images in about a minute instead of a retraining, then ``adtr-edge eval NEW DATA --against OLD``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..config import MAP_POOL_CLIP
+from ..errors import AdtrError
+from ..fileio import staged_folder
+from ..postprocessing import Thresholds
+from ..preprocessing import preprocess_spec
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .device import resolve_device
+from .features import cached_raw_features
+from .loop import fit_score, split_normals
+
+# What a refit may change: fields of the model config (the head's shape) and of the train config
+# (how its statistics are fitted). Everything else belongs to the trained transformer.
+HEAD_MODEL_FIELDS = ("region_grid", "map_pool", "map_pool_weight", "map_pool_clip")
+HEAD_TRAIN_FIELDS = ("score_shrinkage", "score_target", "region_shrinkage")
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    out: Path
+    checkpoint: Checkpoint
+    changed: dict  # field -> (before, after), only those that differ
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.checkpoint.thresholds
+
+
+def head_settings(ckpt: Checkpoint, **given) -> tuple:
+    """(model config, train config, changed) with the ``given`` head settings (None = keep). Turning
+    the pooled part on without naming its clip gives it the shipped clip, as ``train --map-pool`` does."""
+    unknown = sorted(set(given) - set(HEAD_MODEL_FIELDS) - set(HEAD_TRAIN_FIELDS))
+    if unknown:
+        raise AdtrError(f"refit: {unknown} are not head settings (a refit changes only {list(HEAD_MODEL_FIELDS + HEAD_TRAIN_FIELDS)})")
+    given = {k: v for k, v in given.items() if v is not None}
+    cfg, tcfg = ckpt.model_config, ckpt.train_config
+    if given.get("map_pool") and "map_pool_clip" not in given and not cfg.map_pool:
+        given["map_pool_clip"] = MAP_POOL_CLIP
+    if given.get("map_pool_clip") and not given.get("map_pool", cfg.map_pool):
+        raise AdtrError(f"--map-pool-clip {given['map_pool_clip']}: clips the pooled map part, and this head has none "
+                        "(give --map-pool K, K odd, e.g. 5)")
+    new_cfg = replace(cfg, **{k: v for k, v in given.items() if k in HEAD_MODEL_FIELDS})  # validates (AdtrError)
+    new_tcfg = replace(tcfg, **{k: v for k, v in given.items() if k in HEAD_TRAIN_FIELDS})
+    changed = {k: (getattr(cfg, k), getattr(new_cfg, k)) for k in HEAD_MODEL_FIELDS if getattr(cfg, k) != getattr(new_cfg, k)}
+    changed |= {k: (getattr(tcfg, k), getattr(new_tcfg, k)) for k in HEAD_TRAIN_FIELDS if getattr(tcfg, k) != getattr(new_tcfg, k)}
+    return new_cfg, new_tcfg, changed
+
+
+def refit_head(checkpoint: str | Path, data: str | Path, out: str | Path, *, feature_cache: str | Path | None = None,
+               device: str = "auto", force: bool = False, **settings) -> RefitResult:
+    """Write ``out``: ``checkpoint`` with its head refitted under ``settings`` (``head_settings``).
+
+    ``data`` must hold the training images the checkpoint was trained on (checked by their
+    fingerprint), so that the fit and held-out normals are the same ones. ``out`` appears only when
+    complete; an existing ``out`` is replaced only with ``force``."""
+    from ..data.datasets import load_dataset
+    from ..model.head import AnomalyHead
+
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.resolve() == checkpoint.resolve():
+        raise AdtrError(f"--out {out}: is the checkpoint itself; write the refitted head to another folder")
+    if out.exists() and not force:
+        raise AdtrError(f"{out}: already exists (pass --force to replace it)")
+    model, ckpt = load_checkpoint(checkpoint)
+    if ckpt.model_config.score != "mahalanobis":
+        raise AdtrError(f"{checkpoint}: its head scores '{ckpt.model_config.score}'; only a mahalanobis head has statistics to refit")
+    cfg, tcfg, changed = head_settings(ckpt, **settings)
+    train_set = load_dataset(data, "train")
+    trained_on = (ckpt.data_summary or {}).get("files_sha256")
+    if trained_on and train_set.summary()["files_sha256"] != trained_on:
+        raise AdtrError(f"{data}: its training images are not the ones {checkpoint} was trained on (their fingerprints "
+                        "differ); refit on the same dataset folder, so that the head sees the same normals")
+    if cfg != ckpt.model_config:
+        model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels)
+    # The loaded weights are the trained ones; name their source so the training run's feature cache is reused.
+    model.backbone.weights_source = ckpt.extra.get("weights_source", model.backbone.weights_source)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    fit_idx, val_idx = split_normals(train_set, tcfg)
+    spec = preprocess_spec(cfg)
+    feats = [model.backbone.standardize(cached_raw_features(model.backbone, train_set, idx, spec, cfg, cache_dir=feature_cache,
+                                                            device=dev)) for idx in (fit_idx, val_idx)]
+    thresholds = fit_score(model, tcfg, feats[0], feats[1], dev)
+    extra = {**ckpt.extra, "refit": {"from": str(checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
+    new = replace(ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra)
+    with staged_folder(out) as tmp:
+        save_checkpoint(tmp, model.cpu(), new)
+    return RefitResult(out, new, changed)
