@@ -43,6 +43,7 @@ def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders; artefacts are meant to be shared
     try:
         yield tmp
         if not final.exists():

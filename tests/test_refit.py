@@ -87,3 +87,26 @@ def test_a_staged_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
     with staged_folder(final) as tmp:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in final.iterdir()] == ["new.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+    assert final.stat().st_mode & 0o777 == 0o755  # readable by others, unlike mkdtemp's 0700
+
+
+def test_a_staged_folder_puts_the_old_one_back_if_the_new_one_cannot_take_its_place(tmp_path, monkeypatch):
+    import os
+
+    final = tmp_path / "f"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    real_replace, calls = os.replace, []
+
+    def flaky(src, dst):  # the first rename (old aside) works, the second (new into place) fails
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError("cross-device link")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError, match="cross-device"):
+        with staged_folder(final) as tmp:
+            (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert [p.name for p in final.iterdir()] == ["old.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
