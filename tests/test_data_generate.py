@@ -86,6 +86,7 @@ def test_video_truth_and_visible_defects(tmp_path):
     video = generate_video(tmp_path / "belt.mp4", n_frames=12, defect_frames=defects, size=(64, 96), fps=5, seed=3)
     clean = generate_video(tmp_path / "clean.mp4", n_frames=12, defect_frames=set(), size=(64, 96), fps=5, seed=3)
     assert video.path.exists() and video.path.suffix in (".mp4", ".avi")
+    assert video.path.stat().st_mode & 0o777 == 0o644  # shared like every artefact, not mkstemp's 0600
     assert list(video) == [(i, i in defects) for i in range(12)] and len(video) == 12
     frames, reference = _read_frames(video.path), _read_frames(clean.path)
     assert len(frames) == 12 and frames[0].shape == (64, 96, 3)

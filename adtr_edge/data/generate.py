@@ -250,6 +250,7 @@ def _open_writer(path: Path, fourcc: str, fps: float,
     h, w = size
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; like every other artefact, the video is meant to be shared
     writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*fourcc), float(fps), (w, h))
     if not writer.isOpened():
         writer.release()
