@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy import checkpoint_features, masks_at  # noqa: E402
 
+from adtr_edge.config import MAP_POOL_CLIP  # noqa: E402
 from adtr_edge.data.datasets import load_dataset  # noqa: E402
 from adtr_edge.fileio import write_json_atomic  # noqa: E402
 from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
@@ -60,6 +61,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--map-score-only", action="store_true", help="judge images by the map's score, not the shipped z-max")
     ap.add_argument("--map-pools", default="", help="comma-separated map_pool windows to compare at the checkpoint's shrinkage")
+    ap.add_argument("--map-pool-clip", type=float, default=MAP_POOL_CLIP,
+                    help=f"the pooled part's clip quantile for --map-pools (default {MAP_POOL_CLIP}, what --map-pool trains; 0 = stop 26's unclipped form)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -117,11 +120,11 @@ def main() -> None:
           f"{decision['best']:g}, mean-of-three advantage {decision['advantage_points']} points, ahead in {decision['best_ahead']} of resamples)")
     pools = []
     for k in [int(v) for v in args.map_pools.split(",") if v]:
-        probe = SimpleNamespace(cfg=replace(model.cfg, map_pool=k), backbone=model.backbone)
+        probe = SimpleNamespace(cfg=replace(model.cfg, map_pool=k, map_pool_clip=args.map_pool_clip), backbone=model.backbone)
         ((_, head),) = candidate_heads(probe, fit_res, ckpt.train_config.score_target, (ckpt.train_config.score_shrinkage,))
         scores, maps = head_maps(head, synthetic.feats, rec_syn)
         syn = figures(zscore_max(scores, region_syn, clean) if zmax else scores, maps, synthetic.masks, synthetic.labels)
-        pools.append({"map_pool": k, "synthetic": syn, "real": real_figures(head)})
+        pools.append({"map_pool": k, "map_pool_clip": args.map_pool_clip if k else 0.0, "synthetic": syn, "real": real_figures(head)})
     if pools:
         print(f"\n| map_pool (shrinkage {ckpt.train_config.score_shrinkage:g}) | synthetic: image / pixel / AUPRO | real ({args.split}) |")
         print("|---|---|---|")
