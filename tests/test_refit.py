@@ -32,6 +32,12 @@ def test_a_refit_changes_only_the_head_and_says_what_changed(trained_checkpoint,
     assert all(torch.equal(t0[k], t1[k]) for k in t0)  # the trained weights are the trained weights
     assert "pool_scale" not in dict(m1.head.named_buffers()) and m1.head.region_basis.shape[0] == m1.backbone.channels * 2 * 2
     assert c1.thresholds.threshold != pytest.approx(c0.thresholds.threshold)  # recalibrated for the new head
+    from adtr_edge.train.head_select import head_summary
+
+    summary = head_summary(c1)  # what eval reports and an export carries
+    assert summary["region_grid"] == 2 and "map_pool" not in summary
+    assert summary["refit"] == {"from": str(trained_checkpoint), "changed": {"map_pool": [5, 0], "region_grid": [4, 2]}}
+    assert head_summary(c0)["map_pool"] == 5 and head_summary(c0)["map_pool_clip"] == 0.99 and "refit" not in head_summary(c0)
 
 
 def test_turning_the_pool_on_gives_it_the_shipped_clip():
