@@ -42,13 +42,9 @@ def _parse_size(text: Optional[str]) -> Optional[tuple]:
 
 def _pool_clip(map_pool: Optional[int], clip: Optional[float]) -> Optional[float]:
     """``--map-pool-clip``, or the shipped clip wherever ``--map-pool`` turns the pooled part on."""
-    if clip is not None and not map_pool:
-        raise AdtrError(f"--map-pool-clip {clip}: clips the pooled map part, so it needs --map-pool K (K odd, e.g. 5)")
-    if clip is None and map_pool:
-        from .config import MAP_POOL_CLIP
+    from .config import pool_clip_for
 
-        return MAP_POOL_CLIP
-    return clip
+    return pool_clip_for(map_pool, clip)
 
 
 def _parse_ints(text: Optional[str], option: str) -> Optional[tuple]:

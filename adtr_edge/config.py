@@ -210,6 +210,18 @@ class TrainConfig:
 # The clip of the pooled part's cells when a user turns it on: the normal range of one cell (its 99th
 # percentile on the fit normals), not a tuned value (docs/benchmarks.md 1.3, stop 29).
 MAP_POOL_CLIP = 0.99
+
+
+def pool_clip_for(map_pool: int | None, clip: float | None, had_pool: int = 0) -> float | None:
+    """The pooled part's clip after a change of head settings (``train``: from nothing; ``refit-head``:
+    from a head whose window was ``had_pool``): ``clip`` when given; MAP_POOL_CLIP where ``map_pool``
+    turns the part on and no clip is named; otherwise None (keep). A clip with no pooled part is an error."""
+    pool = had_pool if map_pool is None else map_pool
+    if clip is not None and not pool:
+        raise AdtrError(f"--map-pool-clip {clip}: clips the pooled map part, and there is none (give --map-pool K, K odd, e.g. 5)")
+    if clip is None and map_pool and not had_pool:
+        return MAP_POOL_CLIP
+    return clip
 CONTEXT_RECIPE = {"d_model": 128, "dim_feedforward": 512, "dropout": 0.0, "pos_embed": "sine", "neighbor_mask": 3,
                   "score": "mahalanobis", "region_grid": 4}
 PRESETS: dict[str, dict] = {

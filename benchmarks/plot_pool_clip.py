@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 import _models  # noqa: F401  (puts the repository on sys.path)
+from accuracy import masks_at  # noqa: E402
 from paired_bootstrap import shipped_outputs  # noqa: E402
 
 from adtr_edge.metrics import pixel_auroc  # noqa: E402
@@ -65,8 +66,6 @@ def main(argv: list[str]) -> int:
         good = np.asarray(out["maps"])[labels == 0]
         maps.append(np.asarray(out["maps"]) / max(float(np.quantile(good, 0.99)), 1e-12))
         spec = preprocess_spec(meta.model_config)
-    from accuracy import masks_at  # noqa: E402  (after shipped_outputs has set up the path)
-
     masks = masks_at(test, spec)
     picks = median_area_picks(np.asarray(test.labels), list(test.defects), masks)
     if not picks:

@@ -154,17 +154,22 @@ class AnomalyHead(nn.Module):
         local, pooled = self.map_parts(d)
         return local if pooled is None else local + self.pool_scale * pooled
 
-    def map_parts(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(per-location norm of the whitened residual, the norm of its ``map_pool`` x ``map_pool``
-        neighbourhood average or None), each (N,1,h,w). Averaging the whitened vectors before the norm
-        adds up a faint change that is coherent over neighbouring cells (uneven shading), which the
-        norm of each cell alone, or a blur of the norms, leaves in the noise."""
+    def whitened_cells(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the whitened residual / NORM_SCALE (N,C,h,w), each cell's norm (N,1,h,w)): the per-location
+        part of the map, and what the pooled part averages (its clip is fitted on these norms)."""
         if self.score_kind == "mahalanobis":
             n, c, h, w = d.shape
             t = d.flatten(2).permute(2, 0, 1) - self.residual_mean  # (K, N, C)
             d = torch.matmul(t, self.residual_whiten).permute(1, 2, 0).reshape(n, c, h, w)
         d = d * (1.0 / NORM_SCALE)
-        local = torch.sqrt((d * d).sum(dim=1, keepdim=True)) * NORM_SCALE  # (N,1,h,w)
+        return d, torch.sqrt((d * d).sum(dim=1, keepdim=True)) * NORM_SCALE
+
+    def map_parts(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-location norm of the whitened residual, the norm of its ``map_pool`` x ``map_pool``
+        neighbourhood average or None), each (N,1,h,w). Averaging the whitened vectors before the norm
+        adds up a faint change that is coherent over neighbouring cells (uneven shading), which the
+        norm of each cell alone, or a blur of the norms, leaves in the noise."""
+        d, local = self.whitened_cells(d)
         if not self.map_pool:
             return local, None
         if self.map_pool_clip:

@@ -104,6 +104,9 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise AdtrError(f"checkpoint {folder} does not match its config: {first}") from None
+    # Built without downloading weights, but holding the trained (frozen) backbone: name its source, so
+    # that feature caches written in training are found again (train.features.feature_cache_key).
+    model.backbone.weights_source = (ckpt.extra or {}).get("weights_source") or model.backbone.weights_source
     return model.to(device).eval(), ckpt
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import MAP_POOL_CLIP
+from ..config import pool_clip_for
 from ..errors import AdtrError
 from ..fileio import staged_folder
 from ..postprocessing import Thresholds
@@ -48,11 +48,9 @@ def head_settings(ckpt: Checkpoint, **given) -> tuple:
         raise AdtrError(f"refit: {unknown} are not head settings (a refit changes only {list(HEAD_MODEL_FIELDS + HEAD_TRAIN_FIELDS)})")
     given = {k: v for k, v in given.items() if v is not None}
     cfg, tcfg = ckpt.model_config, ckpt.train_config
-    if given.get("map_pool") and "map_pool_clip" not in given and not cfg.map_pool:
-        given["map_pool_clip"] = MAP_POOL_CLIP
-    if given.get("map_pool_clip") and not given.get("map_pool", cfg.map_pool):
-        raise AdtrError(f"--map-pool-clip {given['map_pool_clip']}: clips the pooled map part, and this head has none "
-                        "(give --map-pool K, K odd, e.g. 5)")
+    clip = pool_clip_for(given.get("map_pool"), given.get("map_pool_clip"), had_pool=cfg.map_pool)
+    if clip is not None:
+        given["map_pool_clip"] = clip
     new_cfg = replace(cfg, **{k: v for k, v in given.items() if k in HEAD_MODEL_FIELDS})  # validates (AdtrError)
     new_tcfg = replace(tcfg, **{k: v for k, v in given.items() if k in HEAD_TRAIN_FIELDS})
     changed = {k: (getattr(cfg, k), getattr(new_cfg, k)) for k in HEAD_MODEL_FIELDS if getattr(cfg, k) != getattr(new_cfg, k)}
@@ -86,8 +84,6 @@ def refit_head(checkpoint: str | Path, data: str | Path, out: str | Path, *, fea
                         "differ); refit on the same dataset folder, so that the head sees the same normals")
     if cfg != ckpt.model_config:
         model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels)
-    # The loaded weights are the trained ones; name their source so the training run's feature cache is reused.
-    model.backbone.weights_source = ckpt.extra.get("weights_source", model.backbone.weights_source)
     dev = resolve_device(device)
     model.to(dev).eval()
     fit_idx, val_idx = split_normals(train_set, tcfg)

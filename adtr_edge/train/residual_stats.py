@@ -118,15 +118,13 @@ def set_map_stats(head, residual: torch.Tensor, mean: torch.Tensor, whiten: torc
     head.set_residual_stats(mean, whiten)
     if not head.map_pool:
         return
-
-    def parts() -> list:
-        return [head.map_parts(residual[s:s + batch_size].to(mean.device)) for s in range(0, len(residual), batch_size)]
-    if head.map_pool_clip:  # the cap first (the per-location part does not depend on it), then the scale of the clipped part
-        local = torch.cat([p[0] for p in parts()]).flatten().double()
+    batches = [residual[s:s + batch_size].to(mean.device) for s in range(0, len(residual), batch_size)]
+    if head.map_pool_clip:  # the cap first (from the cells' norms alone), then the scale of the clipped part
+        local = torch.cat([head.whitened_cells(b)[1] for b in batches]).flatten().double()
         local = local[::max(1, len(local) // 2_000_000)]  # torch.quantile takes at most 2^24 values
         head.set_pool_cap(float(torch.quantile(local, head.map_pool_clip)))
-    scale_from = parts()
-    head.set_pool_scale(*(float(torch.cat([p[i] for p in scale_from]).mean()) for i in (0, 1)))
+    parts = [head.map_parts(b) for b in batches]
+    head.set_pool_scale(*(float(torch.cat([p[i] for p in parts]).mean()) for i in (0, 1)))
 
 
 def _set_stats(head, stats, residual, device=None) -> None:
