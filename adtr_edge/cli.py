@@ -133,8 +133,10 @@ def refit_head_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint folder (adtr-edge train) with a mahalanobis head."),
     data: Path = typer.Argument(..., help="The dataset it was trained on (its train split: the same fit and held-out normals)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the checkpoint with the refitted head."),
-    map_pool: Optional[int] = typer.Option(None, help="The map's pooled part: K odd (5 for large faint defects), 0 = off (default: the checkpoint's)."),
+    map_pool: Optional[str] = typer.Option(None, help="The map's pooled part: K odd (5 for large faint defects), 0 = off, or auto: "
+                                           "chosen on DATA's labelled test defects, reported on the rest (default: the checkpoint's)."),
     map_pool_clip: Optional[float] = typer.Option(None, help="Its cells' clip quantile, 0 = none (default: the checkpoint's; 0.99 where --map-pool turns it on)."),
+    choice_fraction: float = typer.Option(0.3, help="With --map-pool auto: the share of the test split that chooses (the rest reports)."),
     region_grid: Optional[int] = typer.Option(None, help="The regional image score's grid G, 0 = the map alone (default: the checkpoint's)."),
     shrinkage: Optional[float] = typer.Option(None, help="The per-location covariance's shrinkage (default: the checkpoint's, as training chose it)."),
     feature_cache: Optional[Path] = typer.Option(None, help="Folder of cached backbone features (as in train)."),
@@ -144,11 +146,46 @@ def refit_head_cmd(
     """Refit a checkpoint's score head with other settings, no training (about a minute on a 2-core CPU); compare with eval NEW DATA --against OLD."""
     from .train.refit import refit_head
 
-    res = refit_head(checkpoint, data, out, feature_cache=feature_cache, device=device, force=force, map_pool=map_pool,
+    if map_pool is not None and map_pool.strip().lower() == "auto":
+        if map_pool_clip is not None:
+            raise AdtrError("--map-pool-clip: not with --map-pool auto, which gives every pooled candidate the shipped clip")
+        return _choose_map_pool(checkpoint, data, out, choice_fraction, feature_cache=feature_cache, device=device, force=force,
+                                region_grid=region_grid, score_shrinkage=shrinkage)
+    try:
+        pool = None if map_pool is None else int(map_pool)
+    except ValueError:
+        raise AdtrError(f"--map-pool {map_pool!r}: give an odd window K (e.g. 5), 0 for none, or auto") from None
+    res = refit_head(checkpoint, data, out, feature_cache=feature_cache, device=device, force=force, map_pool=pool,
                      map_pool_clip=map_pool_clip, region_grid=region_grid, score_shrinkage=shrinkage)
     changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in res.changed.items()) or "nothing changed (refitted as trained)"
     typer.echo(f"wrote {res.out}: {changes}; threshold {res.thresholds.threshold:.4f}")
     typer.echo(f"compare on labelled images: adtr-edge eval {res.out} DATA --against {checkpoint}")
+
+
+def _choose_map_pool(checkpoint: Path, data: Path, out: Path, fraction: float, **kwargs) -> None:
+    """refit-head --map-pool auto: print the candidates on the choice part, the decision and the held-out figures."""
+    from .train.choose_head import choose_map_pool
+
+    typer.echo(f"choosing the map's pooled part on {fraction:.0%} of {data}'s test split (the rest reports):")
+    res = choose_map_pool(checkpoint, data, out, fraction=fraction, log=typer.echo, **kwargs)
+    r = res.record
+    if r["best"] == r["current"]:
+        verdict = f"keeps map_pool {r['current']} (no candidate is better on the choice part)"
+    else:
+        a = r["advantage_points"]
+        verdict = (f"map_pool {r['best']} is ahead of {r['current']} by {a[0]:+.2f} points (95% {a[1]:+.2f} to {a[2]:+.2f}), in "
+                   f"{r['best_ahead']:.1%} of resamples (needs {r['confidence']:.1%}): "
+                   + (f"chose map_pool {r['chosen']}" if r["chosen"] != r["current"] else f"keeps map_pool {r['current']}"))
+    typer.echo(verdict)
+    held = r["held_out"]
+    if held["figures"] is None:
+        typer.echo(f"held-out part: {held['images']} images, no figures ({held['why']})")
+    else:
+        f, d = held["figures"], held["against_original"]
+        typer.echo(f"held-out part ({held['defects']} defects, {held['good']} good): "
+                   + ", ".join(f"{m} {f['chosen'][m]:.4f} ({d[m]['difference'][0]:+.4f}, 95% {d[m]['difference'][1]:+.4f} "
+                               f"to {d[m]['difference'][2]:+.4f} vs the original)" for m in f["chosen"]))
+    typer.echo(f"wrote {res.out}; threshold {res.checkpoint.thresholds.threshold:.4f}")
 
 
 @app.command("eval")

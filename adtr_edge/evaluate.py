@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data.datasets import ImageSet, Sample, guard_disjoint, load_batch
+from .data.datasets import ImageSet, guard_not_trained_on, load_batch
 from .errors import AdtrError
 from .fileio import write_json_atomic
 from .metrics import auroc, evaluate, roc_curve
@@ -103,12 +103,6 @@ def score_imageset(predict: Predictor, images: ImageSet, spec: PreprocessSpec, *
             task.advance(len(idx))
     return Scored(np.concatenate(scores), np.concatenate(maps), np.concatenate(masks), np.asarray(images.labels),
                   list(images.defects), [str(p) for p in images.paths])
-
-
-def guard_not_trained_on(test: ImageSet, train_paths: list[str]) -> None:
-    """An image used for training may never be scored in evaluation."""
-    if train_paths:
-        guard_disjoint(ImageSet([Sample(Path(p), 0, "good") for p in train_paths if Path(p).exists()]), test)
 
 
 def report_for(scored: Scored, thresholds: Thresholds | None, fpr_limit: float = 0.3, resamples: int = 0,

@@ -413,6 +413,12 @@ def guard_disjoint(train: ImageSet, test: ImageSet) -> None:
             raise AdtrError(f"train and test sets share identical content: {p} == {twin}")
 
 
+
+def guard_not_trained_on(test: ImageSet, train_paths: list[str]) -> None:
+    """An image a checkpoint trained on (its recorded ``train_paths``) may never be scored or used to choose."""
+    if train_paths:
+        guard_disjoint(ImageSet([Sample(Path(p), 0, "good") for p in train_paths if Path(p).exists()]), test)
+
 def load_batch(imageset: ImageSet, indices: Sequence[int], spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 NHWC BGR batch at the model size, bool (N,H,W) masks resized by nearest neighbour)."""
     if len(indices) == 0:

@@ -173,14 +173,16 @@ def select_shrinkage(model, fit_feats: torch.Tensor, synthetic: SyntheticSet, co
 def head_summary(ckpt) -> dict:
     """How a checkpoint's score head was set, for an export's metadata and the eval report: the score,
     its shrinkage and target, (when training chose it) the decision without the per-candidate table,
-    the regional term, the map's pooled part, and what ``refit-head`` changed, if it did."""
+    the regional term, the map's pooled part, what ``refit-head`` changed, if it did, and (after
+    ``--map-pool auto``) the choice made on labelled defects with its held-out figures."""
     t = ckpt.train_config
     chosen = (ckpt.extra or {}).get("score_selection")
-    cfg, refit = ckpt.model_config, (ckpt.extra or {}).get("refit")
+    cfg, refit, choice = ckpt.model_config, (ckpt.extra or {}).get("refit"), (ckpt.extra or {}).get("head_choice")
     grid = cfg.region_grid
     return {"score": cfg.score, "shrinkage": t.score_shrinkage, "target": t.score_target, "fit": t.score_fit,
             "selection": {k: v for k, v in chosen.items() if k != "candidates"} if chosen else None,
             "region_grid": grid, "region_shrinkage": t.region_shrinkage if grid else None,
             # only where present, so that the summaries of plain trained checkpoints read as before
             **({"map_pool": cfg.map_pool, "map_pool_clip": cfg.map_pool_clip} if cfg.map_pool else {}),
-            **({"refit": refit} if refit else {})}
+            **({"refit": refit} if refit else {}),
+            **({"head_choice": {k: v for k, v in choice.items() if k != "candidates"}} if choice else {})}

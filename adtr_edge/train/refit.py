@@ -65,34 +65,67 @@ def refit_head(checkpoint: str | Path, data: str | Path, out: str | Path, *, fea
     ``data`` must hold the training images the checkpoint was trained on (checked by their
     fingerprint), so that the fit and held-out normals are the same ones. ``out`` appears only when
     complete; an existing ``out`` is replaced only with ``force``."""
-    from ..data.datasets import load_dataset
-    from ..model.head import AnomalyHead
-
     checkpoint, out = Path(checkpoint), Path(out)
+    check_out(checkpoint, out, force)
+    source = RefitSource.load(checkpoint, data, feature_cache=feature_cache, device=device)
+    model, new, changed = source.refit(**settings)
+    with staged_folder(out) as tmp:
+        save_checkpoint(tmp, model.cpu(), new)
+    return RefitResult(out, new, changed)
+
+
+def check_out(checkpoint: Path, out: Path, force: bool) -> None:
+    """Refuse to write over the checkpoint itself, or over an existing folder without ``force``."""
     if out.resolve() == checkpoint.resolve():
         raise AdtrError(f"--out {out}: is the checkpoint itself; write the refitted head to another folder")
     if out.exists() and not force:
         raise AdtrError(f"{out}: already exists (pass --force to replace it)")
-    model, ckpt = load_checkpoint(checkpoint)
-    if ckpt.model_config.score != "mahalanobis":
-        raise AdtrError(f"{checkpoint}: its head scores '{ckpt.model_config.score}'; only a mahalanobis head has statistics to refit")
-    cfg, tcfg, changed = head_settings(ckpt, **settings)
-    train_set = load_dataset(data, "train")
-    trained_on = (ckpt.data_summary or {}).get("files_sha256")
-    if trained_on and train_set.summary()["files_sha256"] != trained_on:
-        raise AdtrError(f"{data}: its training images are not the ones {checkpoint} was trained on (their fingerprints "
-                        "differ); refit on the same dataset folder, so that the head sees the same normals")
-    if cfg != ckpt.model_config:
-        model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels)
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    fit_idx, val_idx = split_normals(train_set, tcfg)
-    spec = preprocess_spec(cfg)
-    feats = [model.backbone.standardize(cached_raw_features(model.backbone, train_set, idx, spec, cfg, cache_dir=feature_cache,
-                                                            device=dev)) for idx in (fit_idx, val_idx)]
-    thresholds = fit_score(model, tcfg, feats[0], feats[1], dev)
-    extra = {**ckpt.extra, "refit": {"from": str(checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
-    new = replace(ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra)
-    with staged_folder(out) as tmp:
-        save_checkpoint(tmp, model.cpu(), new)
-    return RefitResult(out, new, changed)
+
+
+@dataclass
+class RefitSource:
+    """A checkpoint and the standardised features of the normals it was fitted and calibrated on,
+    loaded once: every ``refit`` is a new head on the same transformer (``choose_head`` refits
+    several candidates from one source)."""
+
+    checkpoint: Path
+    model: object
+    ckpt: Checkpoint
+    fit_feats: object
+    val_feats: object
+    device: object
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, data: str | Path, *, feature_cache: str | Path | None = None,
+             device: str = "auto") -> "RefitSource":
+        from ..data.datasets import load_dataset
+
+        checkpoint = Path(checkpoint)
+        model, ckpt = load_checkpoint(checkpoint)
+        if ckpt.model_config.score != "mahalanobis":
+            raise AdtrError(f"{checkpoint}: its head scores '{ckpt.model_config.score}'; only a mahalanobis head has statistics to refit")
+        train_set = load_dataset(data, "train")
+        trained_on = (ckpt.data_summary or {}).get("files_sha256")
+        if trained_on and train_set.summary()["files_sha256"] != trained_on:
+            raise AdtrError(f"{data}: its training images are not the ones {checkpoint} was trained on (their fingerprints "
+                            "differ); refit on the same dataset folder, so that the head sees the same normals")
+        dev = resolve_device(device)
+        model.to(dev).eval()
+        cfg = ckpt.model_config
+        spec = preprocess_spec(cfg)
+        feats = [model.backbone.standardize(cached_raw_features(model.backbone, train_set, idx, spec, cfg, cache_dir=feature_cache,
+                                                                device=dev)) for idx in split_normals(train_set, ckpt.train_config)]
+        return cls(checkpoint, model, ckpt, feats[0], feats[1], dev)
+
+    def refit(self, **settings) -> tuple:
+        """(the source's model, now with a head refitted under ``settings``, its checkpoint record,
+        changed). The transformer is untouched; the head is replaced (so the model carries the last
+        refit's head) and the threshold recalibrated on the same held-out normals."""
+        from ..model.head import AnomalyHead
+
+        cfg, tcfg, changed = head_settings(self.ckpt, **settings)
+        model = self.model
+        model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
+        thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device)
+        extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
+        return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
