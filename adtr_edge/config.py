@@ -204,11 +204,11 @@ class TrainConfig:
 # Shared by default and fast: a decoder that must rebuild each location from its context
 # (neighbour-masked attention, sine positions) and a residual scored against normal residuals.
 # The regional image score (4 x 4 regions) was chosen on magnetic tile's validation split (section 1.3,
-# stop 26): +4.0 image-AUROC points there, +2.4 on the held-out rest, the map unchanged. The map's
+# the regional image score): +4.0 image-AUROC points there, +2.4 on the held-out rest, the map unchanged. The map's
 # pooled part (``map_pool``) is not in the presets: +2.2 pixel points on magnetic tile, but -3.7 AUPRO
-# points on the generated tiles' small defects (-1.3 with its cells clipped, MAP_POOL_CLIP; stop 29).
+# points on the generated tiles' small defects (-1.3 with its cells clipped, MAP_POOL_CLIP; section 1.3).
 # The clip of the pooled part's cells when a user turns it on: the normal range of one cell (its 99th
-# percentile on the fit normals), not a tuned value (docs/benchmarks.md 1.3, stop 29).
+# percentile on the fit normals), not a tuned value (docs/benchmarks.md 1.3, the pooled map part with its cells clipped).
 MAP_POOL_CLIP = 0.99
 
 

@@ -14,7 +14,7 @@ refitted on the fit normals, exactly as ADTR's residual is. The reference row is
 Gaussian baseline under the same head.
 
 Rings: ``1`` = the 8 neighbours (what the 3x3 neighbour mask hides from ADTR's queries), ``2`` = the
-16 cells at Chebyshev distance 2 (what the mask leaves nearest). ``farR`` (stop 29): the mean of every cell at
+16 cells at Chebyshev distance 2 (what the mask leaves nearest). ``farR``: the mean of every cell at
 distance R or more, the part of the image a defect smaller than the window cannot reach. Each is fitted in two spaces: the
 standardised features (an L2 loss, as ADTR trains) and each location's whitened features (the
 per-location Gaussian's own metric, so the fit spends itself on directions the head weighs). The
@@ -117,7 +117,7 @@ class Whitening:
 
     Not ``residual_stats.location_covariance``: this adds an absolute 0.01 to the diagonal, as the
     Gaussian baseline does (``baselines.gaussian``), where that one scales it by the average
-    variance; the documented figures (docs/benchmarks.md 1.3, stop 28) were made with this one, and
+    variance; the documented figures (docs/benchmarks.md 1.3, what context can predict) were made with this one, and
     the other moves them in the third decimal."""
 
     def __init__(self, centred: torch.Tensor, eps: float = 0.01):

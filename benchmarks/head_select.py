@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--map-score-only", action="store_true", help="judge images by the map's score, not the shipped z-max")
     ap.add_argument("--map-pools", default="", help="comma-separated map_pool windows to compare at the checkpoint's shrinkage")
     ap.add_argument("--map-pool-clip", type=float, default=MAP_POOL_CLIP,
-                    help=f"the pooled part's clip quantile for --map-pools (default {MAP_POOL_CLIP}, what --map-pool trains; 0 = stop 26's unclipped form)")
+                    help=f"the pooled part's clip quantile for --map-pools (default {MAP_POOL_CLIP}, what --map-pool trains; 0 = unclipped, the form before f8d4e4b)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 

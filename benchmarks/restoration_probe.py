@@ -1,4 +1,4 @@
-"""Restoration training, a probe (stop 28, not shipped).
+"""Restoration training, a probe (not shipped: docs/benchmarks.md 1.3, what context can predict).
 
     python benchmarks/restoration_probe.py --data ../shared/data/magnetic_tile --out runs/restore/m3 \
         --cache runs/isz/.features --split val --backbone tf_efficientnet_lite2 --recipes default \
@@ -11,7 +11,7 @@ clean features) with a corrupting one: the jitter, plus, in half of the images
 the features of a rectangle elsewhere in another image of the batch (a CutPaste in feature space),
 the others Gaussian noise at 3x each token's RMS on top of the jitter. The decoder must rebuild the
 normal feature under a defect and learn to distrust anomalous context. (The other training-input
-change of stop 28, noise shaped like each location's normal variation, became an option:
+change tried with it, noise shaped like each location's normal variation, became an option:
 ``--jitter-shape covariance``.)
 
 The noise is drawn from the training generator, so a run is reproducible.

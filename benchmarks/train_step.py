@@ -5,7 +5,7 @@
 One batch of 16 random standardised feature maps (176 channels, 16x16 grid, Lite0 at 256 px),
 AdamW, forward + backward + step, after one warm-up step. Shows what dropout, heads, width, depth
 and the neighbour mask cost on a CPU (docs/benchmarks.md section 1.2), and what drawing the feature
-jitter costs for the default shape, isotropic against covariance-shaped (section 1.3, stop 28).
+jitter costs for the default shape, isotropic against covariance-shaped (section 1.3, what context can predict).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The context probe's pieces (benchmarks/context_probe.py, docs/benchmarks.md 1.3 stop 28): rings of
+"""The context probe's pieces (benchmarks/context_probe.py, docs/benchmarks.md 1.3, what context can predict): rings of
 neighbours, the shifted context, the per-location whitening and the ridge fit must be what the
 probe's table says they are."""
 

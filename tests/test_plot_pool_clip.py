@@ -1,5 +1,5 @@
 """benchmarks/plot_pool_clip.py picks its images by a rule, not by eye: the median mask area of each
-defect type (docs/benchmarks.md 1.3, stop 29)."""
+defect type (docs/benchmarks.md 1.3, the pooled map part with its cells clipped)."""
 
 from __future__ import annotations
 

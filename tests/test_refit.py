@@ -47,7 +47,7 @@ def test_turning_the_pool_on_gives_it_the_shipped_clip():
     ckpt = Checkpoint(ModelConfig(score="mahalanobis"), TrainConfig(), None, {}, [], {})
     cfg, _, changed = head_settings(ckpt, map_pool=5)
     assert cfg.map_pool_clip == MAP_POOL_CLIP and changed["map_pool_clip"] == (0.0, MAP_POOL_CLIP)
-    assert head_settings(ckpt, map_pool=5, map_pool_clip=0.0)[0].map_pool_clip == 0.0  # stop 26's form, if asked
+    assert head_settings(ckpt, map_pool=5, map_pool_clip=0.0)[0].map_pool_clip == 0.0  # the unclipped form, if asked
     with pytest.raises(AdtrError, match="--map-pool-clip 0.5"):
         head_settings(ckpt, map_pool_clip=0.5)  # no pooled part to clip
     with pytest.raises(AdtrError, match="map_pool 4"):

@@ -127,7 +127,7 @@ def test_the_clipped_pooled_part_shortens_each_cell_to_the_normal_cells_quantile
 
 
 def test_the_clip_keeps_one_strong_cell_from_spreading_over_its_window():
-    """What the clip is for (docs/benchmarks.md 1.3, stop 29): a small strong defect raises its
+    """What the clip is for (docs/benchmarks.md 1.3, the pooled map part with its cells clipped): a small strong defect raises its
     neighbours through the pooled part (a halo of false positives), unless its cell is clipped."""
     spot = _normals(50, 6, offset=0.0)
     spot[:, :, 4, 4] += 12.0

@@ -21,7 +21,8 @@ Candidates are judged by the image score the shipped head computes. With a regio
 and both terms are put on one scale by their mean and spread on the clean held-out normals. Judged
 by the map's score alone, the image AUROC of the candidates is the map's, which is not what users
 deploy: on the generated tiles (seed 0) that picked 0.65 where the shipped score's ranking picks
-0.8, which localises 1.2 AUPRO points better there (docs/benchmarks.md 1.3 and 1.5, stop 27).
+0.8, which localises 1.2 AUPRO points better there (docs/benchmarks.md 1.3 and 1.5, the shrinkage judged by the
+image score users deploy).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def covariance_jitter_shape(feats: torch.Tensor) -> torch.Tensor:
     (plus 1% of the average variance), scaled so that the noise's mean energy per token equals
     isotropic jitter's at the same ``feature_jitter``. Isotropic noise at 1x the token's RMS buries
     the low-variance directions that the Mahalanobis head weighs most; this noise perturbs every
-    direction in proportion to its normal variation (docs/benchmarks.md 1.3, stop 28)."""
+    direction in proportion to its normal variation (docs/benchmarks.md 1.3, what context can predict)."""
     _, chol = location_covariance(feats, eps=0.01, what="--jitter-shape covariance")
     token_energy = feats.double().pow(2).sum(dim=1).mean()
     gain = (token_energy / chol.pow(2).sum(dim=(1, 2)).mean()).sqrt()  # trace(L L^T) = sum of L^2

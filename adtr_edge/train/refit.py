@@ -4,7 +4,7 @@ The transformer is untouched. The head (its per-location statistics, the regiona
 map's pooled part) is fitted again on the same fit normals (``split_normals`` with the checkpoint's
 seed) and the threshold recalibrated on the same held-out normals, exactly as training ends
 (``loop.fit_score``). What it is for: a head setting that normal images cannot choose, such as the
-pooled map part for large faint defects (docs/benchmarks.md 1.3, stops 26-29), tried on a user's own
+pooled map part for large faint defects (docs/benchmarks.md 1.3), tried on a user's own
 labelled images in about a minute instead of a retraining, then ``adtr-edge eval NEW DATA --against OLD``.
 """
 
