@@ -40,14 +40,14 @@ def session_config_entry(session, key: str = "session.disable_quant_qdq"):
         return None
 
 
-def fake_meta():
+def fake_meta(thresholds: Thresholds | None = None):
     return build_metadata(
         model_config={"backbone": "fake-brightness", "input_size": [SIZE, SIZE]},
         preprocess=PreprocessSpec(height=SIZE, width=SIZE),
         channels=CHANNELS,
         grid=(GRID, GRID),
         stages=[1],
-        thresholds=Thresholds(THRESHOLD, 0.0, 1.0),
+        thresholds=thresholds or Thresholds(THRESHOLD, 0.0, 1.0),
         pool_kernel=POOL,
     )
 
@@ -96,10 +96,12 @@ def _transformer() -> onnx.GraphProto:
     )
 
 
-def write_fake_export(folder: Path, *, qdq: bool = False, graph_meta_override: dict | None = None) -> Path:
-    """Write backbone.onnx, transformer.onnx and manifest.json following the export contract."""
+def write_fake_export(folder: Path, *, qdq: bool = False, graph_meta_override: dict | None = None,
+                      thresholds: Thresholds | None = None) -> Path:
+    """Write backbone.onnx, transformer.onnx and manifest.json following the export contract;
+    ``thresholds``: another calibration (e.g. one whose normal range is far below the defects')."""
     folder.mkdir(parents=True, exist_ok=True)
-    meta = fake_meta()
+    meta = fake_meta(thresholds)
     graphs = {}
     for name, graph in (("backbone", _backbone(qdq)), ("transformer", _transformer())):
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -13,7 +13,7 @@ import urllib.parse
 import cv2
 import pytest
 
-from tests.runtime_fakes import make_frame, write_fake_export
+from tests.runtime_fakes import make_frame, write_fake_export, write_video
 from tests.web_helpers import http, live_stream, wait_for
 
 from adtr_edge.cli import main as cli_main
@@ -236,3 +236,68 @@ def test_no_web_options_add_nothing_and_import_nothing(model):
                           "print(sorted(m for m in ('starlette', 'uvicorn', 'prometheus_client') if m in sys.modules))"],
                          capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"  # the runtime core stays importable without the factory extra
+
+
+def test_alarms_end_in_the_view_with_min_consecutive(model, tmp_path):
+    """--min-consecutive 2: the start event fires at a run's second frame, the end event names the
+    run's first; the view must match them, so every alarm ends (none stays active forever)."""
+    video = write_video(tmp_path / "runs.mp4", [i % 10 in (3, 4, 5) for i in range(40)])  # 4 runs of 3
+    fe = Frontend(model, http="127.0.0.1:0", announce=False)
+    seen = {}
+
+    class AskAtTheEnd(Sink):  # after the frontend: at the last frame, what the page would get
+        def on_frame(self, r):
+            if r.frame.index == 39:
+                seen["alarms"] = json.loads(http("GET", fe.http.url + "api/alarms")[2])["alarms"]
+
+    try:
+        summary = run_stream(model, str(video), backend="onnxruntime", min_consecutive=2, events=tmp_path / "e.jsonl",
+                             extra_sinks=[fe, AskAtTheEnd()], print_summary=False, handle_signals=False)
+    finally:
+        fe.close()
+    alarms = seen["alarms"]
+    assert summary["alarms"] == 4
+    assert [(a["start_frame"], a["end_frame"], a["active"]) for a in reversed(alarms)] == \
+        [(s, s + 3, False) for s in (3, 13, 23, 33)]
+    events = [json.loads(line) for line in (tmp_path / "e.jsonl").read_text().splitlines()]
+    starts = [(e["frame"], e["start_frame"]) for e in events if e["event"] == "alarm_start"]
+    ends = [e["start_frame"] for e in events if e["event"] == "alarm_end"]
+    assert starts == [(s + 1, s) for s in (3, 13, 23, 33)] and ends == [3, 13, 23, 33]  # a receiver can pair them
+
+
+def test_threshold_slider_covers_the_defect_scores(tmp_path):
+    """A calibration whose normal scores span 0-0.2 while defects score ~1: the slider's range
+    must reach the defects, or it cannot raise the threshold past a false alarm."""
+    from adtr_edge.postprocessing import Thresholds
+
+    model = write_fake_export(tmp_path / "model", thresholds=Thresholds(0.15, 0.0, 0.2))
+    fe = Frontend(model, http="127.0.0.1:0", announce=False)
+    with live_stream(model, fe, defect_every=3):
+        wait_for(lambda: any(p["score"] > 0.9 for p in json.loads(http("GET", fe.http.url + "api/scores")[2])["points"]),
+                 20, "a defect's score")
+        lo, hi = json.loads(http("GET", fe.http.url + "api/status")[2])["view"]["threshold_range"]
+        top = max(p["score"] for p in json.loads(http("GET", fe.http.url + "api/scores")[2])["points"])
+    fe.close()
+    assert lo == 0.0 and hi >= top > 0.9
+
+
+def test_first_frame_jpg_is_an_image(model):
+    """The encoder draws only once someone watches: the very first /frame.jpg waits for that JPEG
+    instead of answering an empty 204."""
+    fe = Frontend(model, http="127.0.0.1:0", announce=False)
+    try:
+        with live_stream(model, fe):
+            code, headers, body = http("GET", fe.http.url + "frame.jpg")
+    finally:
+        fe.close()
+    assert code == 200 and headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+    assert int(headers["x-frame-index"]) >= 0
+
+
+def test_frame_jpg_before_any_frame_is_a_clear_503(model):
+    fe = Frontend(model, http="127.0.0.1:0", announce=False)
+    try:
+        code, headers, body = http("GET", fe.http.url + "frame.jpg?source=cam")
+    finally:
+        fe.close()
+    assert code == 503 and headers["retry-after"] == "1" and "no frame yet" in json.loads(body)["error"]

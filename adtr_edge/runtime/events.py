@@ -79,6 +79,10 @@ class AlarmEvent:
              "score": round(self.score, 6), "normalized_score": round(self.normalized_score, 6)}
         if self.kind == "alarm_end":
             d.update(start_frame=self.start_frame, frames=self.frames, peak_score=round(float(self.peak_score), 6))
+        elif self.start_frame is not None:
+            # The start event comes at the run's N-th frame (--min-consecutive N): start_frame names
+            # the run's first, the key a receiver matches against the end event's start_frame.
+            d["start_frame"] = self.start_frame
         d.update(self.extra)
         return d
 

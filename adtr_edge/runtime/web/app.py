@@ -2,7 +2,7 @@
 
     GET  /                        the page (page.html)
     GET  /stream.mjpg?source=S    the live overlay, multipart/x-mixed-replace (one JPEG per part)
-    GET  /frame.jpg?source=S      the latest overlay JPEG (polling clients)
+    GET  /frame.jpg?source=S      the latest overlay JPEG (polling clients; 503 before the source's first frame)
     GET  /api/status              pipeline.status() + the model and the view's settings
     GET  /api/scores?source=S&after=N   recent scores (frame, score, label, threshold), oldest first
     GET  /api/alarms?source=S     last alarms, newest first; /api/alarms/ID.jpg their thumbnails
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,7 @@ from ...errors import AdtrError
 
 BOUNDARY = "adtrframe"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+FIRST_FRAME_WAIT_S = 3.0  # a first /frame.jpg waits this long for the encoder's first JPEG
 
 
 def _page() -> str:
@@ -114,8 +116,16 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
         if label is None:
             return _error(404, "no such source (yet); see /api/status for the sources")
         jpeg, index, _ = state.poll(label)
-        if jpeg is None:  # the encoder starts once someone asks: the next poll has one
-            return Response(status_code=204, headers={"Retry-After": "1"})
+        # The encoder draws only for watched sources, so the first poll finds no JPEG yet: wait
+        # for the one it now makes instead of answering an empty body an <img> or a script
+        # cannot use. Bounded, for a stream that has no frame at all yet.
+        deadline = time.monotonic() + FIRST_FRAME_WAIT_S
+        while jpeg is None and time.monotonic() < deadline and not frontend.closing:
+            await asyncio.sleep(0.02)
+            jpeg, index, _ = state.poll(label)
+        if jpeg is None:
+            return JSONResponse({"error": "no frame yet: the stream has not processed a frame of this source"},
+                                status_code=503, headers={"Retry-After": "1", "Cache-Control": "no-store"})
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store", "X-Frame-Index": str(index)})
 
     async def status(request: Request):

@@ -115,6 +115,12 @@ class Frontend(Sink):
             t = det.meta.thresholds
             exported = self.last_saved["new_threshold"] if self.last_saved else t.threshold  # the folder's value now
             lo, hi = min(t.score_min, t.threshold, det.thresholds.threshold), max(t.score_max, t.threshold, det.thresholds.threshold)
+            # score_min/score_max span the calibration's normal scores only; defects often score
+            # many times higher, and a slider that stops below them cannot move the threshold
+            # past a false alarm: the range also covers every score the view holds.
+            seen = self.state.score_range()
+            if seen is not None:
+                lo, hi = min(lo, seen[0]), max(hi, seen[1])
             span = [lo, hi if hi > lo else lo + 1.0]
         s["model"] = self.model
         s["view"] = {"token": bool(self.token), "folder_threshold": exported, "threshold_range": span,

@@ -75,7 +75,10 @@ class LiveState:
             self.wake.set()
 
     def _start_alarm(self, e, r) -> None:
-        alarm = {"id": next(self._ids), "source": e.source, "start_frame": e.frame, "time": round(e.timestamp, 3),
+        # With --min-consecutive N the start event fires at the run's N-th frame, but the alarm
+        # (and its end event's start_frame) begins at the run's first: key and show it by that.
+        start = e.start_frame if e.start_frame is not None else e.frame
+        alarm = {"id": next(self._ids), "source": e.source, "start_frame": start, "time": round(e.timestamp, 3),
                  "score": round(e.score, 6), "peak_score": round(e.score, 6), "end_frame": None, "frames": None,
                  "active": True}
         if len(self.alarms) == self.alarms.maxlen:
@@ -83,7 +86,7 @@ class LiveState:
             self.thumbs.pop(gone["id"], None)
             self._open.pop((gone["source"], gone["start_frame"]), None)
         self.alarms.append(alarm)
-        self._open[(e.source, e.frame)] = alarm
+        self._open[(e.source, start)] = alarm
         self.pending_thumbs.append((alarm["id"], r))
 
     def add_event(self, e) -> None:
@@ -156,6 +159,12 @@ class LiveState:
         if after is not None:
             points = [p for p in points if p["frame"] > after]
         return points
+
+    def score_range(self) -> Optional[Tuple[float, float]]:
+        """(lowest, highest) score of the recent frames of every source; None before the first."""
+        with self.lock:
+            scores = [p["score"] for v in self.sources.values() for p in v.scores]
+        return (min(scores), max(scores)) if scores else None
 
     def alarm_list(self, label: Optional[str] = None) -> List[dict]:
         with self.lock:
