@@ -137,10 +137,14 @@ def test_retained_status_online_then_offline_and_last_will(broker, tmp_path):
         online = Subscriber(broker.port, ["cell/status"], client_id="status-1")
         assert online.wait_for(lambda: online.events("cell/status"))
         assert online.events("cell/status")[-1]["state"] == "online"
+        online_time = online.events("cell/status")[-1]["time"]
         proc.send_signal(signal.SIGKILL)  # no clean stop: the broker publishes the last will
         proc.wait(10)
         assert online.wait_for(lambda: online.events("cell/status")[-1]["state"] == "offline")
-        assert online.events("cell/status")[-1]["reason"] == "connection lost"
+        will = online.events("cell/status")[-1]
+        assert will["reason"] == "connection lost" and online_time
+        # Written at connect, sent at the loss: a time in it would predate the "online" it replaces.
+        assert "time" not in will, f"the will says {will.get('time')}, the online status {online_time}"
         online.close()
     finally:
         if proc.poll() is None:
@@ -188,6 +192,41 @@ def test_unreachable_broker_at_start_spools_and_the_next_process_delivers(tmp_pa
     want = [e for e in _jsonl(tmp_path / "first.jsonl") if e["event"].startswith("alarm")]
     assert [(e["event"], e["frame"], e["time"]) for e in got] == [(e["event"], e["frame"], e["time"]) for e in want]
     assert len({e["id"].rsplit("-", 1)[0] for e in got}) == 1  # the ids the first run gave them
+
+
+def test_a_backlog_is_delivered_under_its_own_topics_only(tmp_path):
+    """Events spooled for prefix 'a' while the broker was down: a later stream to the same broker
+    with prefix 'b' must not publish them under b/..., and the next 'a' stream delivers them."""
+    from adtr_edge.runtime.events import AlarmEvent
+
+    port = free_port()
+    spool = tmp_path / "spool"
+    first = delivery_sinks(mqtt=f"mqtt://127.0.0.1:{port}/a", spool=spool, reconnect_delay=(0.1, 0.5), drain_s=0.3)[0]
+    first.start()
+    first.on_alarm(AlarmEvent("alarm_start", "cam", 7, 1000.0, 0.9, 0.9, start_frame=7))
+    first.close()
+    assert first.summary()["delivery"]["mqtt"]["backlog"] == 1
+
+    broker = Broker(tmp_path / "broker", port=port)
+    if not broker.exe:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+    broker.start()
+    sub = Subscriber(port, ["a/alarms", "b/alarms"])
+    try:
+        other = delivery_sinks(mqtt=f"mqtt://127.0.0.1:{port}/b", spool=spool, **FAST)[0]
+        other.start()
+        assert wait_until(lambda: other._connected, timeout=10)
+        other.close()
+        same = delivery_sinks(mqtt=f"mqtt://127.0.0.1:{port}/a", spool=spool, **FAST)[0]
+        same.start()
+        assert sub.wait_for(lambda: sub.events("a/alarms"))
+        same.close()
+        assert sub.events("b/alarms") == []  # nothing of a's backlog under b's prefix
+        assert [(e["event"], e["frame"]) for e in sub.events("a/alarms")] == [("alarm_start", 7)]
+        assert other.summary()["delivery"]["mqtt"]["delivered"] == 0 and same.summary()["delivery"]["mqtt"]["delivered"] == 1
+    finally:
+        sub.close()
+        broker.stop()
 
 
 def test_cli_mqtt_and_summary(broker, video, tmp_path, capsys):

@@ -27,8 +27,8 @@ def _slug(text: str) -> str:
 
 
 def spool_file(folder: Path, kind: str, destination: str) -> Path:
-    """One file per destination, so events spooled for one broker or URL never go to another;
-    readable name plus a short hash of the full destination."""
+    """One file per destination (an MQTT broker and its topics, a webhook URL), so events spooled
+    for one never go to another; readable name plus a short hash of the full destination."""
     digest = hashlib.sha256(destination.encode()).hexdigest()[:8]
     return folder / f"{kind}-{_slug(destination)}-{digest}.sqlite"
 
@@ -55,7 +55,9 @@ def delivery_sinks(*, mqtt: Optional[str] = None, mqtt_frames: bool = False, web
 
             target = parse_mqtt_url(mqtt)
             _paho()  # a missing library is an error before a spool file appears
-            dest = f"{target.host}:{target.port}"
+            # A spooled row holds the event, not its topic (the sender picks it): a spool shared
+            # by two topic sets would publish one run's backlog under the next run's topics.
+            dest = f"{target.host}:{target.port}/{target.topics['alarms']}|{target.topics['frames']}"
             sinks.append(MqttSink(target, Spool(spool_file(folder, "mqtt", dest), max_bytes), frames=mqtt_frames, **sink_options))
         if webhook:
             from .webhook import WebhookSink, check_webhook_url

@@ -5,7 +5,8 @@
 Topics default to ``<prefix>/alarms``, ``<prefix>/frames`` and ``<prefix>/status`` (prefix
 ``adtr-edge``). The status topic holds a retained ``{"state": "online", ...}`` while the stream
 runs; the broker replaces it with the retained last will ``{"state": "offline", ...}`` when the
-connection dies, and a clean stop publishes ``offline`` itself.
+connection dies (without a ``time``: the will is written at connect, the loss comes later), and a
+clean stop publishes ``offline`` with its time itself.
 
 paho-mqtt's network thread connects and reconnects with exponential back-off (also when the
 broker is down at start: the stream starts anyway and spools). The sender publishes a window of
@@ -127,9 +128,10 @@ class MqttSink(SpoolingSink):
         self._pipeline = pipeline
         super().attach(pipeline)
 
-    def _status(self, state: str, **extra) -> bytes:
-        status = {"state": state, "run": self.run_id, "time": iso_utc(time.time()), "host": socket.gethostname(),
-                  "version": __version__}
+    def _status(self, state: str, timed: bool = True, **extra) -> bytes:
+        status = {"state": state, "run": self.run_id, "host": socket.gethostname(), "version": __version__}
+        if timed:
+            status["time"] = iso_utc(time.time())
         if self._pipeline is not None:
             status["sources"] = sorted(self._pipeline.sources)
         status.update(extra)
@@ -179,7 +181,11 @@ class MqttSink(SpoolingSink):
                         protocol=mqtt.MQTTv311)
         if self.target.username:
             c.username_pw_set(self.target.username, self.target.password)
-        c.will_set(self.target.topics["status"], self._status("offline", reason="connection lost"), qos=1, retain=True)
+        # The broker sends the will as written here, at connect, whenever the connection dies
+        # later: a "time" in it would be the connect time, earlier than the "online" it replaces.
+        # It has none; a receiver takes the message's arrival as the time of the loss.
+        c.will_set(self.target.topics["status"], self._status("offline", timed=False, reason="connection lost"),
+                   qos=1, retain=True)
         c.reconnect_delay_set(*self.reconnect_delay)
         c.max_inflight_messages_set(self.window)
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
