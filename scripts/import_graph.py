@@ -3,7 +3,7 @@
     python scripts/import_graph.py [--json]
 
 Facts: module-level import cycles (every ``import`` counts, also the ones inside functions, because
-a lazy import is still a dependency), arrows that point up the floors of the README's layout section
+a lazy import is still a dependency), arrows that point up the floors of docs/ARCHITECTURE.md
 (images -> model -> graphs -> engines -> runtime -> sinks), and the largest modules.
 tests/test_architecture.py holds the same facts as assertions.
 """
