@@ -1,5 +1,5 @@
 """The engine layer and the TensorRT backend against NVIDIA's real Python bindings (8.6, 10.3, the
-newest 10.x, the newest 11.x), imported over a stub of TensorRT's C libraries (tests/trt_bindings.py).
+newest 10.x, 11.1 and the newest 11.x), imported over a stub of TensorRT's C libraries (tests/trt_bindings.py).
 
 Every TensorRT name, property write, call arity, base class and override that
 ``adtr_edge/engine/{trt_api,builder,calibration}.py`` and ``adtr_edge/runtime/backends/tensorrt.py``
@@ -87,6 +87,7 @@ def test_what_each_version_lacks_is_guarded_by_version(real):
     assert lacks["10.3"] == lacks["10.16"] == set()
     assert {"BuilderFlag.FP16", "BuilderFlag.INT8", "IBuilderConfig.int8_calibrator", "IBuilderConfig.set_calibration_profile",
             "ILayer.precision", "NetworkDefinitionCreationFlag.EXPLICIT_BATCH", "tensorrt.IInt8EntropyCalibrator2"} <= lacks["11.4"]
+    assert lacks["11.1"] == lacks["11.4"]
 
 
 def _mutated_root(tmp_path: Path, rel: str, old: str, new: str) -> Path:

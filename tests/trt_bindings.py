@@ -48,12 +48,14 @@ class Release:
         return CACHE / f"trt-bindings-{self.requirement.replace('==', '-')}-py{PY}"
 
 
-# JetPack 6.0's 8.6, JetPack 6.1/6.2's 10.3, the newest 10.x and the newest 11.x on PyPI (8.5, JetPack
-# 5's version, has no wheel). Pinned, so the cached folders stay valid and a new release is a choice.
+# JetPack 6.0's 8.6, JetPack 6.1/6.2's 10.3, the newest 10.x, 11.1 (the 11.x the stand-ins simulate:
+# DLA refused before 11.4) and the newest 11.x on PyPI (8.5, JetPack 5's version, has no wheel).
+# Pinned, so the cached folders stay valid and a new release is a choice.
 RELEASES = (
     Release("8.6", "tensorrt-bindings==8.6.1"),
     Release("10.3", "tensorrt-cu12-bindings==10.3.0"),
     Release("10.16", "tensorrt-cu12-bindings==10.16.1.11"),
+    Release("11.1", "tensorrt-cu12-bindings==11.1.0.106"),
     Release("11.4", "tensorrt-cu12-bindings==11.4.0.106"),
 )
 

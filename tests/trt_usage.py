@@ -475,3 +475,83 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# -- the stand-ins (tests/trt_standin/fake_trt.py) against the real module -------------------------
+
+
+def _standin_names(cls) -> list[str]:
+    api = cls.__dict__.get("_api")
+    if api is not None:
+        return sorted(api)
+    return sorted(n for c in cls.__mro__[:-1] for n in vars(c) if not n.startswith("_"))
+
+
+def _accepts(params: list[tuple[str, bool]]) -> tuple[set, set]:
+    """(positional counts, keyword names) a signature accepts, self excluded."""
+    params = params[1:]
+    required = sum(1 for _, d in params if not d)
+    return set(range(required, len(params) + 1)), {p for p, _ in params}
+
+
+def standin_differences(real, fake) -> list[str]:
+    """What the stand-in module ``fake`` accepts that the real module ``real`` does not: names
+    (module attributes, enum members, class members), writes to read-only properties, methods that
+    are properties there (or the reverse), and call arities or keyword names."""
+    out = []
+    for name, value in vars(fake).items():
+        if name.startswith("_") or name in ("__version__",):
+            continue
+        rval = getattr(real, name, None)
+        if rval is None:
+            out.append(f"tensorrt.{name} does not exist")
+            continue
+        if isinstance(value, types.SimpleNamespace):  # a stand-in enum
+            members = getattr(rval, "__members__", {})
+            out += [f"{name}.{m} does not exist" for m in vars(value) if m not in members]
+    for rname, cls in fake._classes.items():
+        rcls = getattr(real, rname, None)
+        if rcls is None:
+            out.append(f"tensorrt.{rname} does not exist")
+            continue
+        for name in _standin_names(cls):
+            where = f"{rname}.{name}"
+            try:
+                rstatic = inspect.getattr_static(rcls, name)
+            except AttributeError:
+                out.append(f"{where} does not exist")
+                continue
+            sstatic = next((c.__dict__[name] for c in cls.__mro__ if name in c.__dict__), None)
+            if isinstance(sstatic, types.FunctionType):
+                if isinstance(rstatic, property):
+                    out.append(f"{where} is a property, the stand-in has a method")
+                    continue
+                if isinstance(getattr(rcls, name), type):
+                    continue  # a nested class (ILogger.Severity)
+                rsigs = signatures(getattr(rcls, name), name)
+                if not rsigs:
+                    out.append(f"{where}: no signature to compare")
+                    continue
+                counts, keywords = set(), set()
+                for params, _ in rsigs:
+                    c, k = _accepts(params)
+                    counts |= c
+                    keywords |= k
+                scounts, skeywords = _accepts(signatures(sstatic, name)[0][0])
+                if not scounts <= counts:
+                    out.append(f"{where}: the stand-in takes {sorted(scounts)} arguments, the real one {sorted(counts)}")
+                if not skeywords <= keywords:
+                    out.append(f"{where}: the stand-in's parameters {sorted(skeywords - keywords)} are not the real ones {sorted(keywords)}")
+            elif isinstance(sstatic, (type, types.SimpleNamespace)):
+                continue  # a nested class or enum (ILogger.Severity)
+            elif sstatic is None and not isinstance(rstatic, property):
+                continue  # listed but not implemented: the stand-in raises AttributeError on use
+            else:
+                if not isinstance(rstatic, property):
+                    if callable(getattr(rcls, name)) and not isinstance(getattr(rcls, name), type):
+                        out.append(f"{where} is a method, the stand-in has an attribute")
+                    continue
+                writable = (not isinstance(sstatic, property) or sstatic.fset is not None) and name not in getattr(cls, "_readonly", ())
+                if writable and "_api" in vars(cls) and rstatic.fset is None:
+                    out.append(f"{where} is read-only, the stand-in lets it be assigned")
+    return out

@@ -27,9 +27,11 @@ import onnx
 
 
 class Strict:
-    """Public attributes outside ``_api`` raise AttributeError (reads and writes)."""
+    """Public attributes outside ``_api`` raise AttributeError (reads and writes); those in
+    ``_readonly`` (read-only properties in the real bindings) cannot be assigned."""
 
     _api: frozenset = frozenset()
+    _readonly: frozenset = frozenset()
 
     def __getattribute__(self, name):
         if not name.startswith("_") and name not in object.__getattribute__(self, "_api"):
@@ -39,6 +41,8 @@ class Strict:
     def __setattr__(self, name, value):
         if not name.startswith("_") and name not in object.__getattribute__(self, "_api"):
             raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r} in this TensorRT version")
+        if name in object.__getattribute__(self, "_readonly"):
+            raise AttributeError(f"{type(self).__name__!s}.{name} is read-only")
         object.__setattr__(self, name, value)
 
 
@@ -521,6 +525,7 @@ def make_tensorrt(version, cudart=None):
     # tensors and layers
     class Tensor(Strict):
         _api = frozenset({"name", "shape", "dtype"})
+        _readonly = frozenset({"dtype"} if mm[0] >= 11 else set())
 
         def __init__(self, name, shape, dtype):
             self._set(name, shape, dtype)
@@ -532,6 +537,7 @@ def make_tensorrt(version, cudart=None):
 
     class Layer(Strict):
         _api = frozenset(tab["layer"])
+        _readonly = frozenset({"type"})
 
         def __init__(self, name, ltype, inputs, outputs, op=None):
             object.__setattr__(self, "_op", op)  # the ONNX op the parser made it from
@@ -546,11 +552,11 @@ def make_tensorrt(version, cudart=None):
         num_inputs = property(lambda self: len(self._inputs))
         num_outputs = property(lambda self: len(self._outputs))
 
-        def get_input(self, i):
-            return self._inputs[i]
+        def get_input(self, index):
+            return self._inputs[index]
 
-        def get_output(self, i):
-            return self._outputs[i]
+        def get_output(self, index):
+            return self._outputs[index]
 
         def _get_precision(self):
             return self._precision
@@ -562,13 +568,13 @@ def make_tensorrt(version, cudart=None):
         precision = property(_get_precision, _set_precision)
         precision_is_set = property(lambda self: self._precision_set)
 
-        def set_output_type(self, i, dt):
-            if not 0 <= i < len(self._outputs):
-                raise IndexError(i)
-            self._output_types[i] = dt
+        def set_output_type(self, index, dtype):
+            if not 0 <= index < len(self._outputs):
+                raise IndexError(index)
+            self._output_types[index] = dtype
 
-        def get_output_type(self, i):
-            return self._output_types.get(i, DT.FLOAT)
+        def get_output_type(self, index):
+            return self._output_types.get(index, DT.FLOAT)
 
     class Network(Strict):
         _api = frozenset({"num_layers", "get_layer", "num_inputs", "get_input", "num_outputs", "get_output", "name"})
@@ -585,14 +591,14 @@ def make_tensorrt(version, cudart=None):
         num_inputs = property(lambda self: len(self._inputs))
         num_outputs = property(lambda self: len(self._outputs))
 
-        def get_layer(self, i):
-            return self._layers[i]
+        def get_layer(self, index):
+            return self._layers[index]
 
-        def get_input(self, i):
-            return self._inputs[i]
+        def get_input(self, index):
+            return self._inputs[index]
 
-        def get_output(self, i):
-            return self._outputs[i]
+        def get_output(self, index):
+            return self._outputs[index]
 
     def _flag_set(flags, member_name):
         member = getattr(trt.NetworkDefinitionCreationFlag, member_name, None)
@@ -630,7 +636,8 @@ def make_tensorrt(version, cudart=None):
             return ""
 
     class OnnxParser(Strict):
-        _api = frozenset({"parse", "parse_from_file", "num_errors", "get_error", "clear_errors", "supports_model"})
+        # supports_model was removed in 11.0 (checked on the real 11.1 bindings).
+        _api = frozenset({"parse", "parse_from_file", "num_errors", "get_error", "clear_errors"} | ({"supports_model"} if weak else set()))
 
         def __init__(self, network, logger):
             object.__setattr__(self, "_network", network)
@@ -639,8 +646,8 @@ def make_tensorrt(version, cudart=None):
 
         num_errors = property(lambda self: len(self._errors))
 
-        def get_error(self, i):
-            return self._errors[i]
+        def get_error(self, index):
+            return self._errors[index]
 
         def clear_errors(self):
             self._errors.clear()
@@ -648,7 +655,8 @@ def make_tensorrt(version, cudart=None):
         def parse(self, model, path=None):
             return self._parse_model(onnx.load_from_string(model))
 
-        def parse_from_file(self, path):
+        def parse_from_file(self, model):
+            path = model  # the real keyword name; a path, not an ONNX model
             trt._calls.append(("parse_from_file", path))
             try:
                 model = onnx.load(path)
@@ -695,11 +703,11 @@ def make_tensorrt(version, cudart=None):
         def __init__(self):
             object.__setattr__(self, "_shapes", {})
 
-        def set_shape(self, name, min, opt, max):  # noqa: A002 (real keyword names)
-            self._shapes[name] = (tuple(min), tuple(opt), tuple(max))
+        def set_shape(self, input, min, opt, max):  # noqa: A002 (real keyword names)
+            self._shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
-        def get_shape(self, name):
-            return self._shapes[name]
+        def get_shape(self, input):
+            return self._shapes[input]
 
     class TimingCache(Strict):
         _api = frozenset({"serialize", "combine", "reset"})
@@ -726,24 +734,24 @@ def make_tensorrt(version, cudart=None):
             d(self, "DLA_core", -1)
             d(self, "profiling_verbosity", trt.ProfilingVerbosity.LAYER_NAMES_ONLY)
 
-        def set_memory_pool_limit(self, pool, size):
-            self._pools[pool] = size
+        def set_memory_pool_limit(self, pool, pool_size):
+            self._pools[pool] = pool_size
 
         def get_memory_pool_limit(self, pool):
             return self._pools.get(pool, 0)
 
-        def set_flag(self, f):
-            assert isinstance(f, EnumValue) and f.enum == "BuilderFlag"
-            self._flags.add(f.name)
+        def set_flag(self, flag):
+            assert isinstance(flag, EnumValue) and flag.enum == "BuilderFlag"
+            self._flags.add(flag.name)
 
-        def clear_flag(self, f):
-            self._flags.discard(f.name)
+        def clear_flag(self, flag):
+            self._flags.discard(flag.name)
 
-        def get_flag(self, f):
-            return f.name in self._flags
+        def get_flag(self, flag):
+            return flag.name in self._flags
 
-        def add_optimization_profile(self, p):
-            self._profiles.append(p)
+        def add_optimization_profile(self, profile):
+            self._profiles.append(profile)
             return len(self._profiles) - 1
 
         def _get_cal(self):
@@ -754,12 +762,12 @@ def make_tensorrt(version, cudart=None):
 
         int8_calibrator = property(_get_cal, _set_cal)
 
-        def set_calibration_profile(self, p):
-            object.__setattr__(self, "_calib_profile", p)
+        def set_calibration_profile(self, profile):
+            object.__setattr__(self, "_calib_profile", profile)
             return True
 
-        def create_timing_cache(self, data):
-            return TimingCache(bytes(data))
+        def create_timing_cache(self, serialized_timing_cache):
+            return TimingCache(bytes(serialized_timing_cache))
 
         def set_timing_cache(self, cache, ignore_mismatch):
             if cache._data and not cache._data.startswith(f"FAKE-TIMING-CACHE {version} ".encode()) and not ignore_mismatch:
@@ -793,6 +801,7 @@ def make_tensorrt(version, cudart=None):
 
     class Builder(Strict):
         _api = frozenset(tab["builder"])
+        _readonly = frozenset({"logger"})
 
         def __init__(self, logger):
             assert isinstance(logger, ILogger), "Builder needs an ILogger"
@@ -920,6 +929,7 @@ def make_tensorrt(version, cudart=None):
 
     class Engine(Strict):
         _api = frozenset(tab["engine"])
+        _readonly = frozenset({"name", "num_bindings", "max_batch_size"})
 
         def __init__(self, header, onnx_bytes):
             object.__setattr__(self, "_h", header)
@@ -932,8 +942,8 @@ def make_tensorrt(version, cudart=None):
         num_io_tensors = property(lambda self: len(self._io))
         num_optimization_profiles = property(lambda self: 1)
 
-        def get_tensor_name(self, i):
-            return self._io[i][0]
+        def get_tensor_name(self, index):
+            return self._io[index][0]
 
         def _find(self, name):
             for e in self._io:
@@ -970,6 +980,7 @@ def make_tensorrt(version, cudart=None):
         the context keeps the shapes it was captured with."""
 
         _api = frozenset(tab["context"])
+        _readonly = frozenset({"engine"})
 
         def __init__(self, engine):
             object.__setattr__(self, "engine", engine)
@@ -989,9 +1000,9 @@ def make_tensorrt(version, cudart=None):
             self._shapes[name] = shape
             return True
 
-        def set_tensor_address(self, name, ptr):
+        def set_tensor_address(self, name, memory):
             self.engine._find(name)
-            self._addr[name] = int(ptr)
+            self._addr[name] = int(memory)
             return True
 
         def get_tensor_shape(self, name):
@@ -1057,11 +1068,11 @@ def make_tensorrt(version, cudart=None):
 
         num_DLA_cores = property(lambda self: 2)
 
-        def deserialize_cuda_engine(self, data):
-            data = bytes(data)
-            if not data.startswith(b"FAKEPLAN\n"):
+        def deserialize_cuda_engine(self, serialized_engine):
+            serialized_engine = bytes(serialized_engine)
+            if not serialized_engine.startswith(b"FAKEPLAN\n"):
                 return None
-            _, header, rest = data.split(b"\n", 2)
+            _, header, rest = serialized_engine.split(b"\n", 2)
             h = json.loads(header)
             if h["version"] != version:
                 _log(None, ILogger.ERROR, f"plan was built by TensorRT {h['version']}, this is {version}")
@@ -1087,4 +1098,12 @@ def make_tensorrt(version, cudart=None):
         trt.IInt8Calibrator = IInt8Calibrator
         trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
         trt.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (IInt8Calibrator,), {})
+    # Each stand-in class under the name of the real class it stands for (the real module's names are
+    # checked against these in tests/test_trt_standin_conformance.py).
+    trt._classes = {"ITensor": Tensor, "ILayer": Layer, "INetworkDefinition": Network, "ParserError": ParserError,
+                    "OnnxParser": OnnxParser, "IOptimizationProfile": Profile, "ITimingCache": TimingCache,
+                    "IBuilderConfig": Config, "Builder": Builder, "ICudaEngine": Engine, "IExecutionContext": Context,
+                    "Runtime": Runtime, "ILogger": ILogger, "Logger": Logger}
+    if weak:
+        trt._classes.update({"IInt8Calibrator": IInt8Calibrator, "IInt8EntropyCalibrator2": IInt8EntropyCalibrator2})
     return trt
