@@ -42,7 +42,8 @@ BACKBONES = {
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 POS_EMBEDS = ("learned", "sine")
-SCORES = ("l2", "mahalanobis")
+SCORES = ("l2", "mahalanobis", "nearest")
+NEAREST_SOURCES = ("features", "residual")
 
 
 def _from_dict(cls, d: dict, what: str):
@@ -95,6 +96,13 @@ class ModelConfig:
     # the window while a faint change over many cells still adds up. 0 = no clip (checkpoints from
     # before this field); ``train --map-pool`` uses MAP_POOL_CLIP.
     map_pool_clip: float = 0.0
+    # score "nearest" (location-free, for parts that are not fixtured): each cell's distance to its
+    # nearest neighbour in a bank of ``nearest_bank`` normal cells from every location (a greedy
+    # coreset, ``train.memory_bank``), on the standardised ``features`` or on the ``residual`` of the
+    # reconstruction, after a ``nearest_pool`` x ``nearest_pool`` average of the cells (0 = none).
+    nearest_source: str = "features"
+    nearest_bank: int = 0
+    nearest_pool: int = 0
     mean: tuple[float, float, float] = BACKBONES[DEFAULT_BACKBONE]["mean"]  # of the backbone's ImageNet weights
     std: tuple[float, float, float] = BACKBONES[DEFAULT_BACKBONE]["std"]
 
@@ -128,6 +136,15 @@ class ModelConfig:
             raise AdtrError(f"map_pool_clip {self.map_pool_clip}: use 0 (no clip) or a quantile below 1, such as 0.99")
         if self.region_grid and self.score != "mahalanobis":
             raise AdtrError(f"region_grid {self.region_grid}: needs score 'mahalanobis' (its statistics are fitted with that head's)")
+        if self.score == "nearest":
+            if self.nearest_bank < 1:
+                raise AdtrError(f"nearest_bank {self.nearest_bank}: a nearest-neighbour head needs a bank of at least one cell")
+            if self.region_grid or self.map_pool:
+                raise AdtrError("score 'nearest': no region_grid or map_pool (both are per-location statistics); set them to 0")
+        if self.nearest_source not in NEAREST_SOURCES:
+            raise AdtrError(f"nearest_source {self.nearest_source!r}: choose one of {list(NEAREST_SOURCES)}")
+        if self.nearest_pool < 0 or (self.nearest_pool and self.nearest_pool % 2 == 0):
+            raise AdtrError(f"nearest_pool {self.nearest_pool}: use 0 (off) or an odd window such as 3")
         if self.neighbor_mask >= min(gh, gw):
             raise AdtrError(f"neighbor_mask {self.neighbor_mask} must be smaller than the grid {gh}x{gw}")
 

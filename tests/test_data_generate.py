@@ -109,3 +109,26 @@ def test_video_arguments(tmp_path):
         generate_video(tmp_path / "v.mkv", n_frames=5)
     avi = generate_video(tmp_path / "v.avi", n_frames=3, size=(32, 32))
     assert avi.path == tmp_path / "v.avi" and avi.fourcc == "MJPG" and len(_read_frames(avi.path)) == 3
+
+
+def test_bolts_scene_moves_and_turns_the_part_and_masks_exactly_the_defect(tmp_path):
+    from adtr_edge.data.objects import OBJECT_DEFECT_KINDS, bolt_image, draw_object_defect
+
+    parts = [bolt_image((128, 128), np.random.default_rng(s))[1] for s in range(6)]
+    centres = np.array([np.argwhere(p).mean(axis=0) for p in parts])
+    assert np.ptp(centres, axis=0).min() > 10  # not fixtured: the part sits elsewhere every time
+    assert all(0.03 < p.mean() < 0.2 for p in parts)  # one part, most of the frame background
+    for s in range(8):
+        rng = np.random.default_rng(100 + s)
+        img, part = bolt_image((128, 128), rng)
+        kind = OBJECT_DEFECT_KINDS[s % len(OBJECT_DEFECT_KINDS)]
+        out, mask = draw_object_defect(img, part, rng, kind)
+        assert mask.any(), kind
+        assert np.array_equal(mask, np.any(out != img, axis=2))
+        near = cv2.dilate(part.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
+        assert not (mask & ~near).any(), kind  # on the part or standing off its edge, never loose in the frame
+    root = generate_sample_dataset(tmp_path, n_train=2, n_test_good=1, n_test_defect=4, size=(64, 64), scene="bolts",
+                                   category="bolts")
+    assert sorted(p.name for p in (root / "ground_truth").iterdir()) == sorted(OBJECT_DEFECT_KINDS)
+    with pytest.raises(AdtrError, match="scene 'nuts'"):
+        generate_sample_dataset(tmp_path, scene="nuts", category="x")

@@ -18,15 +18,17 @@ def register(app: typer.Typer) -> None:
         category: str = typer.Option("tiles", help="Name of the category folder."),
         n_train: int = typer.Option(60, help="Normal training images."),
         n_test_good: int = typer.Option(20, help="Normal test images."),
-        n_test_defect: int = typer.Option(20, help="Defect test images (scratch, spot, crack, missing in turn)."),
+        n_test_defect: int = typer.Option(20, help="Defect test images (the scene's defect kinds in turn)."),
         height: int = typer.Option(128, help="Image height in pixels."),
         width: int = typer.Option(128, help="Image width in pixels."),
         seed: int = typer.Option(0, help="Random seed: the same seed writes the same images."),
         overwrite: bool = typer.Option(False, help="Replace an existing category folder."),
+        scene: str = typer.Option("weave", help="weave: a fixtured woven texture; bolts: one bolt anywhere in the frame at any angle "
+                                               "(defects: chip, scratch, stain, burr)."),
     ) -> None:
-        """Write a generated MVTec-AD style dataset of textures with drawn defects and exact masks."""
+        """Write a generated MVTec-AD style dataset (textures or unfixtured parts) with drawn defects and exact masks."""
         path = generate_sample_dataset(root, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect,
-                                       size=(height, width), seed=seed, category=category, overwrite=overwrite)
+                                       size=(height, width), seed=seed, category=category, overwrite=overwrite, scene=scene)
         typer.echo(f"wrote {path}")
 
     @app.command("check-data")

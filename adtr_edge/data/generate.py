@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import AdtrError
 from ..fileio import staged_folder
+from .objects import OBJECT_DEFECT_KINDS, bolt_image, draw_object_defect
 from .shapes import polygon_mask, random_walk, smooth_noise
 
 DEFECT_KINDS = ("scratch", "spot", "crack", "missing")
@@ -176,14 +177,42 @@ def _check_size(size: tuple[int, int], option: str = "size") -> tuple[int, int]:
     return h, w
 
 
+def _weave_normal(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    return weave_texture(size, rng)
+
+
+def _weave_defect(size: tuple[int, int], rng: np.random.Generator, i: int) -> tuple[str, np.ndarray, np.ndarray]:
+    kind = DEFECT_KINDS[i % len(DEFECT_KINDS)]
+    return (kind, *draw_defect(weave_texture(size, rng), rng, kind))
+
+
+def _bolt_normal(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    return bolt_image(size, rng)[0]
+
+
+def _bolt_defect(size: tuple[int, int], rng: np.random.Generator, i: int) -> tuple[str, np.ndarray, np.ndarray]:
+    kind = OBJECT_DEFECT_KINDS[i % len(OBJECT_DEFECT_KINDS)]
+    img, part = bolt_image(size, rng)
+    return (kind, *draw_object_defect(img, part, rng, kind))
+
+
+# What a generated dataset shows: (normal image maker, defect image maker -> (kind, image, mask)).
+# "weave": a fixtured texture (the default); "bolts": one part anywhere in the frame at any angle.
+SCENES: dict[str, tuple[Callable, Callable]] = {"weave": (_weave_normal, _weave_defect), "bolts": (_bolt_normal, _bolt_defect)}
+
+
 def generate_sample_dataset(root: str | os.PathLike, *, n_train: int = 60, n_test_good: int = 20,
                             n_test_defect: int = 20, size: tuple[int, int] = (128, 128), seed: int = 0,
-                            category: str = "tiles", overwrite: bool = False) -> Path:
-    """Write an MVTec-AD category ``<root>/<category>`` of generated textures; return its path.
+                            category: str = "tiles", overwrite: bool = False, scene: str = "weave") -> Path:
+    """Write an MVTec-AD category ``<root>/<category>`` of a generated ``scene``; return its path.
 
-    ``size`` is (height, width). Defect images cycle through ``DEFECT_KINDS`` (scratch, spot, crack,
-    missing), each with an exact {0,255} PNG mask. The folder appears only when complete.
+    ``size`` is (height, width). Defect images cycle through the scene's kinds (weave: scratch, spot,
+    crack, missing; bolts: chip, scratch, stain, burr), each with an exact {0,255} PNG mask. The
+    folder appears only when complete.
     """
+    if scene not in SCENES:
+        raise AdtrError(f"scene {scene!r}: choose one of {sorted(SCENES)}")
+    normal_image, defect_image = SCENES[scene]
     h, w = _check_size(size)
     for name, n in (("n_train", n_train), ("n_test_good", n_test_good), ("n_test_defect", n_test_defect)):
         if int(n) < 0:
@@ -200,18 +229,16 @@ def generate_sample_dataset(root: str | os.PathLike, *, n_train: int = 60, n_tes
         train = tmp / "train" / "good"
         train.mkdir(parents=True)
         for i in range(n_train):
-            _write_png(train / f"{i:03d}.png", weave_texture((h, w), _rng(seed, 0, i)))
+            _write_png(train / f"{i:03d}.png", normal_image((h, w), _rng(seed, 0, i)))
         good = tmp / "test" / "good"
         good.mkdir(parents=True)
         for i in range(n_test_good):
-            _write_png(good / f"{i:03d}.png", weave_texture((h, w), _rng(seed, 1, i)))
-        counters = dict.fromkeys(DEFECT_KINDS, 0)
+            _write_png(good / f"{i:03d}.png", normal_image((h, w), _rng(seed, 1, i)))
+        counters: dict[str, int] = {}
         for i in range(n_test_defect):
-            kind = DEFECT_KINDS[i % len(DEFECT_KINDS)]
-            rng = _rng(seed, 2, i)
-            img, mask = draw_defect(weave_texture((h, w), rng), rng, kind)
-            k = counters[kind]
-            counters[kind] += 1
+            kind, img, mask = defect_image((h, w), _rng(seed, 2, i), i)
+            k = counters.get(kind, 0)
+            counters[kind] = k + 1
             (tmp / "test" / kind).mkdir(parents=True, exist_ok=True)
             (tmp / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
             _write_png(tmp / "test" / kind / f"{k:03d}.png", img)

@@ -101,6 +101,14 @@ class AnomalyHead(nn.Module):
         if self.map_pool_clip:
             # A large finite start (FP16-safe), so that an unfitted head pools unclipped; fitted: set_pool_cap.
             self.register_buffer("pool_cap", torch.tensor([1e4]))
+        if cfg.score == "nearest":
+            if channels is None:
+                raise ValueError("a nearest-neighbour head needs the channel count")
+            # The bank is stored divided by NORM_SCALE with its rows' squared norms, so that the graph is
+            # one MatMul, two Adds and a ReduceMin; fitted by set_bank (unfitted: zeros).
+            self.register_buffer("bank", torch.zeros(cfg.nearest_bank, channels))
+            self.register_buffer("bank_sq", torch.zeros(cfg.nearest_bank))
+        self.nearest_source, self.nearest_pool = cfg.nearest_source, int(cfg.nearest_pool)
         self.region_grid, self.feature_grid = int(cfg.region_grid), tuple(cfg.grid)
         if self.region_grid:
             dim = channels * self.region_grid ** 2  # region_means' length
@@ -118,6 +126,41 @@ class AnomalyHead(nn.Module):
         """``mean`` (K, C) and ``whiten`` (K, C, C), from ``adtr_edge.train.residual_stats``."""
         self.residual_mean.copy_(mean.reshape(self.residual_mean.shape))
         self.residual_whiten.copy_(whiten.reshape(self.residual_whiten.shape))
+
+    def set_bank(self, cells: torch.Tensor) -> None:
+        """The nearest-neighbour head's memory bank from ``cells`` (M', C) of normal images, M' <= the
+        buffer's rows; with fewer, the first cell fills the rest (a repeated row changes no minimum)."""
+        m = self.bank.shape[0]
+        if not 1 <= cells.shape[0] <= m:
+            raise ValueError(f"a bank of {cells.shape[0]} cells for a head with room for {m}")
+        rows = torch.cat([cells, cells[:1].expand(m - cells.shape[0], -1)]).to(self.bank) / NORM_SCALE
+        self.bank.copy_(rows)
+        self.bank_sq.copy_(rows.pow(2).sum(dim=1))
+
+    def nearest_cells(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,1,h,w) distance of each cell of ``x`` (N,C,h,w) to its nearest bank row, from every location.
+        As ||q||^2 + ||b||^2 - 2 q.b on the scaled vectors: a (N, K, M) MatMul and a ReduceMin, which
+        every runtime runs; the scale keeps the squares far inside FP16's range."""
+        x = self.nearest_view(x)
+        n, c, h, w = x.shape
+        q = x.flatten(2).transpose(1, 2) * (1.0 / NORM_SCALE)  # (N, K, C)
+        d2 = torch.matmul(q, self.bank.t()) * -2.0 + self.bank_sq  # (N, K, M)
+        d2 = d2.amin(dim=2) + (q * q).sum(dim=2)
+        return (torch.sqrt(torch.clamp(d2, min=0.0)) * NORM_SCALE).reshape(n, 1, h, w)
+
+    def nearest_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The cells as the bank holds them: averaged over ``nearest_pool`` x ``nearest_pool`` neighbours
+        (PatchCore's local aggregation: a cell that carries its surroundings), or as they are."""
+        if not self.nearest_pool:
+            return x
+        k = self.nearest_pool
+        return F.avg_pool2d(x, kernel_size=k, stride=1, padding=k // 2, count_include_pad=False)
+
+    def cell_input(self, features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """What the per-cell score reads: the residual, or (a ``nearest`` head on ``features``) the features."""
+        if self.score_kind == "nearest" and self.nearest_source == "features":
+            return features
+        return features - reconstruction
 
     def set_region_stats(self, mean: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor, rest: float) -> None:
         """The regional term: ``mean`` (D,), ``basis`` (D, r') orthonormal columns, ``scale`` (r',) =
@@ -147,10 +190,13 @@ class AnomalyHead(nn.Module):
         return self.from_grid_map(self.residual_map(residual))[1]
 
     def error_map(self, features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        return self.residual_map(features - reconstruction)
+        return self.residual_map(self.cell_input(features, reconstruction))
 
     def residual_map(self, d: torch.Tensor) -> torch.Tensor:
-        """Per-location score (N,1,h,w) of a residual d = f - f_hat."""
+        """Per-location score (N,1,h,w) of a residual d = f - f_hat (of the features themselves for a
+        ``nearest`` head on features: ``cell_input``)."""
+        if self.score_kind == "nearest":
+            return self.nearest_cells(d)
         local, pooled = self.map_parts(d)
         return local if pooled is None else local + self.pool_scale * pooled
 
@@ -191,7 +237,7 @@ class AnomalyHead(nn.Module):
 
     def forward(self, features: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = features - reconstruction
-        amap, score = self.from_grid_map(self.residual_map(d))
+        amap, score = self.from_grid_map(self.residual_map(self.cell_input(features, reconstruction)))
         if self.region_grid:
             n = self.score_norm
             score = torch.maximum((score - n[0]) / n[1], (self.region_score(d) - n[2]) / n[3])
@@ -207,6 +253,10 @@ class AnomalyHead(nn.Module):
                      "score_norm": {"map_mean": n[0], "map_std": n[1], "region_mean": n[2], "region_std": n[3]}}
         else:
             rule["image_score"] = "the map's score"
+        if self.score_kind == "nearest":
+            rule["cell_score"] = (f"distance of each cell's {self.nearest_source} to the nearest of {int(self.bank.shape[0])} "
+                                  "normal cells from every location" + (f", after a {self.nearest_pool}x{self.nearest_pool} "
+                                                                        "average" if self.nearest_pool else ""))
         if self.map_pool:
             rule["map_pool"] = {"window": self.map_pool, "weight": float(self.pool_scale),
                                 "clip_quantile": self.map_pool_clip, "cap": float(self.pool_cap) if self.map_pool_clip else None}

@@ -400,6 +400,10 @@ def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: tor
 
         use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
         fit_head_for(model, train_cfg, val_feats if use_val else feats, device, residual=None if use_val else fit_residual)
+    elif model.cfg.score == "nearest":
+        from .memory_bank import fit_bank
+
+        fit_bank(model, feats, device, seed=train_cfg.seed, residual=fit_residual)
     return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
 
 

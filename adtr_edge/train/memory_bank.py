@@ -1,0 +1,85 @@
+"""A memory bank of normal cells from every grid location, for the location-free ``nearest`` head.
+
+The per-location head asks "is this cell like the normal cells *at this place*?", which only makes
+sense when parts sit in one place. Screws, nuts and castings arrive shifted and rotated; there the
+question is "is this cell like *any* normal cell?": the distance to its nearest neighbour among the
+normal cells of every location (PatchCore, Roth et al. 2022, on our own features).
+
+All the fit normals' cells are too many to carry in a graph (320 images x 256 cells = 82k vectors on
+MVTec AD ``screw``), so the bank is a greedy k-centre coreset: each new member is the cell farthest
+from every member so far, which keeps the rare normal appearances that a random subsample drops
+(PatchCore's argument; the k-centre rule is Sener & Savarese 2018). Distances during the selection
+use a fixed random projection to ``PROJECTION`` dimensions (Johnson-Lindenstrauss), as PatchCore does,
+so the selection costs O(bank x cells x 128) rather than x channels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import require
+
+PROJECTION = 128
+
+
+def cells(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (N*h*w, C): every location's vector, locations forgotten."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+@torch.no_grad()
+def greedy_coreset(vectors: torch.Tensor, size: int, seed: int = 0, chunk: int = 65536) -> torch.Tensor:
+    """Indices of ``size`` rows of ``vectors`` (M, C) chosen by greedy k-centre selection under a
+    random projection; all rows (in order) when ``size`` >= M."""
+    m = vectors.shape[0]
+    require(size >= 1, f"memory bank size {size}: must be >= 1")
+    if size >= m:
+        return torch.arange(m)
+    g = torch.Generator().manual_seed(seed)
+    x = vectors.float()
+    if x.shape[1] > PROJECTION:
+        x = x @ (torch.randn(x.shape[1], PROJECTION, generator=g) / PROJECTION ** 0.5)
+    x_sq = x.pow(2).sum(dim=1)
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = int(torch.randint(m, (1,), generator=g))
+    nearest = torch.full((m,), float("inf"))
+    for i in range(1, size + 1):
+        c = x[chosen[i - 1]]
+        for s in range(0, m, chunk):  # squared distances to the newest member, in slices to bound memory
+            d = x_sq[s:s + chunk] - 2.0 * (x[s:s + chunk] @ c) + c.pow(2).sum()
+            torch.minimum(nearest[s:s + chunk], d, out=nearest[s:s + chunk])
+        if i < size:
+            chosen[i] = int(torch.argmax(nearest))
+    return chosen
+
+
+@torch.no_grad()
+def nearest_distance(query: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Euclidean distance (Q,) from each row of ``query`` (Q, C) to its nearest row of ``bank`` (M, C),
+    exact (float64 accumulation would change nothing at these sizes; float32 is used)."""
+    bank = bank.float()
+    bank_sq = bank.pow(2).sum(dim=1)
+    out = torch.empty(query.shape[0])
+    for s in range(0, query.shape[0], chunk):
+        q = query[s:s + chunk].float()
+        d2 = q.pow(2).sum(dim=1, keepdim=True) + bank_sq.unsqueeze(0) - 2.0 * q @ bank.T
+        out[s:s + chunk] = d2.amin(dim=1).clamp_min(0).sqrt()
+    return out
+
+
+@torch.no_grad()
+def fit_bank(model, features: torch.Tensor, device, seed: int = 0, residual: torch.Tensor | None = None) -> dict:
+    """Fill a ``nearest`` head's bank from these normal features (or their residuals, as the head reads):
+    the greedy coreset of all their cells, after the head's local average. Returns how it was made."""
+    from .residual_stats import residuals
+
+    head = model.head
+    if head.nearest_source == "residual":
+        x = residual if residual is not None else residuals(model, features, device)
+    else:
+        x = features
+    vectors = cells(head.nearest_view(x.float().cpu()))
+    size = int(head.bank.shape[0])
+    chosen = greedy_coreset(vectors, size, seed=seed)
+    head.set_bank(vectors[chosen])
+    return {"cells": int(vectors.shape[0]), "bank": min(size, int(vectors.shape[0]))}
