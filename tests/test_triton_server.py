@@ -228,3 +228,37 @@ def test_server_killed_mid_stream_reconnects_and_reports_the_gap(tmp_path, venv,
     # Reported in order: before the first frame that ran after the outage.
     order = [r["event"] if r["event"] != "frame" else r["frame"] for r in rows if r["event"] in ("frame", "backend_gap")]
     assert order.index("backend_gap") == gaps[0]["frame"] and gaps[0]["frame"] > 6
+
+
+class Kill(Sink):
+    """Kills the server at one frame, for good."""
+
+    def __init__(self, server: TritonServer, at: int):
+        self.server, self.at = server, at
+
+    def on_frame(self, r) -> None:
+        if r.frame.index == self.at:
+            self.server.kill()
+
+
+def test_server_that_never_comes_back_is_an_outage_in_the_summary_and_events(tmp_path, venv, repo, exported_model, video):
+    from adtr_edge.runtime.summary import format_summary
+
+    srv = TritonServer(repo, venv, log_dir=tmp_path / "logs").start()
+    events = tmp_path / "events.jsonl"
+    try:
+        s = run_stream(exported_model, video, backend="triton", backend_options={"server": srv.grpc_url, "reconnect_s": 1.5},
+                       events=events, extra_sinks=[Kill(srv, at=6)], print_summary=False, handle_signals=False)
+    finally:
+        srv.stop()
+    assert s["stopped_by"] == "error" and "did not come back" in s["errors"][-1] and s["frames"] < FRAMES
+    assert s["backend_reconnects"] == 0 and s["backend_gap_s"] >= 1.5, s
+    rows = [json.loads(line) for line in events.read_text().splitlines()]
+    gaps = [r for r in rows if r["event"] == "backend_gap"]
+    assert len(gaps) == 1 and "the server did not come back" in gaps[0]["reason"] and gaps[0]["frame"] > 6
+    assert gaps[0]["frame"] == max(r["frame"] for r in rows if r["event"] == "frame") + 1  # the first frame that never ran
+    text = format_summary(s)
+    assert "0 reconnect(s), " in text and "s without inference" in text
+    # The server runs both stages: the summary has its round trip, no made-up zero-time stages.
+    assert set(s["stages_ms"]) == {"preprocess", "postprocess", "triton"}, s["stages_ms"]
+    assert "backbone" not in text and "transformer" not in text

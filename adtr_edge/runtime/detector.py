@@ -158,8 +158,10 @@ class Detector:
         labels = label(score, t)
         maps = anomaly_map.reshape(n, anomaly_map.shape[-2], anomaly_map.shape[-1]).astype(np.float32, copy=False)
         post_ms = (time.perf_counter() - t0) * 1e3
-        timings = {"preprocess": pre_ms, "backbone": stage_ms.get("backbone", 0.0),
-                   "transformer": stage_ms.get("transformer", 0.0), "postprocess": post_ms}
+        # Only the stages the backend timed: a remote one (Triton) runs both on the server, and a
+        # 0.0 for them would read as free stages in the summary and the metrics.
+        timings = {"preprocess": pre_ms, **{k: stage_ms[k] for k in ("backbone", "transformer") if k in stage_ms},
+                   "postprocess": post_ms}
         extra = {k: v for k, v in stage_ms.items() if k not in timings}
         timings.update(extra)
         return [

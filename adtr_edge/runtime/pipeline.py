@@ -185,7 +185,7 @@ class Pipeline:
         self._end_sources(step.ended)
 
     def _emit(self, step: Step, detections: list) -> None:
-        self._report_backend_gaps(step)
+        self._report_backend_gaps([step])
         self.fps.tick(len(detections))
         done = time.time()
         at = 0
@@ -219,16 +219,24 @@ class Pipeline:
                 self.out_q.put((results, notices))
         self._end_sources(step.ended)
 
-    def _report_backend_gaps(self, step: Step) -> None:
-        """A remote backend's outages (server lost and back) as ``backend_gap`` events, sent before
-        the first frames that ran after it, so the events file shows where the stream waited: one
-        per source with frames in that step (each waited), at the index of its first such frame."""
+    def _report_backend_gaps(self, steps: Sequence[Step]) -> None:
+        """A remote backend's outages as ``backend_gap`` events, sent before the first frames of
+        ``steps`` (those that ran after a server came back, or that never ran because it did not),
+        so the events file shows where the stream waited: one per source with frames there (each
+        waited), at the index of its first such frame."""
         gaps = self.detector.backend.take_gaps()
         if not gaps:  # every step of an in-process backend, and of a remote one that stayed up
             return
-        firsts = [(feed.name, frames[0].index) for feed, frames, _ in step.items if frames]
+        firsts: dict = {}
+        for step in steps:
+            for feed, frames, _ in step.items:
+                if frames and feed.name not in firsts:
+                    firsts[feed.name] = frames[0].index
+        firsts = list(firsts.items())
         for gap in gaps:
             reason = f"no inference for {gap['seconds']:.2f} s ({gap['reason']})"
+            if not gap.get("recovered", True):
+                reason += "; the server did not come back"
             self.out_q.put(([], [SourceEvent("backend_gap", name, gap["server"], reason, gap["start"], index)
                                  for name, index in firsts]))
 
@@ -269,6 +277,8 @@ class Pipeline:
                 self._emit(in_flight.popleft(), detections)
                 self._drain_frameless(in_flight)
         except Exception as e:
+            # A remote backend that gave up has an outage to report: at the frames that never ran.
+            self._report_backend_gaps(list(in_flight))
             self.errors.append(str(e) if isinstance(e, AdtrError) else f"inference failed: {e.__class__.__name__}: {e}")
             if not isinstance(e, AdtrError):
                 log.exception("inference failed")

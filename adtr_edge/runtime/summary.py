@@ -18,7 +18,7 @@ def format_summary(s: dict) -> str:
         f"source      {s['source']}  (backend {s['backend']}, threshold {s['threshold']:.6g})",
         f"frames      {s['frames']}  anomalous {s['anomalous']}  drops {s['drops']}  corrupt {s['corrupt']}  reconnects {s['reconnects']}",
         *([f"backend     {s['backend_reconnects']} reconnect(s), {s['backend_gap_s']:.2f} s without inference"]
-          if s.get("backend_reconnects") else []),
+          if s.get("backend_reconnects") or s.get("backend_gap_s") else []),
         f"throughput  {s['fps'] or 0:.2f} FPS over {s['wall_s']:.2f} s  (stopped by {s['stopped_by']})",
         f"alarms      {s['alarms']} (>= {s['min_consecutive']} consecutive anomalous frames)",
     ]

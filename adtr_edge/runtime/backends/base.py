@@ -25,8 +25,9 @@ from ...metadata import ModelMeta
 class InferResult:
     """Raw outputs of one batch plus per-stage times in milliseconds.
 
-    ``timings`` has at least "backbone" and "transformer" (host wall time of each stage, including
-    copies); backends that can measure device compute add "backbone_gpu" / "transformer_gpu".
+    ``timings`` has "backbone" and "transformer" (host wall time of each stage, including copies)
+    where the backend runs the stages itself; backends that can measure device compute add
+    "backbone_gpu" / "transformer_gpu"; a remote backend reports its round trip instead ("triton").
     """
 
     anomaly_map: np.ndarray  # (N, 1, H, W) float32
@@ -85,8 +86,9 @@ class Backend(abc.ABC):
         return {"reconnects": 0, "gap_s": 0.0}
 
     def take_gaps(self) -> list:
-        """Outages since the last call, each ``{"start": epoch_s, "seconds", "reason", "server"}``
-        (a remote backend's lost-and-back server); in-process backends have none."""
+        """Outages since the last call, each ``{"start": epoch_s, "seconds", "reason", "server",
+        "recovered"}`` (a remote backend's lost server; ``recovered`` False: it never came back and
+        the stream ended); in-process backends have none."""
         return []
 
     def run_backbone(self, images: np.ndarray) -> np.ndarray:

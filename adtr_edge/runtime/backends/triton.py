@@ -248,8 +248,12 @@ class TritonBackend(Backend):
         for delay in ReconnectPolicy(initial_delay=0.1, max_delay=2.0, max_attempts=None).delays():  # ends by return or raise
             waited = time.monotonic() - lost_at
             if self.reconnect_s and waited >= self.reconnect_s:
+                # The outage ends the stream, but it is still an outage: counted and reported
+                # like one that ended, so the summary and the events say how long nothing ran.
+                self._add_gap(lost_wall, waited, first, recovered=False)
                 raise AdtrError(f"triton server {self.url} lost for {waited:.1f} s and did not come back: {_one_line(last)}")
             if self._closing.wait(delay):
+                self._add_gap(lost_wall, time.monotonic() - lost_at, first, recovered=False)
                 raise AdtrError(f"triton backend closed while reconnecting to {self.url}")
             try:
                 self._close_client()
@@ -266,12 +270,16 @@ class TritonBackend(Backend):
                 last = e
                 continue
             gap = time.monotonic() - lost_at
-            with self._lock:
-                self.reconnects += 1
-                self.gap_s += gap
-                self._gaps.append({"start": lost_wall, "seconds": gap, "reason": _one_line(first), "server": self.url})
+            self._add_gap(lost_wall, gap, first, recovered=True)
             log.warning("triton server %s back after %.2f s", self.url, gap)
             return result
+
+    def _add_gap(self, start: float, seconds: float, error: Exception, recovered: bool) -> None:
+        with self._lock:
+            self.reconnects += int(recovered)
+            self.gap_s += seconds
+            self._gaps.append({"start": start, "seconds": seconds, "reason": _one_line(error), "server": self.url,
+                               "recovered": recovered})
 
     def counters(self) -> dict:
         with self._lock:
@@ -300,9 +308,10 @@ class TritonBackend(Backend):
             raise AdtrError(f"triton model {self.model_name!r} at {self.url}: reply lacks '{ANOMALY_MAP}' or '{SCORE}'")
         self.wire_bytes["sent"] += images.nbytes
         self.wire_bytes["received"] += anomaly_map.nbytes + score.nbytes
-        # Both stages run on the server: the round trip is reported as one "triton" stage.
+        # Both stages run on the server: the round trip is reported as one "triton" stage (no
+        # backbone / transformer times: this client cannot measure them apart).
         return InferResult(anomaly_map, score.reshape(-1).astype(np.float32, copy=False),
-                           {"backbone": 0.0, "transformer": 0.0, "triton": (time.perf_counter() - t0) * 1e3})
+                           {"triton": (time.perf_counter() - t0) * 1e3})
 
     def infer(self, images: np.ndarray) -> InferResult:
         if not self.is_active:
