@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from .errors import AdtrError
 from .fileio import read_json, sha256_file, write_json_atomic
 from .metadata import FORMAT, GRAPHS, ModelMeta
+from .postprocessing import finite_threshold
 
 MANIFEST = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.json"  # adtr_edge.train.checkpoint.META_FILE, without importing torch
@@ -221,14 +222,8 @@ def save_threshold(path: Union[str, Path], threshold: float, by: str = "adtr-edg
     ``manifest.json``. The manifest is rewritten atomically (temp file + rename), so a reader or a
     crash never sees half of it. Returns the history entry it added."""
     import datetime as _dt
-    import math
 
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not math.isfinite(value):
-        raise AdtrError(f"threshold {threshold!r}: must be a finite number (the raw-score threshold)")
+    value = finite_threshold(threshold, "threshold")
     folder = read_model_folder(path, accept=RUNTIME_KINDS, purpose="saving a threshold")
     manifest = dict(folder.manifest)
     meta = dict(manifest["meta"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,17 +21,26 @@ import numpy as np
 from .errors import AdtrError
 
 
+def finite_threshold(threshold: Any, what: str = "--threshold") -> float:
+    """The one check of a raw-score threshold, wherever one comes in (``--threshold``,
+    ``Detector.load``, the web view's slider, ``folder.save_threshold``): a finite number, returned
+    as a float. NaN would label every frame normal (every comparison with NaN is False), silently;
+    a bool or a string is a mistake, not a number. ``what`` names the option in the one-line error."""
+    value = float("nan")
+    if not isinstance(threshold, (bool, str, bytes)):
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            pass
+    if not math.isfinite(value):
+        raise AdtrError(f"{what} {threshold!r}: must be a finite number (the raw-score threshold)")
+    return value
+
+
 def check_threshold(threshold: float | None) -> None:
-    """A threshold override is a finite number: NaN would label every frame normal (every
-    comparison with NaN is False), silently."""
-    if threshold is None:
-        return
-    try:
-        ok = math.isfinite(float(threshold))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise AdtrError(f"--threshold {threshold!r}: must be a finite number (the raw-score threshold)")
+    """A threshold override, if given, is a finite number (``finite_threshold``)."""
+    if threshold is not None:
+        finite_threshold(threshold)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -31,6 +30,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from ...errors import AdtrError
+from ...postprocessing import finite_threshold
 
 BOUNDARY = "adtrframe"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -165,9 +165,7 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
             if "threshold" not in body:
                 raise AdtrError('expected {"threshold": NUMBER} (null: back to the folder\'s threshold)')
             value = body["threshold"]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
-                raise AdtrError(f"threshold {value!r}: must be a finite number")
-            frontend.set_threshold(value)
+            frontend.set_threshold(None if value is None else finite_threshold(value, "threshold"))
         except AdtrError as e:
             return _error(400, str(e))
         return JSONResponse(frontend.status())
