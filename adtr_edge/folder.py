@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .errors import AdtrError
 from .fileio import read_json, sha256_file, write_json_atomic
@@ -151,6 +151,45 @@ def verify_graph_files(folder: ModelFolder) -> None:
                 f"{f}: sha256 {actual[:12]}... does not match {MANIFEST} ({str(expected)[:12]}...); "
                 "the folder was modified or mixed with another export"
             )
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """One engine as an engine folder's manifest lists it (``build-engine`` writes the entry;
+    ``engine_entries`` reads it). ``key`` is the digest of the engine's ``EngineKey``."""
+
+    graph: str
+    file: str
+    precision: str
+    profile: Tuple[int, int, int]
+    sha256: Optional[str] = None
+    key: Optional[str] = None
+    dla_core: Optional[int] = None
+
+
+def engine_entries(folder: ModelFolder) -> Dict[str, EngineEntry]:
+    """The engines an engine folder's manifest lists, typed, one per graph; a missing or malformed
+    entry is one error naming the manifest and the graph (never a KeyError or AttributeError)."""
+    where = folder.path / MANIFEST
+    engines = folder.manifest.get("engines")
+    if folder.kind != TENSORRT or not isinstance(engines, dict):
+        raise AdtrError(f"{where}: not an engine folder's manifest (no 'engines' table)")
+    out = {}
+    for graph in GRAPHS:
+        entry = engines.get(graph)
+        if not isinstance(entry, dict):
+            raise AdtrError(f"{where}: no '{graph}' engine listed")
+        precision, profile, dla = entry.get("precision"), entry.get("profile"), entry.get("dla_core")
+        if not isinstance(precision, str) or not precision:
+            raise AdtrError(f"{where}: engine '{graph}' has no precision")
+        if not (isinstance(profile, list) and len(profile) == 3 and all(isinstance(b, int) and not isinstance(b, bool) for b in profile)):
+            raise AdtrError(f"{where}: engine '{graph}' profile {profile!r} is not [min, opt, max] batch sizes")
+        if dla is not None and (isinstance(dla, bool) or not isinstance(dla, int)):
+            raise AdtrError(f"{where}: engine '{graph}' dla_core {dla!r} is not a core number")
+        out[graph] = EngineEntry(graph=graph, file=str(entry.get("file") or engine_file(folder.path, graph).name),
+                                 precision=precision, profile=(profile[0], profile[1], profile[2]),
+                                 sha256=entry.get("sha256"), key=entry.get("key"), dla_core=dla)
+    return out
 
 
 def engine_file(folder: Union[str, Path], graph: str) -> Path:

@@ -16,6 +16,7 @@ from ..folder import (
     QDQ,
     TENSORRT,
     ModelFolder,
+    engine_entries,
     read_model_folder,
 )
 from ..metadata import BACKBONE, GRAPHS, TARGET_CPU, TRANSFORMER, quantization_target
@@ -50,10 +51,7 @@ def _precision(folder: ModelFolder) -> str:
         # the TensorRT form runs its Q/DQ unfused on ONNX Runtime (exact rounding, not a speed figure)
         return "int8-cpu" if quantization_target(folder.meta.raw) == TARGET_CPU else "int8-qdq-emulated"
     if folder.kind == TENSORRT:
-        engines = folder.manifest.get("engines") or {}
-        precs = sorted({str(e.get("precision") or e.get("key", {}).get("precision")) for e in engines.values()
-                        if isinstance(e, dict)})
-        return "+".join(p for p in precs if p != "None") or "engine"
+        return "+".join(sorted({e.precision for e in engine_entries(folder).values()}))
     return "fp32"
 
 
