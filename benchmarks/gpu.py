@@ -134,12 +134,12 @@ def tensorrt_engines(export: Path, out: Path, batches, iters: int, deadline: flo
 
 
 def cuda_copies(batches, iters: int) -> dict:
-    from adtr_edge.cuda import CudaRuntime, gpu_available
+    from adtr_edge.cuda import gpu_available, make_cuda_runtime
 
     ok, why = gpu_available()
     if not ok:
         return skipped(why)
-    cu = CudaRuntime()
+    cu = make_cuda_runtime()  # cuda-python, else pycuda (JetPack images may have only pycuda)
     stream = cu.create_stream()
     start, mid, end = cu.create_event(), cu.create_event(), cu.create_event()
     out = {"status": "ok", "device": cu.device_info().name, "batches": {}}

@@ -41,7 +41,7 @@ def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Pat
     from adtr_edge.engine.calibration import backbone_batches, calibration_images
     from adtr_edge.engine.trt_api import load_api
     from adtr_edge.runtime.backends.tensorrt import TensorRTBackend, available
-    from adtr_edge.cuda import CudaRuntime
+    from adtr_edge.cuda import make_cuda_runtime
 
     ok, why = available()
     if not ok:
@@ -52,7 +52,7 @@ def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Pat
     ref_b = ort.InferenceSession(str(export / "backbone.onnx"), providers=["CPUExecutionProvider"])
     ref_t = ort.InferenceSession(str(export / "transformer.onnx"), providers=["CPUExecutionProvider"])
     amap_ref, score_ref = ref_t.run(None, {"features": ref_b.run(None, {"images": images})[0]})
-    gpu = CudaRuntime().device_info()
+    gpu = make_cuda_runtime().device_info()  # cuda-python, else pycuda (JetPack images may have only pycuda)
     report = {"trt_version": api.version_string, "gpu": gpu.name, "compute_capability": gpu.compute_capability,
               "export": str(export), "batch": batch, "results": {}}
     for precision in ("fp16", "int8"):

@@ -43,18 +43,18 @@ def test_cache_format_rejects_malformed(bad):
 def test_cache_store_reuse_stale_recalibrate(tmp_path):
     spec = PreprocessSpec(32, 32)
     store = calib.CacheStore(tmp_path)
-    k1 = calib.make_key("backbone", "a" * 64, "b" * 64, spec)
+    k1 = calib.make_key("backbone", "a" * 64, "b" * 64, spec, trt_version="10.3.0")
     assert k1.filename.startswith("backbone-aaaaaaaaaaaa-bbbbbbbbbbbb-") and k1.filename.endswith(".cache")
     assert store.lookup(k1) is None
     store.write(k1, b"TRT-8601-EntropyCalibration2\nimages: 3f800000\n")
     assert store.lookup(k1) == tmp_path / k1.filename
     assert json.loads((tmp_path / k1.filename).with_suffix(".json").read_text())["key"]["graph"] == "backbone"
-    k2 = calib.make_key("backbone", "a" * 64, "c" * 64, spec)
+    k2 = calib.make_key("backbone", "a" * 64, "c" * 64, spec, trt_version="10.3.0")
     with pytest.raises(AdtrError, match="--recalibrate"):
         store.lookup(k2)
     assert store.lookup(k2, recalibrate=True) is None and not (tmp_path / k1.filename).exists()
     # the transformer key depends on the backbone that produced its features
-    assert calib.make_key("transformer", "t" * 64, "b" * 64, spec, "x" * 64) != calib.make_key("transformer", "t" * 64, "b" * 64, spec, "y" * 64)
+    assert calib.make_key("transformer", "t" * 64, "b" * 64, spec, "x" * 64, trt_version="10.3.0") != calib.make_key("transformer", "t" * 64, "b" * 64, spec, "y" * 64, trt_version="10.3.0")
     with pytest.raises(AdtrError):
         store.write(k1, b"garbage")
 

@@ -2,13 +2,15 @@
 
 No Python 3.8 interpreter is available to CI, so this is a static check with vermin over the
 modules that the CLI, the runtime and the engine builder actually import (found by importing them
-in a fresh interpreter). Three rules:
+in a fresh interpreter). Four rules:
 
 * every such module is 3.8-valid with annotations left unevaluated (they all use
   ``from __future__ import annotations``; the check below makes sure they do);
 * modules that define typer commands are checked with annotations *evaluated*, because typer
   resolves command signatures with ``typing.get_type_hints`` at start-up (``Optional``/``List``,
   not ``X | None``/``list[X]``);
+* vermin misses a ``.removeprefix()`` whose receiver is not a literal and evaluated ``str | None``:
+  tests/py39_constructs.py walks the same files for those (and the other 3.9/3.10 names it lists);
 * the training side (model, train, evaluate, plots, baselines) stays out of that import closure,
   since it may use 3.9+ (``str.removeprefix`` in model/weights.py); the ``train`` extra needs 3.9+.
 """
@@ -16,6 +18,7 @@ in a fresh interpreter). Three rules:
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import json
 import subprocess
@@ -23,6 +26,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.py39_constructs import violations
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_MODULES = (
@@ -40,6 +45,7 @@ TRAINING_SIDE = ("adtr_edge.model", "adtr_edge.train", "adtr_edge.evaluate", "ad
 DEVICE_SCRIPTS = ("scripts/validate_device.py",)
 
 
+@functools.lru_cache(maxsize=None)  # imported once for the tests that share it
 def _device_closure() -> list[Path]:
     """Files of the adtr_edge modules that importing the device entry points loads."""
     code = (
@@ -92,6 +98,38 @@ def test_device_modules_are_python38_valid():
             report.append(out.splitlines()[-6:])
     assert not report, f"Python 3.8 violations: {report}"
     assert len(files) > 30 and evaluated  # the closure really was found (cli modules are evaluated)
+
+
+def test_device_modules_use_nothing_vermin_misses():
+    """vermin lets ``x.removeprefix()`` (receiver not a literal) and evaluated ``str | None`` through;
+    the AST walk of tests/py39_constructs.py catches them (and the other 3.9/3.10 names it lists)."""
+    files = _device_closure() + [REPO / s for s in DEVICE_SCRIPTS]
+    found = []
+    for f in files:
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        evaluated = not _has_future_annotations(tree) or _defines_typer_commands(tree)
+        found += violations(tree, str(f.relative_to(REPO)), evaluated)
+    assert not found, "Python 3.9+ in code the device imports: " + "; ".join(found)
+
+
+def test_the_python38_walk_catches_what_vermin_misses():
+    typer_command = (
+        "from __future__ import annotations\nimport typer\napp = typer.Typer()\n\n"
+        "@app.command()\ndef run(name: str | None = typer.Option(None)):\n    return name\n")
+    tree = ast.parse(typer_command)
+    assert _defines_typer_commands(tree)
+    assert violations(tree, "cli.py", True) == ["cli.py:6: 'str | None' union needs 3.10 (use Optional/Union)"]
+    assert violations(tree, "cli.py", False) == []  # unevaluated annotations may use it
+    trt_api = (REPO / "adtr_edge/engine/trt_api.py").read_text(encoding="utf-8")
+    mutated = trt_api.replace("self.version_string = str(trt_module.__version__)",
+                              "self.version_string = str(trt_module.__version__).removeprefix('v')")
+    assert mutated != trt_api
+    assert violations(ast.parse(mutated), "trt_api.py", False)[0].endswith(".removeprefix() needs 3.9")
+    runtime = "import functools, math\n@functools.cache\ndef f(a, b):\n    return math.lcm(a, b), isinstance(a, int | None), list[int]\n"
+    assert [v.split(": ", 1)[1] for v in violations(ast.parse(runtime), "m.py", False)] == [
+        "functools.cache needs 3.9", "'int | None' union needs 3.10 (use Optional/Union)", "'list[int]' needs 3.9 (use typing.List)",
+        "math.lcm needs 3.9"]
+    assert violations(ast.parse("flags = 1 | 2\nboth = {1} | {2}\nx: list[int] = []\n"), "ok.py", False) == []
 
 
 def test_pyproject_declares_python38_and_the_check_tool():

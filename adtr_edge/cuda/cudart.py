@@ -51,8 +51,11 @@ class CudaRuntime:
     # -- start-up: do the bindings fit the driver? ---------------------------------------------
     def versions(self) -> tuple[int, int]:
         """(driver's CUDA version, runtime's CUDA version) as CUDA encodes them: 12040 = 12.4."""
-        derr, driver = self.rt.cudaDriverGetVersion()
-        rerr, runtime = self.rt.cudaRuntimeGetVersion()
+        try:
+            derr, driver = self.rt.cudaDriverGetVersion()
+            rerr, runtime = self.rt.cudaRuntimeGetVersion()
+        except RuntimeError as e:  # cuda-python 11.x raises "Failed to dlopen libcuda.so.1" where no driver is installed
+            raise AdtrError(f"{no_driver_message()} (cuda-python: {e})") from None
         if derr != self._success:
             driver = 0
         if rerr != self._success:
@@ -86,7 +89,10 @@ class CudaRuntime:
             err, values = result, ()
         if err != self._success:
             if self._insufficient is not None and err == self._insufficient:
-                raise AdtrError(f"CUDA call {what} failed: {driver_mismatch_message(*self.versions())}")
+                driver, runtime = self.versions()
+                # Driver version 0: there is no driver at all, so no cuda-python pin can help.
+                why = driver_mismatch_message(driver, runtime) if driver else no_driver_message()
+                raise AdtrError(f"CUDA call {what} failed: {why}")
             name = err
             try:
                 name = self.rt.cudaGetErrorName(err)[1].decode()
@@ -211,6 +217,11 @@ def _bindings_version() -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def no_driver_message() -> str:
+    return ("no NVIDIA driver is loaded on this machine (cudaDriverGetVersion reports none): install the NVIDIA driver "
+            "(on Jetson it comes with JetPack), or run without a GPU through ONNX Runtime")
 
 
 def driver_mismatch_message(driver_version: int, runtime_version: int) -> str:

@@ -188,7 +188,8 @@ class EngineConfig:
         tail = self._input_tail(network)
         prof = builder.create_optimization_profile()
         prof.set_shape(self.input_name, (self.profile.min, *tail), (self.profile.opt, *tail), (self.profile.max, *tail))
-        config.add_optimization_profile(prof)
+        api.add_profile(config, prof, f"{self.input_name!r} batch {self.profile.min}/{self.profile.opt}/{self.profile.max} "
+                                      f"(shape {tail}); check --min-batch/--opt-batch/--max-batch")
         api.set_precision_flags(config, plan.fp16_flag, plan.int8_flag, obey_constraints=plan.pin_sensitive)
         if plan.pin_sensitive:
             self.pinned = pin_sensitive_layers(api, network, self.sensitive_names)
@@ -365,7 +366,8 @@ def build_engines(onnx_dir: Path, out_root: Path = Path("engines"), name: str | 
                     if image_paths is None:
                         image_paths = calib.calibration_images(Path(options.calib_images), options.calib_batches * calib_batch)
                     cache_key = calib.make_key(g, onnx_sha, calib.image_list_sha(image_paths), meta.preprocess,
-                                               backbone_sha=sha256_file(graphs[BACKBONE]) if g == TRANSFORMER else None)
+                                               backbone_sha=sha256_file(graphs[BACKBONE]) if g == TRANSFORMER else None,
+                                               trt_version=api.version_string)
                 key = _engine_key(api, gpu, options, plan, g, onnx_sha, cache_key, calib_batch)
                 if not options.force and not options.recalibrate and existing_entry_matches(out, g, key):
                     engines[g] = old[g]

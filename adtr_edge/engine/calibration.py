@@ -6,10 +6,12 @@ computed with ONNX Runtime on the CPU from ``backbone.onnx``. Only the calibrato
 device memory, through the ``CudaRuntime`` interface it is given (cuda-python or pycuda, see
 ``adtr_edge.cuda.make_cuda_runtime``).
 
-Cache files: ``<graph>-<graph_sha[:12]>-<data_sha[:12]>-<preprocess_sha[:8]>.cache`` plus a
-``.json`` sidecar recording the full key. A matching cache is reused (TensorRT then skips
+Cache files: ``<graph>-<graph_sha[:12]>-<data_sha[:12]>-<preprocess_sha[:8]>-trt<version>.cache`` plus
+a ``.json`` sidecar recording the full key. A matching cache is reused (TensorRT then skips
 calibration); a cache for the same graph name with another key is stale and refused unless the
-user asks to recalibrate, so a silently wrong INT8 engine cannot happen.
+user asks to recalibrate, so a silently wrong INT8 engine cannot happen. The TensorRT version is
+part of the key because NVIDIA does not promise that a calibration cache carries across versions
+(its header names the version that wrote it).
 """
 
 from __future__ import annotations
@@ -80,10 +82,12 @@ class CacheKey:
     graph_sha256: str
     data_sha256: str  # image list (and, for the transformer, the backbone that made its features)
     preprocess_sha256: str
+    trt_version: str
 
     @property
     def filename(self) -> str:
-        return f"{self.graph}-{self.graph_sha256[:12]}-{self.data_sha256[:12]}-{self.preprocess_sha256[:8]}.cache"
+        return (f"{self.graph}-{self.graph_sha256[:12]}-{self.data_sha256[:12]}-{self.preprocess_sha256[:8]}"
+                f"-trt{self.trt_version}.cache")
 
 
 def image_list_sha(paths: Sequence[Path]) -> str:
@@ -98,9 +102,10 @@ def preprocess_sha(spec: PreprocessSpec) -> str:
     return sha256_bytes(json.dumps(spec.to_dict(), sort_keys=True).encode())
 
 
-def make_key(graph: str, graph_sha: str, images_sha: str, spec: PreprocessSpec, backbone_sha: str | None = None) -> CacheKey:
+def make_key(graph: str, graph_sha: str, images_sha: str, spec: PreprocessSpec, backbone_sha: str | None = None, *,
+             trt_version: str) -> CacheKey:
     data = images_sha if backbone_sha is None else sha256_bytes(f"{images_sha}:{backbone_sha}".encode())
-    return CacheKey(graph, graph_sha, data, preprocess_sha(spec))
+    return CacheKey(graph, graph_sha, data, preprocess_sha(spec), str(trt_version))
 
 
 class CacheStore:
@@ -121,7 +126,7 @@ class CacheStore:
         stale = [p for p in sorted(self.folder.glob(f"{key.graph}-*.cache")) if p.name != key.filename]
         if stale and not recalibrate:
             raise AdtrError(
-                f"calibration cache {stale[0]} was made for another graph, image set or preprocessing; "
+                f"calibration cache {stale[0]} was made for another graph, image set, preprocessing or TensorRT version; "
                 f"pass --recalibrate to replace it"
             )
         for p in stale:
@@ -247,6 +252,10 @@ def make_entropy_calibrator(api, cuda, batches: Sequence[np.ndarray], tensor_nam
                 return None
 
         def write_calibration_cache(self, cache):
+            if self.error is not None:
+                # TensorRT took the failed callback as "no more batches" and calibrated on what it had:
+                # storing that cache would let the next build reuse a calibration made from part of the data.
+                return
             try:
                 on_cache_written(bytes(memoryview(cache)))
             except Exception as e:  # noqa: BLE001 (an unsaved cache must fail the build)

@@ -161,8 +161,17 @@ class TrtApi:
                 f"TensorRT {self.version_string} has no INT8 calibrators: quantise first (adtr-edge quantize) and build the Q/DQ folder"
             )
         config.int8_calibrator = calibrator
-        if calibration_profile is not None:
-            config.set_calibration_profile(calibration_profile)
+        # False when TensorRT finds the profile invalid; calibration would then run on no shapes.
+        if calibration_profile is not None and not config.set_calibration_profile(calibration_profile):
+            raise AdtrError(f"TensorRT {self.version_string} rejected the INT8 calibration profile (its shapes do not fit the network input)")
+
+    def add_profile(self, config, profile, what: str) -> int:
+        """Add an optimization profile; TensorRT returns its index, or -1 when the profile is invalid
+        (a build would then fail later with no word on why)."""
+        index = config.add_optimization_profile(profile)
+        if index < 0:
+            raise AdtrError(f"TensorRT {self.version_string} rejected the optimization profile {what}")
+        return index
 
     def check_dla(self) -> None:
         if not self.supports_dla:

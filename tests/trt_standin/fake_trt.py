@@ -709,6 +709,12 @@ def make_tensorrt(version, cudart=None):
         def get_shape(self, input):
             return self._shapes[input]
 
+    def _profile_valid(profile):
+        """IOptimizationProfile::isValid: some shape set, each with min <= opt <= max per dimension."""
+        return bool(profile._shapes) and all(
+            len(lo) == len(opt) == len(hi) and all(0 <= a <= b <= c for a, b, c in zip(lo, opt, hi))
+            for lo, opt, hi in profile._shapes.values())
+
     class TimingCache(Strict):
         _api = frozenset({"serialize", "combine", "reset"})
 
@@ -751,6 +757,8 @@ def make_tensorrt(version, cudart=None):
             return flag.name in self._flags
 
         def add_optimization_profile(self, profile):
+            if not _profile_valid(profile):
+                return -1  # TensorRT: the profile is rejected (and not added)
             self._profiles.append(profile)
             return len(self._profiles) - 1
 
@@ -763,6 +771,8 @@ def make_tensorrt(version, cudart=None):
         int8_calibrator = property(_get_cal, _set_cal)
 
         def set_calibration_profile(self, profile):
+            if not _profile_valid(profile):
+                return False
             object.__setattr__(self, "_calib_profile", profile)
             return True
 

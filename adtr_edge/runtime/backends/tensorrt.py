@@ -254,17 +254,23 @@ class TensorRTBackend(Backend):
             cu.copy_to_host(host.ctypes.data, self._device[name][slot], host[:n].nbytes, st.stream)
         cu.record(st.end[slot], st.stream)
 
-    def _collect(self, n: int, slot: int) -> InferResult:
+    def _collect(self, n: int, slot: int, backbone: bool = True) -> InferResult:
+        """The slot's results and event timings; ``backbone=False`` when the features came from the
+        host (``_run_transformer``): the backbone's events of this slot may never have been recorded,
+        and CUDA refuses to time those (cudaErrorInvalidResourceHandle)."""
         b, t = self.stages[BACKBONE], self.stages[TRANSFORMER]
         self.cuda.synchronize(t.stream)
-        # The transformer only waited for the backbone's "done"; its "end" event (timing) may not
-        # have been reached yet when the transformer stream is idle.
-        self.cuda.event_synchronize(b.end[slot])
         el = self.cuda.elapsed_ms
-        timings = {
-            "backbone": el(b.start[slot], b.end[slot]), "transformer": el(t.start[slot], t.end[slot]),
-            "backbone_gpu": el(b.compute[slot], b.done[slot]), "transformer_gpu": el(t.compute[slot], t.done[slot]),
-        }
+        if backbone:
+            # The transformer only waited for the backbone's "done"; its "end" event (timing) may not
+            # have been reached yet when the transformer stream is idle.
+            self.cuda.event_synchronize(b.end[slot])
+            timings = {
+                "backbone": el(b.start[slot], b.end[slot]), "transformer": el(t.start[slot], t.end[slot]),
+                "backbone_gpu": el(b.compute[slot], b.done[slot]), "transformer_gpu": el(t.compute[slot], t.done[slot]),
+            }
+        else:
+            timings = {"transformer": el(t.start[slot], t.end[slot]), "transformer_gpu": el(t.compute[slot], t.done[slot])}
         amap = self._host[ANOMALY_MAP][slot][:n].copy()
         score = self._host[SCORE][slot][:n].copy()
         return InferResult(amap, score, timings)
@@ -319,5 +325,5 @@ class TensorRTBackend(Backend):
         host[:n] = f
         self.cuda.copy_to_device(self._device[FEATURES][0], host.ctypes.data, f.nbytes, st.stream)
         self._enqueue_transformer(n, 0)
-        r = self._collect(n, 0)
+        r = self._collect(n, 0, backbone=False)
         return r.anomaly_map, r.score
