@@ -113,6 +113,8 @@ def register(app: typer.Typer) -> None:
         http_token: Optional[str] = typer.Option(None, "--http-token", envvar="ADTR_HTTP_TOKEN",
                                                  help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics)."),
+        review_dir: Optional[Path] = typer.Option(
+            None, "--review-dir", help="Review folder (MVTec layout) the web view's defect / not-a-defect reviews go to; needs --http."),
         gather_ms: float = typer.Option(GATHER_S * 1e3, "--gather-ms", min=0.0,
                                         help="Several sources: how long a step waits for a source with no frame ready (ms)."),
         mqtt: Optional[str] = typer.Option(
@@ -138,7 +140,8 @@ def register(app: typer.Typer) -> None:
         from .delivery.factory import delivery_sinks  # paho-mqtt only with --mqtt
         from .web import open_frontend  # starlette/uvicorn/prometheus_client only with --http/--metrics
 
-        web = open_frontend(model_dir, http=http, metrics=metrics, token=http_token)  # binds now: a port in use fails first
+        # Binds now and checks the review folder: a port in use or an unwritable folder fails first.
+        web = open_frontend(model_dir, http=http, metrics=metrics, token=http_token, review_dir=review_dir)
         delivery: list = []
         try:
             # Checked (URLs, topics, spool folder) before the model loads; nothing connects yet.
@@ -166,6 +169,62 @@ def register(app: typer.Typer) -> None:
                 sink.close()
         if result["errors"] and result["stopped_by"] in ("source lost", "error", "sink error"):
             raise AdtrError(result["errors"][-1])
+
+    register_review(app)
+
+
+def register_review(app: typer.Typer) -> None:
+    review = typer.Typer(no_args_is_help=True, help="The review folder: operators' verdicts as an MVTec-layout dataset.")
+    app.add_typer(review, name="review")
+
+    @review.command("add")
+    def review_add(
+        folder: Path = typer.Argument(..., help="The review folder (created if missing; the one stream --review-dir names)."),
+        images: List[Path] = typer.Argument(..., help="Frames to add, e.g. --save-anomalies' *_frame.png or frames cut from a --record video."),
+        verdict: str = typer.Option(..., "--verdict", help="defect | normal (normal: a false alarm, 'not a defect')."),
+        label: str = typer.Option("defect", "--label", help="Defect kind: the test/<label> folder."),
+        mask: Optional[Path] = typer.Option(None, "--mask", help="The defect's region (non-zero inside), the image's size; one image only."),
+        source: Optional[str] = typer.Option(None, "--source", help="Where the frames came from (default: each file's path)."),
+        score: Optional[float] = typer.Option(None, "--score", help="The score the model gave (for the sidecar)."),
+        model: Optional[Path] = typer.Option(None, "--model", help="The model folder that scored the frames (its digest goes in the sidecar)."),
+        by: Optional[str] = typer.Option(None, "--by", help="Who reviewed (default: the user name)."),
+    ) -> None:
+        """Add frames to a review folder with the operator's verdict; each with a JSON sidecar."""
+        import getpass
+
+        from ..preprocessing import read_image, read_mask
+        from .review import ReviewFolder, check_label, model_digest
+
+        if verdict not in ("defect", "normal"):
+            raise AdtrError(f"--verdict {verdict!r}: choose defect or normal")
+        if verdict == "defect":
+            check_label(label)
+        if mask is not None and (verdict != "defect" or len(images) != 1):
+            raise AdtrError("--mask marks one defect's region: give it with --verdict defect and exactly one image")
+        # Everything is read and checked before the first file is written: a bad image or mask
+        # later in the list leaves the folder as it was.
+        frames = [read_image(p) for p in images]
+        painted = read_mask(mask).astype("uint8") if mask is not None else None
+        if painted is not None and painted.shape != frames[0].shape[:2]:
+            raise AdtrError(f"--mask {mask}: is {painted.shape[1]}x{painted.shape[0]}, the image {images[0]} is "
+                            f"{frames[0].shape[1]}x{frames[0].shape[0]}")
+        digest = model_digest(model) if model is not None else None
+        try:
+            who = by or getpass.getuser()
+        except (KeyError, OSError):
+            who = None
+        folder_ = ReviewFolder(folder, option="review add")
+        added: list = []
+        try:
+            for path, image in zip(images, frames):
+                added.append(folder_.add(image, verdict, label=label, mask=painted, source=source or str(path), name=path.name,
+                                         score=score, model=digest, reviewer={"by": "adtr-edge review add", "user": who}))
+        except BaseException:
+            for record in added:  # all or nothing for one command
+                folder_.remove(record["id"])
+            raise
+        for record in added:
+            typer.echo(f"{record['image']}" + (f"  mask {record['mask']}" if record["mask"] else ""))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

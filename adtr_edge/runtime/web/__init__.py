@@ -23,9 +23,12 @@ from ...errors import AdtrError
 
 
 def open_frontend(model_dir: Path, *, http: Optional[str] = None, metrics: Optional[str] = None,
-                  token: Optional[str] = None) -> List:
+                  token: Optional[str] = None, review_dir: Optional[Path] = None) -> List:
     """The sinks ``stream --http/--metrics`` adds (empty when neither is given); servers are bound
-    here, before the model loads, so a port in use fails at once."""
+    and the review folder checked here, before the model loads, so a port in use or a folder that
+    cannot be written fails at once."""
+    if review_dir is not None and http is None:
+        raise AdtrError("--review-dir: reviews are made in the web view; give --http too")
     if http is None and metrics is None:
         if token is not None:
             raise AdtrError("--http-token applies to --http or --metrics; give one of them")
@@ -35,4 +38,4 @@ def open_frontend(model_dir: Path, *, http: Optional[str] = None, metrics: Optio
     except ImportError as e:
         flag = "--http" if http is not None else "--metrics"
         raise AdtrError(f"{flag} needs the factory extra: pip install 'adtr-edge[factory]' ({e})") from None
-    return [Frontend(model_dir, http=http, metrics=metrics, token=token)]
+    return [Frontend(model_dir, http=http, metrics=metrics, token=token, review_dir=review_dir)]

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 from ...errors import AdtrError
 from ...folder import read_model_folder, save_threshold
+from ..review import ReviewFolder
 from ..sinks import Sink
 from .app import make_app
 from .encoder import Encoder
@@ -26,9 +27,13 @@ class Frontend(Sink):
     name = "web"
 
     def __init__(self, model_dir: Path, *, http: Optional[str] = None, metrics: Optional[str] = None,
-                 token: Optional[str] = None, max_fps: float = 10.0, announce: bool = True):
+                 token: Optional[str] = None, max_fps: float = 10.0, announce: bool = True,
+                 review_dir: Optional[Path] = None):
         if token is not None and not token.strip():
             raise AdtrError("--http-token: empty; give a secret string or leave the option out")
+        # Checked before any server binds: an unwritable folder is one line at start, not a
+        # failed review hours later.
+        self.reviews = ReviewFolder(review_dir) if review_dir is not None else None
         self.model_dir = Path(model_dir)
         folder = read_model_folder(self.model_dir)
         model_cfg = folder.meta.raw.get("model", {}) if folder.meta is not None else {}
