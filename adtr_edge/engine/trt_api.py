@@ -27,7 +27,8 @@ def import_tensorrt():
         import tensorrt  # noqa: PLC0415
     except ImportError as e:
         raise AdtrError(
-            f"TensorRT is not installed ({e}); on Jetson install it with JetPack, on desktop 'pip install tensorrt'"
+            f"TensorRT is not installed ({e}); on Jetson install it with JetPack, on desktop 'pip install tensorrt-cu12' "
+            f"(driver >= 525; tensorrt-cu13 needs a driver >= 580)"
         ) from None
     return tensorrt
 
