@@ -8,6 +8,11 @@
     GET  /api/alarms?source=S     last alarms, newest first; /api/alarms/ID.jpg their thumbnails
     POST /api/threshold           {"threshold": x}: the running detector's threshold (null = the folder's)
     POST /api/threshold/save      writes the running threshold into the model folder (history kept)
+    GET  /api/frames/N.jpg?source=S     frame N as captured (no overlay), while the view holds it: what a mask is painted on
+    GET  /api/reviews             this run's reviews, newest first
+    POST /api/review              {"source", "frame", "verdict": "defect"|"normal", "label"?, "mask"?: PNG data URL}:
+                                  the raw frame (and mask) into the review folder (stream --review-dir)
+    POST /api/review/undo         {"id": ...}: takes a review's files out of the folder again
     GET  /metrics                 Prometheus text
 
 With a token, every route needs it: ``Authorization: Bearer T`` or ``X-Adtr-Token: T``, or for a
@@ -30,6 +35,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from ...errors import AdtrError
+from .encoder import encode_jpeg
 from ...postprocessing import finite_threshold
 
 BOUNDARY = "adtrframe"
@@ -179,6 +185,44 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
             return _error(400, str(e))
         return JSONResponse({"saved": entry, "status": frontend.status()})
 
+    async def raw_frame(request: Request):
+        label = source_of(request)
+        r = state.frame_for_review(label, request.path_params["frame"]) if label is not None else None
+        if r is None:
+            return _error(404, "no such frame in the view's buffer (it keeps the newest frames of each source and "
+                               "the frames of the newest alarms)")
+        jpeg = await asyncio.get_running_loop().run_in_executor(None, encode_jpeg, r.frame.image)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    async def reviews(request: Request):
+        folder = frontend.reviews.path if frontend.reviews is not None else None
+        return JSONResponse({"reviews": state.review_list(), "review_dir": str(folder) if folder else None})
+
+    async def add_review(request: Request):
+        try:
+            body = await json_body(request)
+            source, frame, verdict = body.get("source"), body.get("frame"), body.get("verdict")
+            if not isinstance(source, str) or isinstance(frame, bool) or not isinstance(frame, int):
+                raise AdtrError('expected {"source": NAME, "frame": INDEX, "verdict": "defect" | "normal"}')
+            label = body.get("label") or "defect"
+            client = request.client.host if request.client else None
+            # PNG encoding and file writes: off the event loop, so MJPEG and the page go on.
+            record = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: frontend.review(source, frame, verdict, label=label, mask=body.get("mask"), client=client))
+        except LookupError as e:
+            return _error(404, str(e.args[0]))
+        except AdtrError as e:
+            return _error(400, str(e))
+        return JSONResponse({"review": record})
+
+    async def undo_review(request: Request):
+        try:
+            body = await json_body(request)
+            record = await asyncio.get_running_loop().run_in_executor(None, frontend.undo_review, body.get("id"))
+        except AdtrError as e:
+            return _error(400, str(e))
+        return JSONResponse({"undone": record})
+
     async def metrics(request: Request):
         return Response(frontend.metrics.text(), media_type=PROMETHEUS_TEXT)
 
@@ -194,5 +238,9 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
             Route("/api/alarms/{alarm_id:int}.jpg", thumbnail),
             Route("/api/threshold", set_threshold, methods=["POST"]),
             Route("/api/threshold/save", save_threshold, methods=["POST"]),
+            Route("/api/frames/{frame:int}.jpg", raw_frame),
+            Route("/api/reviews", reviews),
+            Route("/api/review", add_review, methods=["POST"]),
+            Route("/api/review/undo", undo_review, methods=["POST"]),
         ]
     return TokenGate(Starlette(routes=routes), token)

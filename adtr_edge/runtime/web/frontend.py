@@ -3,14 +3,16 @@ sink thread (references and counters only) and owns the encoder and the HTTP ser
 
 from __future__ import annotations
 
+import base64
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import List, Optional
 
 from ...errors import AdtrError
 from ...folder import read_model_folder, save_threshold
-from ..review import ReviewFolder
+from ..review import ReviewFolder, as_mask, model_digest
 from ..sinks import Sink
 from .app import make_app
 from .encoder import Encoder
@@ -36,6 +38,8 @@ class Frontend(Sink):
         self.reviews = ReviewFolder(review_dir) if review_dir is not None else None
         self.model_dir = Path(model_dir)
         folder = read_model_folder(self.model_dir)
+        self.model_digest = model_digest(self.model_dir) if self.reviews is not None else None
+        self._review_lock = threading.Lock()  # one review of a frame at a time (a double click)
         model_cfg = folder.meta.raw.get("model", {}) if folder.meta is not None else {}
         self.model = {"path": str(folder.path), "name": folder.path.name, "kind": folder.kind,
                       "backbone": model_cfg.get("backbone"), "input_size": list(folder.meta.input_size) if folder.meta else None}
@@ -111,6 +115,42 @@ class Frontend(Sink):
         log.warning("threshold %s saved to %s (was %s)", value, self.model_dir, entry["threshold"])
         return entry
 
+    # -- reviews (server threads, off the event loop: they write files) ------------------------
+    def _review_folder(self) -> ReviewFolder:
+        if self.reviews is None:
+            raise AdtrError("reviews need a review folder: start the stream with --review-dir DIR")
+        return self.reviews
+
+    def review(self, source: str, frame: int, verdict: str, label: str = "defect", mask: Optional[str] = None,
+               client: Optional[str] = None) -> dict:
+        """Write the raw frame ``frame`` of ``source`` (still in the view's buffer) to the review
+        folder with ``verdict``; ``mask``: the painted region as a PNG data URL of the frame's size."""
+        folder = self._review_folder()
+        r = self.state.frame_for_review(source, frame)
+        if r is None:
+            raise LookupError(f"frame {frame} of {source!r} has left the view's buffer (it keeps the newest frames of "
+                              "each source and the frames of the newest alarms); review a newer one")
+        painted = _decode_mask(mask, r.frame.image.shape) if mask is not None else None
+        with self._review_lock:
+            if self.state.review_of(source, frame) is not None:
+                raise AdtrError(f"frame {frame} of {source!r} is already reviewed; undo that review first")
+            d = r.detection
+            record = folder.add(r.frame.image, verdict, label=label, mask=painted, source=source, frame=frame,
+                                name=r.frame.name, captured=r.frame.timestamp, score=d.score,
+                                threshold=d.thresholds.threshold, model=self.model_digest,
+                                reviewer={"by": "adtr-edge stream web view", "client": client})
+            self.state.put_review(record)
+        log.info("review: frame %d of %s marked %s -> %s", frame, source, verdict, record["image"])
+        return record
+
+    def undo_review(self, review_id: str) -> dict:
+        folder = self._review_folder()
+        with self._review_lock:
+            record = folder.remove(review_id)
+            self.state.drop_review(review_id)
+        log.info("review %s undone", review_id)
+        return record
+
     def status(self) -> dict:
         s = self.pipeline.status() if self.pipeline is not None else {"running": False, "sources": {}, "errors": []}
         exported = None
@@ -129,6 +169,26 @@ class Frontend(Sink):
             span = [lo, hi if hi > lo else lo + 1.0]
         s["model"] = self.model
         s["view"] = {"token": bool(self.token), "folder_threshold": exported, "threshold_range": span,
+                     "review_dir": str(self.reviews.path) if self.reviews is not None else None,
                      "saved": self.last_saved, "labels": self.source_labels(),
                      "encoded": self.encoder.encoded if self.encoder is not None else 0}
         return s
+
+
+def _decode_mask(data_url: str, frame_shape):
+    """A canvas export (``data:image/png;base64,...``, or bare base64) as a 0/255 mask of the
+    frame's size; anything else is one line."""
+    import cv2
+    import numpy as np
+
+    if not isinstance(data_url, str):
+        raise AdtrError("mask: expected a PNG data URL (canvas.toDataURL('image/png'))")
+    payload = data_url.split(",", 1)[1] if data_url.startswith("data:") else data_url
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except ValueError:
+        raise AdtrError("mask: not base64 (expected a PNG data URL)") from None
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED) if raw else None
+    if image is None:
+        raise AdtrError("mask: not a PNG image")
+    return as_mask(image, frame_shape)

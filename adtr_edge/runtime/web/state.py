@@ -19,6 +19,12 @@ SCORE_HISTORY = 600  # points per source on the chart (a minute at 10 FPS)
 ALARM_HISTORY = 50  # alarms listed, newest first
 WATCH_GRACE_S = 2.0  # a polled /frame.jpg counts as a watcher this long
 MAX_SOURCES = 64  # views a client may open before the stream names its sources
+# Frames an operator can still review, kept as references to frames the stream made anyway: the
+# newest of each source (the page lists the last 12; a few more cover its polling delay) and the
+# frame of each of the newest alarms (the page shows 20). A 1080p frame is 6 MB, so this bounds
+# the view's extra memory to (24 per source + 20) frames.
+REVIEW_RECENT = 24
+REVIEW_ALARMS = 20
 
 
 class SourceView:
@@ -32,6 +38,7 @@ class SourceView:
         self.jpeg_version = 0  # version the JPEG was made from
         self.jpeg_frame: Optional[int] = None
         self.scores: deque = deque(maxlen=history)
+        self.recent: deque = deque(maxlen=REVIEW_RECENT)  # FrameResults an operator may review
         self.streams = 0  # open MJPEG responses
         self.polled_at = 0.0  # last /frame.jpg request (monotonic)
 
@@ -47,6 +54,8 @@ class LiveState:
         self.pending_thumbs: deque = deque(maxlen=alarms)  # (alarm id, FrameResult) for the encoder
         self._ids = itertools.count(1)
         self._open: Dict[Tuple[str, int], dict] = {}  # (source, start frame) -> the alarm dict
+        self.alarm_frames: Dict[int, object] = {}  # alarm id -> its FrameResult, for the newest REVIEW_ALARMS
+        self.reviews: Dict[Tuple[str, int], dict] = {}  # (source, frame) -> the review written for it
 
     def _source(self, label: str) -> SourceView:
         view = self.sources.get(label)
@@ -66,6 +75,7 @@ class LiveState:
             view.latest = r
             view.version += 1
             view.scores.append(point)
+            view.recent.append(r)
             watched = self._watched(view)
             for e in r.alarm_events:
                 if e.kind == "alarm_start":
@@ -80,13 +90,16 @@ class LiveState:
         start = e.start_frame if e.start_frame is not None else e.frame
         alarm = {"id": next(self._ids), "source": e.source, "start_frame": start, "time": round(e.timestamp, 3),
                  "score": round(e.score, 6), "peak_score": round(e.score, 6), "end_frame": None, "frames": None,
-                 "active": True}
+                 "active": True, "frame": r.frame.index}  # "frame": the one shown and reviewed
         if len(self.alarms) == self.alarms.maxlen:
             gone = self.alarms[0]
             self.thumbs.pop(gone["id"], None)
             self._open.pop((gone["source"], gone["start_frame"]), None)
         self.alarms.append(alarm)
         self._open[(e.source, start)] = alarm
+        self.alarm_frames[alarm["id"]] = r
+        while len(self.alarm_frames) > REVIEW_ALARMS:
+            self.alarm_frames.pop(min(self.alarm_frames))
         self.pending_thumbs.append((alarm["id"], r))
 
     def add_event(self, e) -> None:
@@ -168,8 +181,42 @@ class LiveState:
 
     def alarm_list(self, label: Optional[str] = None) -> List[dict]:
         with self.lock:
-            items = [dict(a, thumbnail=a["id"] in self.thumbs) for a in reversed(self.alarms)]
+            items = [dict(a, thumbnail=a["id"] in self.thumbs, reviewable=a["id"] in self.alarm_frames,
+                          review=self.reviews.get((a["source"], a["frame"])))
+                     for a in reversed(self.alarms)]
         return [a for a in items if label is None or a["source"] == label]
+
+    # -- reviews (server threads) ---------------------------------------------------------------
+    def frame_for_review(self, label: str, index: int):
+        """The FrameResult of frame ``index`` of ``label`` while the view still holds it, else None."""
+        with self.lock:
+            view = self.sources.get(label)
+            for r in (view.recent if view is not None else ()):
+                if r.frame.index == index:
+                    return r
+            for r in self.alarm_frames.values():
+                if r.source == label and r.frame.index == index:
+                    return r
+        return None
+
+    def review_of(self, label: str, index: int) -> Optional[dict]:
+        with self.lock:
+            return self.reviews.get((label, index))
+
+    def put_review(self, record: dict) -> None:
+        with self.lock:
+            self.reviews[(record["source"], record["frame"])] = record
+
+    def drop_review(self, review_id: str) -> Optional[dict]:
+        with self.lock:
+            key = next((k for k, r in self.reviews.items() if r["id"] == review_id), None)
+            return self.reviews.pop(key) if key is not None else None
+
+    def review_list(self) -> List[dict]:
+        """This run's reviews (undone ones removed), newest first."""
+        with self.lock:
+            items = list(self.reviews.values())
+        return sorted(items, key=lambda r: r["reviewed"], reverse=True)
 
     def thumbnail(self, alarm_id: int) -> Optional[bytes]:
         with self.lock:
