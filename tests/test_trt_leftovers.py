@@ -171,3 +171,53 @@ def test_scripts_and_benchmarks_make_their_cuda_runtime_through_make_cuda_runtim
                 if name in ("CudaRuntime", "PycudaRuntime"):
                     direct.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not direct, f"construct the CUDA runtime with make_cuda_runtime(): {direct}"
+
+
+# -- the pycuda stand-in is asynchronous like a GPU ------------------------------------------------
+
+
+def _pycuda_runtime():
+    from adtr_edge.cuda import PycudaRuntime
+    from tests.trt_standin.fake_pycuda import make_pycuda, primary_context
+
+    drv = make_pycuda().driver
+    return drv, PycudaRuntime(drv, primary_context(drv))
+
+
+def test_pycuda_standin_copies_are_invisible_until_synchronised():
+    drv, rt = _pycuda_runtime()
+    host, hptr = rt.pinned_array((4,), np.float32)
+    out, optr = rt.pinned_array((4,), np.float32)
+    host[:] = [1, 2, 3, 4]
+    dev, stream = rt.malloc(16), rt.create_stream()
+    rt.copy_to_device(dev, hptr, 16, stream)
+    host[:] = [5, 6, 7, 8]  # the copy reads the host buffer when it runs, as a GPU's would
+    rt.copy_to_host(optr, dev, 16, stream)
+    assert not out.any()  # queued, not run: reading now is the stale-data bug
+    rt.synchronize(stream)
+    np.testing.assert_array_equal(out, [5, 6, 7, 8])
+    other = rt.create_stream()
+    done = rt.create_event()
+    rt.copy_to_device(dev, hptr, 16, stream)
+    rt.record(done, stream)
+    rt.wait_event(other, done)
+    host[:] = 9
+    rt.copy_to_host(optr, dev, 16, other)
+    rt.synchronize(other)  # runs what `other` waits for on `stream` first
+    np.testing.assert_array_equal(out, [9, 9, 9, 9])
+    rt.free(dev)
+    rt.free_host(hptr)
+    rt.free_host(optr)
+
+
+def test_pycuda_standin_event_times_need_the_work_to_have_run():
+    drv, rt = _pycuda_runtime()
+    a, b, s = rt.create_event(), rt.create_event(), rt.create_stream()
+    rt.record(a, s)
+    rt.record(b, s)
+    with pytest.raises(AdtrError, match="device not ready"):
+        rt.elapsed_ms(a, b)
+    rt.event_synchronize(b)
+    assert rt.elapsed_ms(a, b) >= 0.0
+    with pytest.raises(AdtrError, match="not recorded"):
+        rt.elapsed_ms(rt.create_event(), b)

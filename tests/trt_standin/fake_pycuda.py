@@ -6,8 +6,14 @@ buffer object on the host side and a device pointer (int or DeviceAllocation) on
 stream argument must be a ``Stream`` or None, and every call needs a current context on the
 calling thread (pycuda contexts are per thread). The "GPU" is host memory: ``mem_alloc`` hands out
 the address of a ctypes buffer and copies really move the bytes, so a fake TensorRT engine reading
-those addresses sees the data. Copies happen at once (the stream order is trivially kept).
-Calls are recorded in ``driver._calls``.
+those addresses sees the data. Calls are recorded in ``driver._calls``.
+
+Asynchronous like a GPU (and like the cuda-python stand-in): copies, event records, stream waits and
+fake TensorRT engine runs (``enqueue``) are queued on their stream and run only when something waits
+for them (``Stream.synchronize``, ``Event.synchronize``, ``Context.synchronize``, a stream waiting on
+an event of another, the legacy default stream, or a free, which synchronises like cuMemFree). A copy
+reads and writes host memory when it runs, not when it is queued, so host code that reuses a buffer
+or reads a result without the right wait sees what a GPU would give it.
 """
 
 from __future__ import annotations
@@ -20,9 +26,37 @@ import sys
 import threading
 import time
 import types
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
+
+
+# Stream and event handles are unique across stand-in instances: the fake TensorRT finds a stream by
+# the integer handle execute_async_v3 is given.
+_HANDLES = itertools.count(0x7F000000, 0x100)
+_STREAMS: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+
+
+def enqueue(handle: int, run, ptrs=()) -> bool:
+    """Queue ``run`` (a fake TensorRT engine run) on the stand-in stream with this handle; False
+    when no stand-in stream has it (the caller then runs it at once)."""
+    stream = _STREAMS.get(int(handle))
+    if stream is None:
+        return False
+    stream._enqueue(_Op(run, ptrs, "execute_async_v3"))
+    return True
+
+
+class _Op:
+    """One queued operation; ``after`` is the event-record op a wait needs to have run."""
+
+    def __init__(self, run=None, ptrs=(), label="", after=None):
+        self.run, self.ptrs, self.label, self.after = run, tuple(ptrs), label, after
+        self.done = False
+
+    def ready(self):
+        return self.after is None or self.after.done
 
 
 def make_pycuda(gpu_name: str = "NVIDIA Fake Jetson", cc: tuple[int, int] = (7, 2), devices: int = 1) -> types.ModuleType:
@@ -33,7 +67,7 @@ def make_pycuda(gpu_name: str = "NVIDIA Fake Jetson", cc: tuple[int, int] = (7, 
     drv._tls = threading.local()  # per-thread context stack, as pycuda keeps it
     drv._allocations = {}  # address -> DeviceAllocation (live)
     drv._host = {}  # address -> HostAllocation (live)
-    handles = itertools.count(0x7F000000, 0x100)
+    drv._orphans = []  # queued ops of destroyed streams (CUDA still runs them)
 
     class Error(Exception):
         pass
@@ -139,12 +173,40 @@ def make_pycuda(gpu_name: str = "NVIDIA Fake Jetson", cc: tuple[int, int] = (7, 
         @staticmethod
         def synchronize():
             need_context("Context.synchronize")
+            drain_all()
 
         def detach(self):
             if self in stack():
                 stack().remove(self)
 
     drv.Device, drv.Context = Device, Context
+
+    # -- the queues: ops run only when something waits for them ---------------------------------
+    def queues():
+        return [st._queue for st in list(drv._streams)] + [drv._orphans]
+
+    def run_op(op):
+        if op.run is not None:
+            op.run()
+        op.done = True
+
+    def drain(finished, target=None):
+        """Run ready head-of-queue ops (``target``'s first) until ``finished()``; a wait on work that
+        never comes is an error, as a hang would be on a GPU."""
+        while not finished():
+            order = ([target] if target is not None else []) + [q for q in queues() if q is not target]
+            for q in order:
+                if q and q[0].ready():
+                    run_op(q.pop(0))
+                    break
+            else:
+                raise LogicError("stand-in: waiting for work that can never run (a stream waits on an event "
+                                 "whose record is queued behind it)")
+
+    def drain_all():
+        drain(lambda: not any(queues()))
+
+    drv._streams = weakref.WeakSet()
 
     class DeviceAllocation:
         def __init__(self, nbytes):
@@ -159,6 +221,7 @@ def make_pycuda(gpu_name: str = "NVIDIA Fake Jetson", cc: tuple[int, int] = (7, 
 
         def free(self):
             drv._calls.append("DeviceAllocation.free")
+            drain_all()  # cuMemFree waits for the work queued before it
             if drv._allocations.pop(self._ptr, None) is None:
                 raise LogicError("cuMemFree failed: invalid value (freed twice)")
 
@@ -177,6 +240,7 @@ def make_pycuda(gpu_name: str = "NVIDIA Fake Jetson", cc: tuple[int, int] = (7, 
 
         def free(self):
             drv._calls.append("HostAllocation.free")
+            drain_all()  # cuMemFreeHost waits for the work queued before it
             if drv._host.pop(self._ptr, None) is None:
                 raise LogicError("cuMemFreeHost failed: invalid value (freed twice)")
 
@@ -236,19 +300,27 @@ def make_pycuda(gpu_name: str = "NVIDIA Fake Jetson", cc: tuple[int, int] = (7, 
         if stream is not None and not isinstance(stream, Stream):
             raise TypeError(f"{what}: stream must be a pycuda.driver.Stream or None, got {type(stream).__name__}")
 
+    def submit(stream, op):
+        if stream is None:  # the legacy default stream: waits for all other work, and runs now
+            drain_all()
+            run_op(op)
+        else:
+            stream._enqueue(op)
+
     def memcpy_htod_async(dest, src, stream=None):
         need_context("memcpy_htod_async")
         check_stream(stream, "memcpy_htod_async")
         host = host_view(src, False, "memcpy_htod_async")
         ptr = device_span(dest, host.nbytes, "cuMemcpyHtoDAsync")
-        ctypes.memmove(ptr, host.ctypes.data, host.nbytes)
+        # The host bytes are read when the copy runs, not now.
+        submit(stream, _Op(lambda: ctypes.memmove(ptr, host.ctypes.data, host.nbytes), (ptr,), "memcpy_htod_async"))
 
     def memcpy_dtoh_async(dest, src, stream=None):
         need_context("memcpy_dtoh_async")
         check_stream(stream, "memcpy_dtoh_async")
         host = host_view(dest, True, "memcpy_dtoh_async")
         ptr = device_span(src, host.nbytes, "cuMemcpyDtoHAsync")
-        ctypes.memmove(host.ctypes.data, ptr, host.nbytes)
+        submit(stream, _Op(lambda: ctypes.memmove(host.ctypes.data, ptr, host.nbytes), (ptr,), "memcpy_dtoh_async"))
 
     drv.memcpy_htod_async, drv.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
     drv.memcpy_htod = lambda dest, src: memcpy_htod_async(dest, src)
@@ -258,11 +330,18 @@ def make_pycuda(gpu_name: str = "NVIDIA Fake Jetson", cc: tuple[int, int] = (7, 
         def __init__(self, flags=0):
             need_context("Stream")
             self._flags = flags
-            self._handle = next(handles)
+            self._handle = next(_HANDLES)
+            self._queue = []
             drv._live_streams.add(self._handle)
+            drv._streams.add(self)
+            _STREAMS[self._handle] = self
 
-        def __del__(self):  # cuStreamDestroy when the object goes
+        def __del__(self):  # cuStreamDestroy when the object goes; its queued work still runs
             drv._live_streams.discard(self._handle)
+            drv._orphans.extend(self._queue)
+
+        def _enqueue(self, op):
+            self._queue.append(op)
 
         @property
         def handle(self):
@@ -270,40 +349,54 @@ def make_pycuda(gpu_name: str = "NVIDIA Fake Jetson", cc: tuple[int, int] = (7, 
 
         def synchronize(self):
             need_context("Stream.synchronize")
+            drain(lambda: not self._queue, self._queue)
 
         def is_done(self):
-            return True
+            return not self._queue
 
         def wait_for_event(self, evt):
             need_context("Stream.wait_for_event")
             if not isinstance(evt, Event):
                 raise TypeError("wait_for_event needs an Event")
+            self._enqueue(_Op(label="wait_for_event", after=evt._pending))
 
     class Event:
         def __init__(self, flags=0):
             need_context("Event")
             self._time = None
-            self._handle = next(handles)
+            self._pending = None  # the queued record op not yet run
+            self._handle = next(_HANDLES)
 
         def record(self, stream=None):
             need_context("Event.record")
             check_stream(stream, "Event.record")
-            self._time = time.perf_counter()
+
+            def stamp():
+                self._time = time.perf_counter()
+            op = _Op(stamp, label="Event.record")
+            self._pending = op
+            submit(stream, op)
             return self
 
         def synchronize(self):
+            op = self._pending
+            if op is not None and not op.done:
+                queue = next((st._queue for st in list(drv._streams) if op in st._queue), None)
+                drain(lambda: op.done, queue)
             return self
 
         def query(self):
-            return True
+            return self._pending is None or self._pending.done
 
         def time_since(self, start):
             return start.time_till(self)
 
         def time_till(self, end):
             need_context("Event.time_till")
-            if self._time is None or end._time is None:
+            if self._time is None and self._pending is None or end._time is None and end._pending is None:
                 raise LogicError("cuEventElapsedTime failed: invalid resource handle (event not recorded)")
+            if not (self.query() and end.query()):
+                raise LogicError("cuEventElapsedTime failed: device not ready (the recorded work has not run)")
             return (end._time - self._time) * 1e3
 
         @property

@@ -23,6 +23,8 @@ import weakref
 import numpy as np
 import onnx
 
+from tests.trt_standin import fake_pycuda
+
 # -- strictness helpers ---------------------------------------------------------------------------
 
 
@@ -1031,8 +1033,9 @@ def make_tensorrt(version, cudart=None):
                     return False
             shapes, addr, gen = dict(self._shapes), dict(self._addr), self._generation
             run = lambda: self._run(shapes, addr)  # noqa: E731
-            if cudart is None:  # pycuda tests: the fake pycuda copies synchronously, so run at once
-                run()
+            if cudart is None:  # pycuda tests: queued on the fake pycuda stream with this handle
+                if not fake_pycuda.enqueue(stream_handle, run, list(addr.values())):
+                    run()  # no stand-in stream (a test driving the engine directly)
                 return True
             s = cudart._streams.get(stream_handle)
             capturing = s is not None and s.capturing is not None
