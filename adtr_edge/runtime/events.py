@@ -33,6 +33,7 @@ class FrameResult:
     alarm: bool = False  # a debounced alarm is active at this frame
     fps: float | None = None  # smoothed current rate, for display
     alarm_events: list = field(default_factory=list)  # AlarmEvents this frame caused, sent right after it
+    model: Optional[str] = None  # digest of the model that scored it (a running stream can swap models)
 
     @functools.cached_property
     def event(self) -> dict:
@@ -52,6 +53,8 @@ class FrameResult:
         }
         if self.frame.name is not None:
             event["name"] = self.frame.name
+        if self.model is not None:
+            event["model"] = self.model
         return event
 
     @functools.cached_property
@@ -84,6 +87,27 @@ class AlarmEvent:
             # the run's first, the key a receiver matches against the end event's start_frame.
             d["start_frame"] = self.start_frame
         d.update(self.extra)
+        return d
+
+
+@dataclass
+class ModelEvent:
+    """A running stream switched models (``kind`` "model_swap"): one per source, sent before the
+    first frame of that source the new model scored, so the events file shows where it changed."""
+
+    kind: str
+    source: str
+    timestamp: float
+    old: dict  # {"path", "digest"} of the model before
+    new: dict  # ... and after
+    threshold: float  # the threshold after the swap
+    frame: Optional[int] = None  # the first frame of this source the new model scores
+
+    def to_dict(self) -> dict:
+        d = {"event": self.kind, "time": iso_utc(self.timestamp), "source": self.source, "from": self.old.get("digest"),
+             "to": self.new.get("digest"), "path": self.new.get("path"), "threshold": self.threshold}
+        if self.frame is not None:
+            d["frame"] = self.frame
         return d
 
 

@@ -29,14 +29,17 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
 
 from ..errors import AdtrError
 from ..fileio import write_json_atomic
 from .alarms import MAX_ALARM_HISTORY, AlarmTracker
 from .detector import Detector
-from .events import FrameResult, SourceEvent
+from .events import FrameResult, ModelEvent, SourceEvent
 from .multisource import GATHER_S, Feed, Merge, Step
+from .review import model_digest
 from .sinks import AnomalySaver, JsonlSink, PerSource, Sink, VideoRecorder, WindowSink, merge_sink_summaries
 from .source_list import as_named, file_safe_names, resolve_names
 from .sources import Opener, ReconnectPolicy, Source, open_source
@@ -96,7 +99,11 @@ class Pipeline:
         max_frames: int | None = None,
         queue_size: int = 4,
         gather_s: float = GATHER_S,
+        model: Optional[dict] = None,
+        load_model: Optional[Callable[[str], Detector]] = None,
     ):
+        """``model``: {"path", "digest"} of the running model (events carry the digest);
+        ``load_model``: how ``swap_model`` opens another folder (the same backend and options)."""
         if batch < 1:
             raise AdtrError(f"--batch must be >= 1, got {batch}")
         if max_frames is not None and max_frames < 1:
@@ -128,6 +135,17 @@ class Pipeline:
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._inference_done = threading.Event()
+        # Model swaps: another thread loads and checks the new model, the inference thread switches
+        # to it between two steps (_batches hands back the step it had taken: _carry).
+        self.model = dict(model) if model else {"path": None, "digest": None}
+        self._load_model = load_model
+        self._swap_lock = threading.Lock()  # one swap at a time
+        self._handoff = threading.Lock()  # the request passes to the inference thread, or is withdrawn, once
+        self._swap: Optional[_SwapRequest] = None
+        self._carry: Optional[Step] = None
+        self._newest: dict = {}  # source -> its newest frame's image (a reference): the new model's warm-up
+        self._past_backend = {"reconnects": 0, "gap_s": 0.0}  # counters of the backends swapped out
+        self.swaps: list[dict] = []
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -165,7 +183,19 @@ class Pipeline:
 
     # -- inference thread ------------------------------------------------------------------
     def _batches(self, in_flight: deque) -> Iterator[list]:
-        for step in self.merge.steps():
+        """The image batches of the steps, in order; ends early, keeping the step it took in
+        ``_carry``, when a model swap waits (the detector then drains what is in flight)."""
+        steps = self.merge.steps()
+        while True:
+            if self._carry is not None:
+                step, self._carry = self._carry, None
+            else:
+                step = next(steps, None)
+                if step is None:
+                    return
+            if step.frames and self._swap is not None:
+                self._carry = step
+                return
             if not step.frames and not any(s.frames for s in in_flight):
                 self._emit_frameless(step)  # nothing in flight to keep order with
                 continue
@@ -213,7 +243,10 @@ class Pipeline:
                 self.anomalous += int(det.label)
                 st.anomalous += int(det.label)
                 events = st.alarms.update(frame, det)
-                results.append(FrameResult(frame, det, st.name, st.alarms.active, st.fps.current, events))
+                for e in events:
+                    e.extra["model"] = self.model["digest"]
+                results.append(FrameResult(frame, det, st.name, st.alarms.active, st.fps.current, events, self.model["digest"]))
+                self._newest[st.name] = frame.image
             if results or notices:  # notices: inputs skipped after the item's last frame
                 # The sink thread never dies (it contains sink failures), so this put always returns.
                 self.out_q.put((results, notices))
@@ -272,10 +305,14 @@ class Pipeline:
         self.merge.start()
         in_flight: deque[Step] = deque()
         try:
-            for detections in self.detector.detect_batches(self._batches(in_flight)):
-                self._drain_frameless(in_flight)
-                self._emit(in_flight.popleft(), detections)
-                self._drain_frameless(in_flight)
+            while True:
+                for detections in self.detector.detect_batches(self._batches(in_flight)):
+                    self._drain_frameless(in_flight)
+                    self._emit(in_flight.popleft(), detections)
+                    self._drain_frameless(in_flight)
+                if self._carry is None:  # the sources ended
+                    break
+                self._apply_swap()  # nothing in flight now: the carried step runs on the new model
         except Exception as e:
             # A remote backend that gave up has an outage to report: at the frames that never ran.
             self._report_backend_gaps(list(in_flight))
@@ -285,6 +322,9 @@ class Pipeline:
             self.stop("error")
         finally:
             self._inference_done.set()
+            if self._carry is not None:  # an error after a swap began: its step is in flight too
+                in_flight.append(self._carry)
+                self._carry = None
             self.merge.abandon()  # readers blocked on a full feed must not wait for a taker
             for step in in_flight:  # after an error: the ends of sources still get reported
                 self._end_sources(step.ended)
@@ -333,7 +373,118 @@ class Pipeline:
 
     def _backend_counters(self) -> dict:
         c = self.detector.backend.counters()
-        return {"backend_reconnects": c["reconnects"], "backend_gap_s": c["gap_s"]}
+        return {"backend_reconnects": c["reconnects"] + self._past_backend["reconnects"],
+                "backend_gap_s": round(c["gap_s"] + self._past_backend["gap_s"], 3)}
+
+    # -- model swaps -----------------------------------------------------------------------
+    def swap_model(self, path, timeout: float = 60.0) -> dict:
+        """Load the model folder ``path`` beside the running one, check it on the sources' newest
+        frames, and have the inference thread switch to it between two steps: no frame dropped or
+        scored twice, alarm debounce and counters carried on, a threshold set by hand (``--threshold``,
+        the web view) kept, otherwise the new folder's. Safe from any thread but the sink thread
+        (it waits for the inference thread, which may wait for the sinks). Returns the swap's record;
+        an ``AdtrError`` (one line) leaves the running model in place."""
+        if self._load_model is None:
+            raise AdtrError("this stream cannot load another model (it was not started from a model folder)")
+        with self._swap_lock:
+            if getattr(self, "_started", None) is None or self._inference_done.is_set():
+                raise AdtrError("the stream is not running; nothing to swap")
+            t0 = time.perf_counter()
+            try:
+                new = self._load_model(str(path))
+            except AdtrError as e:
+                raise AdtrError(f"model {path} refused, the running model stays: {e}") from None
+            try:
+                self._check_model(new, path)
+                from .review import model_digest
+
+                info = model_digest(path)
+            except BaseException:
+                new.close()
+                raise
+            request = _SwapRequest(new, info, time.perf_counter() - t0)
+            with self._handoff:
+                self._swap = request
+            deadline = time.monotonic() + timeout
+            while not request.done.wait(0.05):
+                if self._inference_done.is_set() or time.monotonic() > deadline:
+                    with self._handoff:
+                        withdrawn = self._swap is request
+                        if withdrawn:
+                            self._swap = None
+                    if withdrawn:  # never taken: ours to close
+                        new.close()
+                        why = "the stream ended" if self._inference_done.is_set() else f"no frame came in {timeout:.0f} s"
+                        raise AdtrError(f"model {path} not swapped in: {why}; the running model stays")
+                    request.done.wait(10.0)  # taken meanwhile: the inference thread is switching
+                    break
+            if request.record is None:
+                raise AdtrError(f"model {path}: the swap did not complete; see the log")
+            return request.record
+
+    def _check_model(self, new: Detector, path) -> None:
+        """The new model takes what this stream's steps carry: as many frames per step, and the
+        sources' own frames (a warm-up on the newest of each, which also makes its first real
+        frame as fast as the others)."""
+        need = sum(f.batch for f in self.merge.feeds)
+        if self.merge.max_step is not None:
+            need = min(need, self.merge.max_step)
+        cap = getattr(new.backend, "max_batch", None)
+        if cap is not None and cap < need:
+            raise AdtrError(f"model {path} refused, the running model stays: its engines take at most {cap} frames per "
+                            f"step, this stream's steps carry up to {need}; rebuild with --max-batch {need}")
+        images = list(self._newest.values())
+        if not images:
+            h, w = new.spec.height, new.spec.width
+            images = [np.zeros((h, w, 3), np.uint8)]
+        batch = [images[i % len(images)] for i in range(need)]
+        try:
+            dets = new(batch)
+        except Exception as e:
+            msg = str(e) if isinstance(e, AdtrError) else f"{e.__class__.__name__}: {e}"
+            raise AdtrError(f"model {path} refused, the running model stays: it fails on this stream's frames ({msg})") from None
+        if not all(np.isfinite(d.score) for d in dets):
+            raise AdtrError(f"model {path} refused, the running model stays: it scores this stream's frames as NaN/inf")
+
+    def _apply_swap(self) -> None:
+        """On the inference thread, with nothing in flight: switch detectors, announce it per source
+        before the frames the new one scores, close the old one."""
+        with self._handoff:
+            request, self._swap = self._swap, None
+        if request is None:  # withdrawn (timed out) after _batches saw it: the old model goes on
+            return
+        try:
+            self._switch(request, self._carry)
+        finally:
+            request.done.set()
+
+    def _switch(self, request: "_SwapRequest", step: Step) -> None:
+        old = self.detector
+        new = request.detector
+        if old.thresholds.method == "override":  # chosen by hand for this line: it stays
+            new.set_threshold(old.thresholds.threshold)
+        c = old.backend.counters()
+        self._past_backend = {"reconnects": self._past_backend["reconnects"] + c["reconnects"],
+                              "gap_s": self._past_backend["gap_s"] + c["gap_s"]}
+        before = dict(self.model)
+        self.detector, self.model = new, dict(request.model)
+        firsts = {}
+        for feed, frames, _ in step.items:
+            if frames and feed.name not in firsts:
+                firsts[feed.name] = frames[0].index
+        now = time.time()
+        self.out_q.put(([], [ModelEvent("model_swap", name, now, before, self.model, new.thresholds.threshold, firsts.get(name))
+                             for name in self.states]))
+        record = {"from": before, "to": self.model, "at_frames": firsts, "threshold": new.thresholds.threshold,
+                  "load_s": round(request.load_s, 3), "time": now, "frames_before": self.processed}
+        self.swaps.append(record)
+        request.record = record
+        log.warning("model swapped: %s -> %s (%s), threshold %s", before.get("digest"), self.model["digest"],
+                    self.model["path"], new.thresholds.threshold)
+        try:
+            old.close()
+        except Exception as e:  # the new model runs; an old backend that fails to close is only logged
+            log.error("closing the previous model failed: %s", e)
 
     def summary(self, wall_s: float) -> dict:
         """Totals at the top (the single-source keys), one entry per source under ``sources``."""
@@ -342,6 +493,8 @@ class Pipeline:
         alarm_list = [dict(a, source=name) if several else a for name, s in per.items() for a in s["alarm_list"]]
         return merge_sink_summaries({
             "source": ", ".join(per),
+            "model": dict(self.model),
+            "swaps": [dict(s) for s in self.swaps],
             "backend": self.detector.backend_name,
             "threshold": self.detector.thresholds.threshold,
             "frames": self.processed,
@@ -362,6 +515,13 @@ class Pipeline:
             "sources_lost": sum(s["ended_by"] == "source lost" for s in per.values()),
             "sources": per,
         }, self.sinks)
+
+
+class _SwapRequest:
+    def __init__(self, detector: Detector, model: dict, load_s: float):
+        self.detector, self.model, self.load_s = detector, model, load_s
+        self.done = threading.Event()
+        self.record: Optional[dict] = None
 
 
 @contextlib.contextmanager
@@ -448,10 +608,10 @@ def run_stream(
         raise
     sinks: list[Sink] = []
     opened: list[tuple[str, Source]] = []
+    pipeline_ref: list[Pipeline] = []
     try:
         for name, entry in entries:
             opened.append((name, open_source(entry.spec, opener=opener, reconnect=reconnect)))
-        pipeline_ref: list[Pipeline] = []
 
         def request_stop() -> None:
             pipeline_ref[0].stop("window closed")
@@ -469,7 +629,8 @@ def run_stream(
                 sinks.append(WindowSink(request_stop))
         sinks.extend(extra_sinks)
         pipeline = Pipeline(detector, opened, sinks, batch=batch, min_consecutive=min_consecutive, max_frames=max_frames,
-                            gather_s=gather_ms / 1e3)
+                            gather_s=gather_ms / 1e3, model=model_digest(model_dir),
+                            load_model=lambda path: Detector.load(path, backend=backend, **(backend_options or {})))
         pipeline_ref.append(pipeline)
         with stop_on_signals(pipeline) if handle_signals else contextlib.nullcontext():
             summary = pipeline.run()
@@ -484,6 +645,8 @@ def run_stream(
         raise
     finally:
         detector.close()
+        if pipeline_ref and pipeline_ref[0].detector is not detector:  # swapped in while it ran
+            pipeline_ref[0].detector.close()
     if summary_path is not None:
         write_json_atomic(summary_path, summary)
     if print_summary:

@@ -34,6 +34,9 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {name:<12}{st['mean']:9.2f} {st['p50']:9.2f} {st['p95']:9.2f}")
     for name, d in s.get("delivery", {}).items():  # the MQTT / webhook sinks (runtime/delivery)
         lines.append(f"delivery    {name}: delivered {d['delivered']}  backlog {d['backlog']}  dropped {d['dropped']}  (spool {d['spool']})")
+    for sw in s.get("swaps") or []:  # models switched in while the stream ran
+        lines.append(f"model swap  {sw['from'].get('digest')} -> {sw['to'].get('digest')} ({sw['to'].get('path')}) after "
+                     f"{sw['frames_before']} frames, loaded in {sw['load_s']:.2f} s, threshold {sw['threshold']:.6g}")
     for err in s["errors"]:
         lines.append(f"error       {err}")
     return "\n".join(lines)

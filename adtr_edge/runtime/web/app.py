@@ -13,6 +13,8 @@
     POST /api/review              {"source", "frame", "verdict": "defect"|"normal", "label"?, "mask"?: PNG data URL}:
                                   the raw frame (and mask) into the review folder (stream --review-dir)
     POST /api/review/undo         {"id": ...}: takes a review's files out of the folder again
+    POST /api/model               {"path": DIR}: load that model folder beside the running one and switch to it
+                                  between two frames (refused in one line, the running model kept)
     GET  /metrics                 Prometheus text
 
 With a token, every route needs it: ``Authorization: Bearer T`` or ``X-Adtr-Token: T``, or for a
@@ -223,6 +225,18 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
             return _error(400, str(e))
         return JSONResponse({"undone": record})
 
+    async def swap_model(request: Request):
+        try:
+            body = await json_body(request)
+            path = body.get("path")
+            if not isinstance(path, str) or not path.strip():
+                raise AdtrError('expected {"path": MODEL_FOLDER}')
+            # Loading and warming up the new model takes a while: off the event loop.
+            record = await asyncio.get_running_loop().run_in_executor(None, frontend.swap_model, path)
+        except AdtrError as e:
+            return _error(400, str(e))
+        return JSONResponse({"swap": record, "status": frontend.status()})
+
     async def metrics(request: Request):
         return Response(frontend.metrics.text(), media_type=PROMETHEUS_TEXT)
 
@@ -242,5 +256,6 @@ def make_app(frontend, token: Optional[str] = None, page: bool = True):
             Route("/api/reviews", reviews),
             Route("/api/review", add_review, methods=["POST"]),
             Route("/api/review/undo", undo_review, methods=["POST"]),
+            Route("/api/model", swap_model, methods=["POST"]),
         ]
     return TokenGate(Starlette(routes=routes), token)

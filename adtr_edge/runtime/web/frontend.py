@@ -36,13 +36,8 @@ class Frontend(Sink):
         # Checked before any server binds: an unwritable folder is one line at start, not a
         # failed review hours later.
         self.reviews = ReviewFolder(review_dir) if review_dir is not None else None
-        self.model_dir = Path(model_dir)
-        folder = read_model_folder(self.model_dir)
-        self.model_digest = model_digest(self.model_dir) if self.reviews is not None else None
+        self._describe(Path(model_dir))
         self._review_lock = threading.Lock()  # one review of a frame at a time (a double click)
-        model_cfg = folder.meta.raw.get("model", {}) if folder.meta is not None else {}
-        self.model = {"path": str(folder.path), "name": folder.path.name, "kind": folder.kind,
-                      "backbone": model_cfg.get("backbone"), "input_size": list(folder.meta.input_size) if folder.meta else None}
         self.token = token
         self.state = LiveState()
         self.metrics = StreamMetrics()
@@ -99,16 +94,41 @@ class Frontend(Sink):
             return list(self.pipeline.sources)
         return self.state.labels()
 
+    def _describe(self, model_dir: Path) -> None:
+        """What the page shows of the running model (and where a saved threshold goes)."""
+        self.model_dir = model_dir
+        folder = read_model_folder(model_dir)
+        model_cfg = folder.meta.raw.get("model", {}) if folder.meta is not None else {}
+        self.model = {"path": str(folder.path), "name": folder.path.name, "kind": folder.kind,
+                      "backbone": model_cfg.get("backbone"), "input_size": list(folder.meta.input_size) if folder.meta else None,
+                      "digest": model_digest(model_dir)["digest"]}
+        self.last_saved = None  # a threshold saved into the previous folder says nothing of this one
+
+    def _follow_swaps(self) -> None:
+        """The pipeline may have switched models (the web view, a watched path): show the new one."""
+        running = self.pipeline.model.get("path") if self.pipeline is not None else None
+        if running and running != str(self.model_dir):
+            self._describe(Path(running))
+
     def _detector(self):
         if self.pipeline is None:
             raise AdtrError("the stream has not started yet")
         return self.pipeline.detector
+
+    def swap_model(self, path: str) -> dict:
+        """Load ``path`` beside the running model and switch between two frames (``Pipeline.swap_model``)."""
+        if self.pipeline is None:
+            raise AdtrError("the stream has not started yet")
+        record = self.pipeline.swap_model(path)
+        self._follow_swaps()
+        return record
 
     def set_threshold(self, value: Optional[float]) -> None:
         self._detector().set_threshold(value)
         log.warning("threshold set to %s from the web view", self._detector().thresholds.threshold)
 
     def save_threshold(self) -> dict:
+        self._follow_swaps()
         value = self._detector().thresholds.threshold
         entry = save_threshold(self.model_dir, value, by="adtr-edge stream web view")
         self.last_saved = entry
@@ -137,11 +157,19 @@ class Frontend(Sink):
             d = r.detection
             record = folder.add(r.frame.image, verdict, label=label, mask=painted, source=source, frame=frame,
                                 name=r.frame.name, captured=r.frame.timestamp, score=d.score,
-                                threshold=d.thresholds.threshold, model=self.model_digest,
+                                threshold=d.thresholds.threshold, model=self._model_of(r),
                                 reviewer={"by": "adtr-edge stream web view", "client": client})
             self.state.put_review(record)
         log.info("review: frame %d of %s marked %s -> %s", frame, source, verdict, record["image"])
         return record
+
+    def _model_of(self, r) -> dict:
+        """{"path", "digest"} of the model that scored ``r`` (the stream may have swapped since)."""
+        if self.pipeline is not None and r.model is not None:
+            for m in [self.pipeline.model] + [s["from"] for s in self.pipeline.swaps]:
+                if m.get("digest") == r.model:
+                    return dict(m)
+        return {"path": self.model["path"], "digest": self.model["digest"]}
 
     def undo_review(self, review_id: str) -> dict:
         folder = self._review_folder()
@@ -152,6 +180,7 @@ class Frontend(Sink):
         return record
 
     def status(self) -> dict:
+        self._follow_swaps()
         s = self.pipeline.status() if self.pipeline is not None else {"running": False, "sources": {}, "errors": []}
         exported = None
         span = [0.0, 1.0]
