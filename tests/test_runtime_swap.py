@@ -175,3 +175,78 @@ def test_web_view_swaps_the_model_with_the_token(models, tmp_path):
     s = out["summary"]
     assert s["model"] == model_digest(b) and len(s["swaps"]) == 1 and s["errors"] == []
     assert f"model swap  {model_digest(a)['digest']} -> {model_digest(b)['digest']} ({b})" in format_summary(s)
+
+
+def test_follow_model_switches_when_the_stable_path_is_repointed(models, tmp_path, caplog):
+    """A promotion repoints a symlink: the stream follows it; a broken folder behind the link is
+    refused once (one line in the log) and the stream stays on the last good model."""
+    import logging
+    import os
+
+    from tests.runtime_fakes import FakeCapture
+
+    from adtr_edge.runtime.model_watch import ModelWatcher
+
+    a, b = models
+    broken = shutil.copytree(b, tmp_path / "broken")
+    (broken / "backbone.onnx").write_bytes(b"not onnx")
+    link = tmp_path / "current"
+    os.symlink(a, link)
+
+    def repoint(target):
+        tmp = tmp_path / "current.new"
+        os.symlink(target, tmp)
+        os.replace(tmp, link)  # atomic, as a promotion does it
+
+    watcher = ModelWatcher(link, interval=0.05)
+    out = {}
+
+    def run():
+        out["summary"] = run_stream(link, "rtsp://cam/1", backend="onnxruntime", opener=lambda t, api: FakeCapture(None, period=0.02),
+                                    events=tmp_path / "e.jsonl", extra_sinks=[watcher], print_summary=False, handle_signals=False)
+
+    from tests.web_helpers import wait_for  # noqa: PLC0415 (needs the factory extra only for its import guard)
+
+    t = threading.Thread(target=run, daemon=True)
+    with caplog.at_level(logging.ERROR, logger="adtr_edge.runtime.model_watch"):
+        t.start()
+        wait_for(lambda: getattr(watcher, "_pipeline", None) is not None and watcher._pipeline.processed > 5, 20, "frames")
+        repoint(b)
+        wait_for(lambda: watcher.swapped == 1, 20, "the swap to b")
+        repoint(broken)
+        wait_for(lambda: watcher.refused == 1, 20, "the refusal of the broken folder")
+        n = watcher._pipeline.processed
+        wait_for(lambda: watcher._pipeline.processed > n + 5, 20, "frames after the refusal")
+        watcher._pipeline.stop("test done")
+        t.join(20)
+    s = out["summary"]
+    assert s["model"] == model_digest(b) and len(s["swaps"]) == 1
+    assert s["follow_model"] == {"path": str(link), "swapped": 1, "refused": 1}
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "\n" not in refusals[0] and str(broken) in refusals[0]
+    digests = [e["model"] for e in _events(tmp_path / "e.jsonl") if e["event"] == "frame"]
+    assert digests[0] == model_digest(a)["digest"] and digests[-1] == model_digest(b)["digest"]
+
+
+def test_cli_swap_talks_to_the_running_stream(models, tmp_path, capsys):
+    pytest.importorskip("starlette", reason="the factory extra is not installed")
+    from tests.web_helpers import live_stream
+
+    from adtr_edge.cli import main as cli_main
+    from adtr_edge.runtime.web.frontend import Frontend
+
+    a, b = models
+    fe = Frontend(a, http="127.0.0.1:0", token="tok", announce=False)
+    url = fe.http.url
+    with live_stream(a, fe, period=0.02):
+        assert cli_main(["swap", url, str(b), "--token", "tok"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"swapped {model_digest(a)['digest']} -> {model_digest(b)['digest']} ({b}) after ")
+        assert cli_main(["swap", url, str(tmp_path / "none"), "--token", "tok"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {url}: model {tmp_path / 'none'} refused, the running model stays: ") and "\n" not in err
+        assert cli_main(["swap", url, str(b)]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"error: {url}: token required")
+    fe.close()
+    assert cli_main(["swap", url, str(b), "--token", "tok", "--timeout", "5"]) == 2
+    assert "cannot reach the stream's web view" in capsys.readouterr().err

@@ -113,6 +113,9 @@ def register(app: typer.Typer) -> None:
         http_token: Optional[str] = typer.Option(None, "--http-token", envvar="ADTR_HTTP_TOKEN",
                                                  help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN)."),
         metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics)."),
+        follow_model: bool = typer.Option(
+            False, "--follow-model", help="MODEL_DIR is a stable path (a symlink a promotion repoints): when it names another folder, "
+                                          "switch to it between two frames without stopping."),
         review_dir: Optional[Path] = typer.Option(
             None, "--review-dir", help="Review folder (MVTec layout) the web view's defect / not-a-defect reviews go to; needs --http."),
         gather_ms: float = typer.Option(GATHER_S * 1e3, "--gather-ms", min=0.0,
@@ -146,6 +149,10 @@ def register(app: typer.Typer) -> None:
         try:
             # Checked (URLs, topics, spool folder) before the model loads; nothing connects yet.
             delivery = delivery_sinks(mqtt=mqtt, mqtt_frames=mqtt_frames, webhook=webhook, spool=spool, spool_max_mb=spool_max_mb)
+            if follow_model:
+                from .model_watch import ModelWatcher
+
+                delivery.append(ModelWatcher(model_dir))
             result = run_stream(
                 model_dir,
                 chosen,
@@ -171,6 +178,36 @@ def register(app: typer.Typer) -> None:
             raise AdtrError(result["errors"][-1])
 
     register_review(app)
+
+    @app.command("swap")
+    def swap(
+        url: str = typer.Argument(..., help="The running stream's web view, e.g. http://127.0.0.1:8080 (stream --http)."),
+        model_dir: Path = typer.Argument(..., help="The model folder to switch to (as the stream's machine sees the path)."),
+        token: Optional[str] = typer.Option(None, "--token", envvar="ADTR_HTTP_TOKEN", help="The stream's --http-token."),
+        timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for the load and the switch."),
+    ) -> None:
+        """Switch a running stream to another model folder between two frames (POST /api/model)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        body = json.dumps({"path": str(model_dir.resolve())}).encode()
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        req = urllib.request.Request(url.rstrip("/") + "/api/model", data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                reply = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                message = json.loads(e.read()).get("error")
+            except ValueError:
+                message = None
+            raise AdtrError(f"{url}: {message or f'HTTP {e.code}'}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise AdtrError(f"{url}: cannot reach the stream's web view ({getattr(e, 'reason', e)})") from None
+        sw = reply["swap"]
+        typer.echo(f"swapped {sw['from'].get('digest')} -> {sw['to'].get('digest')} ({sw['to'].get('path')}) "
+                   f"after {sw['frames_before']} frames; threshold {sw['threshold']:.6g}; loaded in {sw['load_s']:.2f} s")
 
 
 def register_review(app: typer.Typer) -> None:
