@@ -75,6 +75,9 @@ def train(
     jitter_shape: Optional[str] = typer.Option(None, help="isotropic (UniAD's) or covariance: the jitter shaped like each location's normal variation, same energy."),
     score: Optional[str] = typer.Option(None, help="Residual score: mahalanobis (per-location statistics of normal residuals) or l2."),
     score_select: Optional[str] = typer.Option(None, help="synthetic (default): move the head's shrinkage when synthetic defects on held-out normals clearly favour another; none."),
+    head: Optional[str] = typer.Option(None, help="auto (default): a location-free nearest-neighbour head where synthetic defects on "
+                                       "held-out normals clearly favour it (parts that move); per-location; nearest."),
+    nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (a greedy coreset of the normals'; default 4096)."),
     region_grid: Optional[int] = typer.Option(None, help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
     map_pool: Optional[int] = typer.Option(None, help="Map: add the whitened residual averaged over K x K neighbours, K odd (default 0: per location; 5 for large faint defects)."),
     map_pool_clip: Optional[float] = typer.Option(None, help="With --map-pool: clip each cell to this quantile of normal cells' norms before the average (default 0.99; 0 = no clip)."),
@@ -108,7 +111,7 @@ def train(
               "num_encoder_layers": encoder_layers, "num_decoder_layers": decoder_layers, "d_model": d_model, "score": score,
               "region_grid": region_grid, "map_pool": map_pool, "map_pool_clip": _pool_clip(map_pool, map_pool_clip)}
     t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "jitter_shape": jitter_shape, "threshold_quantile": threshold_quantile,
-              "time_budget": time_budget, "augment": augment, "score_select": score_select,
+              "time_budget": time_budget, "augment": augment, "score_select": score_select, "head": head, "nearest_bank": nearest_bank,
               "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
     m_kw, t_kw = apply_preset(preset, m_over, t_over)
     model_cfg = ModelConfig.for_backbone(backbone or preset_backbone(preset), **m_kw)
@@ -217,6 +220,9 @@ def eval_cmd(
     report = finish_report(scored, test, spec, thresholds, out, name="ADTR", pictures=pictures, resamples=bootstrap,
                            reference=reference, extra=extra | {"dataset": test.summary()})
     _print_metrics(report)
+    location = (report.get("score_head") or {}).get("location")
+    if location:
+        typer.echo(f"score head: {location['why']}")
     typer.echo(f"report: {out / 'report.json'}")
 
 

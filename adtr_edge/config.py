@@ -191,6 +191,11 @@ class TrainConfig:
     score_target: str = "identity"  # what it is shrunk towards: "identity" (x mean variance) or the "pooled" covariance
     score_select: str = "synthetic"  # "synthetic": move score_shrinkage when synthetic defects on the held-out normals say so (train.head_select); "none"
     region_shrinkage: float = 0.3  # region_grid > 0: weight of the isotropic part in the regional covariance
+    # Which score head ships: "per-location" (the model's own), "nearest" (location-free) or "auto": the
+    # nearest head replaces the per-location one where synthetic defects on held-out normals clearly
+    # favour it (train.location_choice); ``nearest_bank`` cells in its memory bank.
+    head: str = "auto"
+    nearest_bank: int = 4096
     seed: int = 0
     val_fraction: float = 0.1  # normal training images held out to calibrate the threshold
     threshold_quantile: float = 0.99

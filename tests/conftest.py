@@ -46,7 +46,8 @@ def trained_checkpoint(tmp_path_factory, sample_dataset) -> Path:
     from adtr_edge.train.loop import train_model
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    cfg = TrainConfig(epochs=4, batch_size=8, lr=2e-3, val_fraction=0.2, device="cpu")
+    # per-location: the graph every runtime test reads keeps the regional term and the pooled map part
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=2e-3, val_fraction=0.2, device="cpu", head="per-location")
     train_model(load_dataset(sample_dataset, "train"), tiny_model_config(), cfg, out, progress=False)
     return out
 

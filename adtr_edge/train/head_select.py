@@ -179,6 +179,7 @@ def head_summary(ckpt) -> dict:
     t = ckpt.train_config
     chosen = (ckpt.extra or {}).get("score_selection")
     cfg, refit, choice = ckpt.model_config, (ckpt.extra or {}).get("refit"), (ckpt.extra or {}).get("head_choice")
+    location = (ckpt.extra or {}).get("location_choice")
     grid = cfg.region_grid
     return {"score": cfg.score, "shrinkage": t.score_shrinkage, "target": t.score_target, "fit": t.score_fit,
             "selection": {k: v for k, v in chosen.items() if k != "candidates"} if chosen else None,
@@ -186,4 +187,8 @@ def head_summary(ckpt) -> dict:
             # only where present, so that the summaries of plain trained checkpoints read as before
             **({"map_pool": cfg.map_pool, "map_pool_clip": cfg.map_pool_clip} if cfg.map_pool else {}),
             **({"refit": refit} if refit else {}),
-            **({"head_choice": {k: v for k, v in choice.items() if k != "candidates"}} if choice else {})}
+            **({"head_choice": {k: v for k, v in choice.items() if k != "candidates"}} if choice else {}),
+            # per-location or location-free, and why (train.location_choice), where training decided it
+            **({"location": {"head": location["head"], "why": location["why"]}} if location else {}),
+            **({"nearest": {"bank": cfg.nearest_bank, "source": cfg.nearest_source, "pool": cfg.nearest_pool}}
+               if cfg.score == "nearest" else {})}

@@ -7,11 +7,13 @@ step mixes a normal batch with an anomalous one under the FCDD-style losses.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -27,6 +29,7 @@ from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_chec
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
 from .features import augment_views, cached_raw_features, channel_stats, extract_raw_features, grid_masks
+from .location_choice import HEADS
 from .residual_stats import location_covariance
 
 PROBE_IMAGES = 16  # held-out normals that get a synthetic defect for the pass-through figure
@@ -336,18 +339,28 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
 
     # The fit normals' residuals, computed once: the head selection and the shipped head both fit on them.
     fit_residual = residuals(model, data.feats, device) if model.cfg.score == "mahalanobis" and train_cfg.score_fit == "fit" else None
-    selection = select_head(model, train_cfg, train_set, data, val_idx, device, fit_residual, log)
+    synthetic = held_out_synthetic(model, train_cfg, train_set, val_idx, device, log)
+    selection = select_head(model, train_cfg, data, device, synthetic, fit_residual)
     if selection is not None:
         train_cfg = replace(train_cfg, score_shrinkage=selection["shrinkage"])
         log(f"score head: shrinkage {selection['shrinkage']:g} (best on {selection['synthetic_defects']} synthetic defects: "
             f"{selection['best']:g}, {selection['advantage_points'][0]:+.2f} points over {selection['configured']:g})")
     thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, fit_residual=fit_residual)
+    location = choose_location(model, train_cfg, data, device, synthetic, log)
+    if location is not None and location["head"] == "nearest":
+        from ..model.head import AnomalyHead
+        from .location_choice import nearest_config
+
+        model_cfg = nearest_config(model_cfg, train_cfg.nearest_bank)
+        model.cfg, model.head = model_cfg, AnomalyHead(model_cfg, model.backbone.channels).to(device)
+        thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
              "anomalies": anomalies.kind if anomalies is not None else None, "epochs_run": len(history),
              **{k: history[-1].get(k) if history else None for k in ("input_following", "defect_pass_through")},
-             "train_paths": [str(train_set.samples[i].path) for i in fit_idx], "score_selection": selection}
+             "train_paths": [str(train_set.samples[i].path) for i in fit_idx], "score_selection": selection,
+             "location_choice": location}
     ckpt = Checkpoint(model_cfg, train_cfg, thresholds, train_set.summary(), history, extra)
     save_checkpoint(out_dir, model.cpu(), ckpt)
     return TrainResult(model.eval(), ckpt, out_dir, seconds)
@@ -365,28 +378,67 @@ def check_train_choices(train_cfg: TrainConfig) -> None:
     """The named choices of a TrainConfig that no dataclass check covers, before any work is done."""
     require(train_cfg.score_select in SCORE_SELECT, f"--score-select {train_cfg.score_select!r}: choose one of {list(SCORE_SELECT)}")
     require(train_cfg.jitter_shape in JITTER_SHAPES, f"--jitter-shape {train_cfg.jitter_shape!r}: choose one of {list(JITTER_SHAPES)}")
+    require(train_cfg.head in HEADS, f"--head {train_cfg.head!r}: choose one of {list(HEADS)}")
+    require(train_cfg.nearest_bank >= 1, f"--nearest-bank {train_cfg.nearest_bank}: a memory bank needs at least one cell")
 
 
-def select_head(model, train_cfg: TrainConfig, train_set, data: RunData, val_idx, device, fit_residual=None,
-                log: Callable[[str], None] = lambda s: None) -> dict | None:
-    """``score_select="synthetic"``: the shrinkage that synthetic defects on the held-out normals
-    support (``train.head_select``), or None where it does not apply: another score, a head fitted
-    on the held-out normals themselves, or fewer than ``MIN_HELD_OUT`` of them (the synthetic
-    set's image AUROC would rest on a handful of clean images)."""
-    from .head_select import MIN_HELD_OUT, select_shrinkage, synthetic_set
+def held_out_synthetic(model, train_cfg: TrainConfig, train_set, val_idx, device, log: Callable[[str], None] = lambda s: None):
+    """The held-out normals with synthetic defects pasted on them (``head_select.synthetic_set``), made
+    once for the choices that read it (the shrinkage, the per-location or nearest head), or None where
+    no choice applies: another score, a head fitted on the held-out normals themselves, nothing to
+    choose, or fewer than ``MIN_HELD_OUT`` of them (an image AUROC would rest on a handful of images)."""
+    from .head_select import MIN_HELD_OUT, synthetic_set
 
-    if train_cfg.score_select == "none" or model.cfg.score != "mahalanobis" or train_cfg.score_fit != "fit":
+    choosing = train_cfg.score_select != "none" or train_cfg.head == "auto"
+    if not choosing or model.cfg.score != "mahalanobis" or train_cfg.score_fit != "fit":
         return None
     if len(val_idx) < MIN_HELD_OUT:
-        log(f"score head: shrinkage {train_cfg.score_shrinkage:g} kept ({len(val_idx)} held-out normals; choosing needs {MIN_HELD_OUT})")
+        log(f"score head: kept as configured ({len(val_idx)} held-out normals; choosing needs {MIN_HELD_OUT})")
         return None
+    return synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
+                         seed=train_cfg.seed)
 
+
+def select_head(model, train_cfg: TrainConfig, data: RunData, device, synthetic, fit_residual=None) -> dict | None:
+    """``score_select="synthetic"``: the shrinkage that synthetic defects on the held-out normals
+    support (``train.head_select``), or None where it does not apply (no synthetic set)."""
+    from .head_select import select_shrinkage
+
+    if train_cfg.score_select == "none" or synthetic is None:
+        return None
     t0 = time.perf_counter()
-    synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
-                              seed=train_cfg.seed)
     chosen = select_shrinkage(model, data.feats, synthetic, train_cfg.score_shrinkage, train_cfg.score_target, seed=train_cfg.seed,
                               device=device, fit_residual=fit_residual, region_shrinkage=train_cfg.region_shrinkage)
     return {**chosen, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def choose_location(model, train_cfg: TrainConfig, data: RunData, device, synthetic,
+                    log: Callable[[str], None] = lambda s: None) -> dict | None:
+    """``head``: "nearest" swaps the head unasked; "auto" compares the fitted per-location head with a
+    nearest-neighbour head on the synthetic set (``train.location_choice``); None where nothing applies."""
+    from ..model.head import AnomalyHead
+    from .location_choice import compare_heads, location_gain, nearest_config, why
+    from .memory_bank import fit_bank
+    from .residual_stats import reconstruct
+
+    if train_cfg.head == "per-location" or model.cfg.score == "nearest":
+        return None
+    if train_cfg.head == "nearest":
+        choice = {"head": "nearest", "set_by": "user"}
+    elif synthetic is None or model.cfg.score != "mahalanobis":
+        return None
+    else:
+        t0 = time.perf_counter()
+        candidate = AnomalyHead(nearest_config(model.cfg, train_cfg.nearest_bank), model.backbone.channels)
+        probe = SimpleNamespace(head=candidate)
+        fit_bank(probe, data.feats, device, seed=train_cfg.seed)
+        choice = compare_heads(copy.deepcopy(model.head).cpu(), candidate, synthetic, reconstruct(model, synthetic.feats, device),
+                               seed=train_cfg.seed)
+        choice["location_gain"] = location_gain(data.feats, data.val_feats, seed=train_cfg.seed)
+        choice["seconds"] = round(time.perf_counter() - t0, 1)
+    choice["why"] = why(choice)
+    log(f"score head: {choice['why']}")
+    return choice
 
 
 def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device,
