@@ -140,6 +140,9 @@ def refit_head_cmd(
                                            "chosen on DATA's labelled test defects, reported on the rest (default: the checkpoint's)."),
     map_pool_clip: Optional[float] = typer.Option(None, help="Its cells' clip quantile, 0 = none (default: the checkpoint's; 0.99 where --map-pool turns it on)."),
     choice_fraction: float = typer.Option(0.3, help="With --map-pool auto: the share of the test split that chooses (the rest reports)."),
+    head: Optional[str] = typer.Option(None, help="per-location (as trained), nearest (location-free), or auto: as training decides it, "
+                                       "on the same held-out normals with synthetic defects."),
+    nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (default: the checkpoint's, 4096)."),
     region_grid: Optional[int] = typer.Option(None, help="The regional image score's grid G, 0 = the map alone (default: the checkpoint's)."),
     shrinkage: Optional[float] = typer.Option(None, help="The per-location covariance's shrinkage (default: the checkpoint's, as training chose it)."),
     feature_cache: Optional[Path] = typer.Option(None, help="Folder of cached backbone features (as in train)."),
@@ -158,8 +161,16 @@ def refit_head_cmd(
         pool = None if map_pool is None else int(map_pool)
     except ValueError:
         raise AdtrError(f"--map-pool {map_pool!r}: give an odd window K (e.g. 5), 0 for none, or auto") from None
+    from .train.location_choice import HEADS
+
+    if head is not None and head not in HEADS:
+        raise AdtrError(f"--head {head!r}: choose one of {list(HEADS)}")
     res = refit_head(checkpoint, data, out, feature_cache=feature_cache, device=device, force=force, map_pool=pool,
-                     map_pool_clip=map_pool_clip, region_grid=region_grid, score_shrinkage=shrinkage)
+                     map_pool_clip=map_pool_clip, region_grid=region_grid, score_shrinkage=shrinkage, head=head,
+                     nearest_bank=nearest_bank)
+    location = res.checkpoint.extra.get("location_choice") if head not in (None, "per-location") else None
+    if location:
+        typer.echo(f"score head: {location['why']}")
     changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in res.changed.items()) or "nothing changed (refitted as trained)"
     typer.echo(f"wrote {res.out}: {changes}; threshold {res.thresholds.threshold:.4f}")
     typer.echo(f"compare on labelled images: adtr-edge eval {res.out} DATA --against {checkpoint}")

@@ -144,3 +144,23 @@ def test_training_with_head_auto_records_its_decision_and_ships_what_it_decided(
     from adtr_edge.train.head_select import head_summary
 
     assert head_summary(result.checkpoint)["location"] == {"head": choice["head"], "why": choice["why"]}  # eval prints it
+
+
+def test_refit_head_switches_a_trained_checkpoint_to_the_nearest_head_or_lets_the_data_decide(trained_checkpoint, sample_dataset,
+                                                                                              tmp_path, capsys):
+    from adtr_edge.cli import main
+    from adtr_edge.train.checkpoint import load_checkpoint
+
+    base = [str(trained_checkpoint), str(sample_dataset), "--device", "cpu", "--nearest-bank", "256"]
+    assert main(["refit-head", *base, "--out", str(tmp_path / "nn"), "--head", "nearest"]) == 0
+    assert "score mahalanobis -> nearest" in capsys.readouterr().out
+    model, ckpt = load_checkpoint(tmp_path / "nn")
+    assert ckpt.model_config.score == "nearest" and ckpt.model_config.nearest_bank == 256 and ckpt.model_config.region_grid == 0
+    assert float(model.head.bank.abs().sum()) > 0
+    assert main(["refit-head", *base, "--out", str(tmp_path / "auto"), "--head", "auto"]) == 0
+    printed = capsys.readouterr().out
+    decided = load_checkpoint(tmp_path / "auto")[1]
+    assert f"score head: {decided.extra['location_choice']['head']} head: on " in printed
+    assert main(["refit-head", *base, "--out", str(tmp_path / "bad"), "--head", "anywhere"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--head 'anywhere'" in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()

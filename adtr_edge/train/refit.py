@@ -94,6 +94,8 @@ class RefitSource:
     fit_feats: object
     val_feats: object
     device: object
+    train_set: object = None  # the dataset's training split, for the synthetic set of --head auto
+    val_idx: list = None  # its held-out normals
 
     @classmethod
     def load(cls, checkpoint: str | Path, data: str | Path, *, feature_cache: str | Path | None = None,
@@ -113,9 +115,10 @@ class RefitSource:
         model.to(dev).eval()
         cfg = ckpt.model_config
         spec = preprocess_spec(cfg)
+        fit_idx, val_idx = split_normals(train_set, ckpt.train_config)
         feats = [model.backbone.standardize(cached_raw_features(model.backbone, train_set, idx, spec, cfg, cache_dir=feature_cache,
-                                                                device=dev)) for idx in split_normals(train_set, ckpt.train_config)]
-        return cls(checkpoint, model, ckpt, feats[0], feats[1], dev)
+                                                                device=dev)) for idx in (fit_idx, val_idx)]
+        return cls(checkpoint, model, ckpt, feats[0], feats[1], dev, train_set, val_idx)
 
     def refit(self, **settings) -> tuple:
         """(the source's model, now with a head refitted under ``settings``, its checkpoint record,
@@ -123,9 +126,37 @@ class RefitSource:
         refit's head) and the threshold recalibrated on the same held-out normals."""
         from ..model.head import AnomalyHead
 
+        head, bank = settings.pop("head", None), settings.pop("nearest_bank", None)
         cfg, tcfg, changed = head_settings(self.ckpt, **settings)
+        if bank is not None:
+            tcfg = replace(tcfg, nearest_bank=int(bank))
         model = self.model
         model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
         thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device)
         extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
+        if head not in (None, "per-location"):
+            cfg, thresholds, extra["location_choice"] = self._location(model, replace(tcfg, head=head), cfg, thresholds)
+            if cfg.score == "nearest":
+                changed["score"] = (self.ckpt.model_config.score, "nearest")
+                extra["refit"]["changed"]["score"] = list(changed["score"])
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
+
+    def _location(self, model, tcfg, cfg, thresholds) -> tuple:
+        """``--head nearest`` or ``auto``, as training decides it (``loop.choose_location``), on the same
+        held-out normals: (model config, thresholds, the decision)."""
+        from types import SimpleNamespace
+
+        from ..model.head import AnomalyHead
+        from .location_choice import nearest_config
+        from .loop import choose_location, held_out_synthetic
+
+        synthetic = held_out_synthetic(model, tcfg, self.train_set, self.val_idx, self.device) if tcfg.head == "auto" else None
+        data = SimpleNamespace(feats=self.fit_feats, val_feats=self.val_feats)
+        choice = choose_location(model, tcfg, data, self.device, synthetic)
+        if choice is None:
+            raise AdtrError(f"--head auto: {len(self.val_idx)} held-out normals, too few to choose from (keep the head, or --head nearest)")
+        if choice["head"] == "nearest":
+            cfg = nearest_config(cfg, tcfg.nearest_bank)
+            model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
+            thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device)
+        return cfg, thresholds, choice
