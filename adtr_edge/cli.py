@@ -214,6 +214,10 @@ def eval_cmd(
     pictures: bool = typer.Option(True, help="Write ROC curve, score histogram and heat-map overlays."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Resamples for 95% confidence intervals of the metrics (0: none)."),
+    perturb: bool = typer.Option(False, "--perturb", help="Robustness report: the test set shifted, rotated, brighter, darker, blurred and "
+                                 "JPEG-compressed, two strengths each: image AUROC and false alarms at the threshold (checkpoints: "
+                                 "and the baselines on the same features). Writes robustness.json/.md."),
+    feature_cache: Optional[Path] = typer.Option(None, help="With --perturb on a checkpoint: folder of cached backbone features (as in train)."),
 ):
     """Evaluate a checkpoint or a deployable folder: image AUROC, pixel AUROC, AUPRO, F1-max (overall and per defect) and pictures."""
     from .data.datasets import load_dataset
@@ -235,6 +239,33 @@ def eval_cmd(
     if location:
         typer.echo(f"score head: {location['why']}")
     typer.echo(f"report: {out / 'report.json'}")
+    if perturb:
+        _robustness(model, data, test, out, device=device, backend=backend, thresholds=thresholds, spec=spec,
+                    feature_cache=feature_cache)
+
+
+def _robustness(path: Path, data: Path, test, out: Path, *, device: str, backend: str, thresholds, spec, feature_cache) -> None:
+    """eval --perturb: the robustness report of a checkpoint (with the baselines) or a model folder (its backend)."""
+    from .evaluate import backend_predictor, score_imageset
+    from .fileio import write_json_atomic, write_text_atomic
+    from .folder import CHECKPOINT, read_model_folder
+    from .robustness import checkpoint_scorer, report_table, robustness_report
+
+    typer.echo("robustness: the test set under each perturbation (AUROC / false-alarm rate on normals at the threshold)")
+    folder = read_model_folder(path, purpose="eval")
+    if folder.kind == CHECKPOINT:
+        score, limits = checkpoint_scorer(path, data, device=device, feature_cache=feature_cache)
+        report = robustness_report(score, test, limits, log=typer.echo)
+    else:
+        from .runtime.loading import load_backend
+
+        with load_backend(folder.path, backend) as runner:
+            predict = backend_predictor(runner)
+            report = robustness_report(lambda images: {"ADTR": score_imageset(predict, images, spec, progress=False).scores}, test,
+                                       {"ADTR": thresholds.threshold if thresholds else None}, log=typer.echo)
+    write_json_atomic(out / "robustness.json", report)
+    write_text_atomic(out / "robustness.md", report_table(report) + "\n")
+    typer.echo(f"robustness report: {out / 'robustness.md'}")
 
 
 def _score_model(path: Path, test, *, device: str, backend: str, progress: bool):
@@ -343,7 +374,8 @@ def version():
 
 # Commands that live with their area; each area module imports its heavy dependencies (torch,
 # tensorrt, onnxruntime) inside the command, so registering them all keeps start-up light.
-_AREA_MODULES = ("adtr_edge.data.cli", "adtr_edge.export.cli_inspect", "adtr_edge.engine.cli", "adtr_edge.runtime.cli", "adtr_edge.demo", "adtr_edge.bench.cli")
+_AREA_MODULES = ("adtr_edge.data.cli", "adtr_edge.export.cli_inspect", "adtr_edge.engine.cli", "adtr_edge.runtime.cli", "adtr_edge.demo", "adtr_edge.bench.cli",
+                 "adtr_edge.finetune")
 for _name in _AREA_MODULES:
     importlib.import_module(_name).register(app)
 

@@ -1,0 +1,196 @@
+"""What a knocked camera or a change of light does to a model, before it is deployed: ``eval --perturb``.
+
+The same test images are scored again after each perturbation, at two strengths: shifted by 2% and
+5% of the image side, rotated by 2 and 5 degrees about the centre (borders replicated, as a camera
+that moved still sees the scene there), 15% and 30% brighter and darker, blurred (Gaussian sigma 1
+and 2 pixels at 256 px, scaled to the image) and JPEG-compressed at quality 50 and 20. For each: the
+image AUROC (can it still rank?) and the false-alarm rate on the normal images at the model's own
+threshold (will the line stop?). Geometric perturbations move the masks with the images.
+
+For a checkpoint, the training-free baselines on the same backbone features are scored the same
+way (``adtr_edge.baselines``, fitted on the fit normals, thresholded at the same quantile of the
+held-out normals' scores as the model), so a user sees whether a weakness is the model's or the
+features'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .data.datasets import ImageSet
+from .errors import AdtrError
+from .metrics import auroc
+
+
+def _shift(img: np.ndarray, fraction: float, interp: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    m = np.float32([[1, 0, fraction * w], [0, 1, fraction * h]])
+    return cv2.warpAffine(img, m, (w, h), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _rotate(img: np.ndarray, degrees: float, interp: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), degrees, 1.0)
+    return cv2.warpAffine(img, m, (w, h), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _gain(img: np.ndarray, factor: float) -> np.ndarray:
+    return np.clip(img.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    s = sigma * min(img.shape[:2]) / 256.0
+    return cv2.GaussianBlur(img, (0, 0), s)
+
+
+def _jpeg(img: np.ndarray, quality: float) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise AdtrError("JPEG encoding failed in the robustness report")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    name: str
+    strengths: tuple[float, float]
+    unit: str
+    image: Callable[[np.ndarray, float], np.ndarray]
+    mask: Callable[[np.ndarray, float], np.ndarray] | None = None  # geometric ones move the mask too
+
+
+PERTURBATIONS = (
+    Perturbation("shift", (0.02, 0.05), "of the side", lambda im, s: _shift(im, s, cv2.INTER_LINEAR),
+                 lambda m, s: _shift(m, s, cv2.INTER_NEAREST)),
+    Perturbation("rotate", (2.0, 5.0), "degrees", lambda im, s: _rotate(im, s, cv2.INTER_LINEAR),
+                 lambda m, s: _rotate(m, s, cv2.INTER_NEAREST)),
+    Perturbation("brighter", (1.15, 1.30), "x gain", _gain),
+    Perturbation("darker", (0.85, 0.70), "x gain", _gain),
+    Perturbation("blur", (1.0, 2.0), "px sigma at 256 px", _blur),
+    Perturbation("jpeg", (50, 20), "quality", _jpeg),
+)
+
+
+class PerturbedSet(ImageSet):
+    """``images`` with one perturbation applied on loading (the mask moved with geometric ones)."""
+
+    def __init__(self, images: ImageSet, perturbation: Perturbation, strength: float):
+        super().__init__(images.samples, root=images.root)
+        self.perturbation, self.strength = perturbation, strength
+
+    def image(self, i: int) -> np.ndarray:
+        return self.load(i)[0]
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        img, mask = super().load(i)
+        p = self.perturbation
+        img = p.image(img, self.strength)
+        if p.mask is not None:
+            mask = p.mask(mask.astype(np.uint8), self.strength).astype(bool)
+        return img, mask
+
+
+def conditions() -> list[tuple[str, Perturbation | None, float | None]]:
+    """(label, perturbation, strength): the clean images first, then every perturbation at both strengths."""
+    rows: list[tuple[str, Perturbation | None, float | None]] = [("clean", None, None)]
+    for p in PERTURBATIONS:
+        rows += [(f"{p.name} {s:g} {p.unit}", p, s) for s in p.strengths]
+    return rows
+
+
+def figures(scores: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict:
+    """{"image_auroc", "false_alarm_rate"} of one condition; the rate is over the normal images."""
+    normal = labels == 0
+    rate = float((scores[normal] > threshold).mean()) if threshold is not None and normal.any() else None
+    return {"image_auroc": auroc(scores, labels) if len(set(labels.tolist())) == 2 else None, "false_alarm_rate": rate}
+
+
+def robustness_report(score: Callable[[ImageSet], dict], images: ImageSet, thresholds: dict,
+                      log: Callable[[str], None] = lambda s: None) -> dict:
+    """{"conditions": [{"condition", <method>: figures}...], "thresholds"}. ``score(image_set)`` returns
+    {method: image scores (N,)} for every method it scores (the model, the baselines), and
+    ``thresholds`` {method: threshold or None}."""
+    labels = np.asarray(images.labels)
+    rows = []
+    for label, p, s in conditions():
+        scored = score(images if p is None else PerturbedSet(images, p, s))
+        rows.append({"condition": label, **{m: figures(np.asarray(v), labels, thresholds.get(m)) for m, v in scored.items()}})
+        log(label + ": " + ", ".join(f"{m} AUROC {_fmt(f['image_auroc'])} false alarms {_fmt(f['false_alarm_rate'])}"
+                                     for m, f in rows[-1].items() if m != "condition"))
+    return {"conditions": rows, "thresholds": thresholds, "normal_images": int((labels == 0).sum()),
+            "defect_images": int((labels == 1).sum())}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def report_table(report: dict) -> str:
+    """The report as a Markdown table: one row per condition, AUROC / false-alarm rate per method."""
+    methods = [k for k in report["conditions"][0] if k != "condition"]
+    lines = ["| condition | " + " | ".join(f"{m}: AUROC / false alarms" for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for row in report["conditions"]:
+        lines.append(f"| {row['condition']} | " + " | ".join(
+            f"{_fmt(row[m]['image_auroc'])} / {_fmt(row[m]['false_alarm_rate'])}" for m in methods) + " |")
+    return "\n".join(lines)
+
+
+def checkpoint_scorer(checkpoint, data, *, device: str = "cpu", feature_cache=None, batch_size: int = 16,
+                      baselines: bool = True) -> tuple[Callable[[ImageSet], dict], dict]:
+    """(score, thresholds) for ``robustness_report``: the checkpoint as shipped and, with ``baselines``,
+    the per-location Gaussian, a nearest neighbour over a 4096-cell coreset of every location's normal
+    cells, and the mean template on the same standardised backbone features, each thresholded at the
+    checkpoint's quantile of its own scores on the held-out normals."""
+    import torch
+
+    from .baselines import gaussian, mean_template
+    from .data.datasets import load_batch, load_dataset
+    from .preprocessing import preprocess_spec
+    from .train.checkpoint import load_checkpoint
+    from .train.device import resolve_device
+    from .train.features import cached_raw_features
+    from .train.loop import split_normals
+    from .train.memory_bank import cells, greedy_coreset, nearest_distance
+
+    model, ckpt = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    spec, cfg, tcfg = preprocess_spec(ckpt.model_config), ckpt.model_config, ckpt.train_config
+    head = model.head
+
+    def nearest(fit, test):
+        n, _, h, w = test.shape
+        return nearest_distance(cells(test), bank).reshape(n, h, w).unsqueeze(1)
+
+    methods = {"gaussian": gaussian, "1-nn": nearest, "mean-template": mean_template} if baselines else {}
+    fit = val = bank = None
+    if methods:
+        train = load_dataset(data, "train")
+        fit, val = (model.backbone.standardize(cached_raw_features(model.backbone, train, idx, spec, cfg, cache_dir=feature_cache,
+                                                                   device=dev)).cpu() for idx in split_normals(train, tcfg))
+        bank = cells(fit)[greedy_coreset(cells(fit), 4096, seed=tcfg.seed)]
+
+    def baseline_scores(feats: torch.Tensor) -> dict:
+        return {name: head.from_grid_map(fn(fit, feats).to(dev))[1].cpu().numpy() for name, fn in methods.items()}
+
+    thresholds = {"ADTR": ckpt.thresholds.threshold if ckpt.thresholds else None}
+    if methods and len(val):
+        thresholds |= {k: float(np.quantile(v, tcfg.threshold_quantile)) for k, v in baseline_scores(val).items()}
+
+    @torch.no_grad()
+    def score(images: ImageSet) -> dict:
+        scores, feats = [], []
+        for s in range(0, len(images), batch_size):
+            batch, _ = load_batch(images, list(range(s, min(len(images), s + batch_size))), spec)
+            f = model.backbone(torch.from_numpy(batch).to(dev))
+            scores.append(head(f, model.transformer(f))[1].float().cpu().numpy())
+            feats.append(f.float().cpu())
+        out = {"ADTR": np.concatenate(scores)}
+        return out | (baseline_scores(torch.cat(feats)) if methods else {})
+
+    return score, thresholds

@@ -1,0 +1,81 @@
+"""eval --perturb: every perturbation changes the images (and moves masks with geometric ones), the
+report's figures are what the scores say, and the CLI writes the table for a checkpoint and its baselines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adtr_edge.data.datasets import load_dataset
+from adtr_edge.robustness import PERTURBATIONS, PerturbedSet, conditions, figures, robustness_report
+
+
+def _frame() -> np.ndarray:
+    img = np.full((120, 160, 3), 90, np.uint8)
+    img[40:80, 60:100] = 200
+    return img
+
+
+@pytest.mark.parametrize("p", PERTURBATIONS, ids=lambda p: p.name)
+def test_each_perturbation_changes_the_image_more_at_the_second_strength(p):
+    img = _frame()
+    changes = [float(np.abs(p.image(img, s).astype(float) - img).mean()) for s in p.strengths]
+    assert 0 < changes[0] < changes[1], changes
+    assert p.image(img, p.strengths[0]).shape == img.shape
+
+
+def test_geometric_perturbations_move_the_mask_with_the_image(sample_dataset):
+    test = load_dataset(sample_dataset, "test")
+    i = int(np.flatnonzero(np.asarray(test.labels) == 1)[0])
+    img, mask = test.load(i)
+    for p in PERTURBATIONS:
+        moved_img, moved_mask = PerturbedSet(test, p, p.strengths[1]).load(i)
+        if p.mask is None:
+            assert np.array_equal(moved_mask, mask)
+        else:
+            assert not np.array_equal(moved_mask, mask)
+            expected = p.mask(mask.astype(np.uint8), p.strengths[1]).astype(bool)
+            assert np.array_equal(moved_mask, expected)
+
+
+def test_figures_are_the_auroc_and_the_share_of_normals_over_the_threshold():
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    f = figures(np.array([0.1, 0.2, 0.9, 0.3, 0.8, 0.95]), labels, threshold=0.5)
+    assert f["false_alarm_rate"] == 0.25
+    assert f["image_auroc"] == pytest.approx(7 / 8)
+    assert figures(np.zeros(6), labels, None)["false_alarm_rate"] is None
+
+
+def test_the_report_scores_the_clean_set_then_every_condition(sample_dataset):
+    test = load_dataset(sample_dataset, "test")
+    seen = []
+
+    def score(images):
+        seen.append(type(images).__name__)
+        return {"brightness": np.array([images.image(i).mean() for i in range(len(images))])}
+
+    report = robustness_report(score, test, {"brightness": 1e9})
+    assert [r["condition"] for r in report["conditions"]] == [c[0] for c in conditions()]
+    assert len(report["conditions"]) == 1 + 2 * len(PERTURBATIONS) and seen[0] == "ImageSet"
+    rows = {r["condition"]: r["brightness"] for r in report["conditions"]}
+    assert all(r["false_alarm_rate"] == 0.0 for r in rows.values())
+
+
+def test_eval_perturb_writes_the_table_for_the_model_and_its_baselines(trained_checkpoint, sample_dataset, tmp_path, capsys):
+    from adtr_edge.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", str(trained_checkpoint), str(sample_dataset), "--out", str(out), "--device", "cpu", "--no-pictures",
+                 "--bootstrap", "0", "--no-progress", "--perturb"]) == 0
+    report = json.loads((out / "robustness.json").read_text())
+    methods = set(report["conditions"][0]) - {"condition"}
+    assert methods == {"ADTR", "gaussian", "1-nn", "mean-template"}
+    assert all(v is not None for v in report["thresholds"].values())
+    clean = report["conditions"][0]["ADTR"]
+    main_report = json.loads((out / "report.json").read_text())
+    assert clean["image_auroc"] == pytest.approx(main_report["image_auroc"], abs=1e-6)  # the same model, the same images
+    table = (out / "robustness.md").read_text()
+    assert table.count("\n") == 2 + len(conditions()) and "rotate 5 degrees" in table
+    assert "robustness report:" in capsys.readouterr().out
