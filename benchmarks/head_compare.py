@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="feature cache folder (as train --feature-cache)")
     ap.add_argument("--split", choices=("val", "test", "all"), default="val")
     ap.add_argument("--banks", default="1024,4096,16384", help="coreset sizes to try (comma list)")
+    ap.add_argument("--pools", default="0,3", help="local averages of the cells before the nearest neighbour (comma list, 0 = none)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -97,6 +98,9 @@ def main() -> None:
              "pixel_auroc": pixel_auroc(amap, masks) if has_masks else None,
              "aupro": aupro(amap, masks) if has_masks else None, **extra}
         rows.append(r)
+        if args.json:  # after every row, so a long run shows its progress and a stopped one keeps what it measured
+            Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "split": args.split,
+                                                   "images": len(idx), "defects": int(labels.sum()), "rows": rows}, indent=1))
         print(" | ".join([name] + [f"{r[k]:.4f}" if r[k] is not None else "-" for k in ("image_auroc", "pixel_auroc", "aupro")])
               + "".join(f" {k}={v}" for k, v in extra.items()), flush=True)
 
@@ -106,14 +110,11 @@ def main() -> None:
     row("shared covariance (residual)", shared_mahalanobis(res_fit, res_tst))
     row("shared covariance (features)", shared_mahalanobis(fit, tst))
     for size in [int(s) for s in args.banks.split(",")]:
-        for pool in (0, 3):
+        for pool in [int(p) for p in args.pools.split(",")]:
             for source, (a, b) in (("features", (fit, tst)), ("residual", (res_fit, res_tst)),
                                    ("features - mean", (fit - mean, tst - mean))):
                 m, secs = nn_map(a, b, size, pool)
                 row(f"nearest ({source}), bank {size}, pool {pool}", m, bank_seconds=round(secs, 1))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "split": args.split,
-                                               "images": len(idx), "defects": int(labels.sum()), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
