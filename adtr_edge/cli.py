@@ -15,6 +15,7 @@ import typer
 
 from .version import __version__
 from .commands import run_app
+from .config_file import command_line_wins, config_option
 from .errors import AdtrError
 
 app = typer.Typer(
@@ -24,6 +25,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# train --help groups its options into these panels (typer's rich_help_panel).
+DATA, MODEL, TRAINING, SCORE_HEAD, ADTR_PLUS, OUTPUT = "Data", "Model", "Training", "Score head", "ADTR+ (anomalies)", "Output"
 
 
 def _parse_size(text: Optional[str]) -> Optional[tuple]:
@@ -58,47 +62,57 @@ def _parse_ints(text: Optional[str], option: str) -> Optional[tuple]:
 
 @app.command()
 def train(
-    data: Path = typer.Argument(..., help="Dataset: an MVTec-AD category folder (train/good, test/...) or a folder of normal images."),
-    out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Checkpoint folder to write (safetensors + JSON)."),
-    preset: str = typer.Option("default", help="Recipe: default (Lite2, 2+2 layers, ~15 CPU min), fast (Lite0, 224 px, 1+1: half its time), paper (500 epochs, lr 1e-4, step decay)."),
-    backbone: Optional[str] = typer.Option(None, help="Backbone (default: the preset's): tf_efficientnet_lite0, tf_efficientnet_lite2 (bundled weights), efficientnet_b4 (--weights)."),
-    weights: Optional[Path] = typer.Option(None, help="ImageNet weight file for the backbone (.safetensors or .pth state dict)."),
-    input_size: Optional[str] = typer.Option(None, help="Model input size, N or HxW (multiple of 16). Default: the preset's (256; fast 224)."),
-    stages: Optional[str] = typer.Option(None, help="Backbone stages to use, e.g. 1,2,3 (Lite0 default: strides 4/8/16)."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (default from the preset)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate."),
-    encoder_layers: Optional[int] = typer.Option(None, help="Transformer encoder layers (paper: 4)."),
-    decoder_layers: Optional[int] = typer.Option(None, help="Transformer decoder layers (paper: 4)."),
-    d_model: Optional[int] = typer.Option(None, help="Transformer width (paper: 256)."),
-    jitter: Optional[float] = typer.Option(None, help="Feature-jitter noise on the encoder input (std as a share of each token's RMS)."),
-    jitter_shape: Optional[str] = typer.Option(None, help="isotropic (UniAD's) or covariance: the jitter shaped like each location's normal variation, same energy."),
-    score: Optional[str] = typer.Option(None, help="Residual score: mahalanobis (per-location statistics of normal residuals) or l2."),
-    score_select: Optional[str] = typer.Option(None, help="synthetic (default): move the head's shrinkage when synthetic defects on held-out normals clearly favour another; none."),
+    ctx: typer.Context,
+    data: Path = typer.Argument(..., help="Dataset: an MVTec-AD category folder (train/good, test/...) or a folder of normal images.", rich_help_panel=DATA),
+    config: Optional[Path] = config_option(),
+    out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Checkpoint folder to write (safetensors + JSON).", rich_help_panel=OUTPUT),
+    preset: str = typer.Option("default", rich_help_panel=MODEL,
+                               help="Recipe: default (Lite2, 2+2 layers, ~15 CPU min), fast (Lite0, 224 px, 1+1: half its time), paper (500 epochs, lr 1e-4, step decay)."),
+    backbone: Optional[str] = typer.Option(None, rich_help_panel=MODEL,
+                                           help="Backbone (default: the preset's): tf_efficientnet_lite0, tf_efficientnet_lite2 (bundled weights), efficientnet_b4 (--weights)."),
+    weights: Optional[Path] = typer.Option(None, help="ImageNet weight file for the backbone (.safetensors or .pth state dict).", rich_help_panel=MODEL),
+    input_size: Optional[str] = typer.Option(None, help="Model input size, N or HxW (multiple of 16). Default: the preset's (256; fast 224).", rich_help_panel=MODEL),
+    stages: Optional[str] = typer.Option(None, help="Backbone stages to use, e.g. 1,2,3 (Lite0 default: strides 4/8/16).", rich_help_panel=MODEL),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default from the preset).", rich_help_panel=TRAINING),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size.", rich_help_panel=TRAINING),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate.", rich_help_panel=TRAINING),
+    encoder_layers: Optional[int] = typer.Option(None, help="Transformer encoder layers (paper: 4).", rich_help_panel=MODEL),
+    decoder_layers: Optional[int] = typer.Option(None, help="Transformer decoder layers (paper: 4).", rich_help_panel=MODEL),
+    d_model: Optional[int] = typer.Option(None, help="Transformer width (paper: 256).", rich_help_panel=MODEL),
+    jitter: Optional[float] = typer.Option(None, help="Feature-jitter noise on the encoder input (std as a share of each token's RMS).", rich_help_panel=TRAINING),
+    jitter_shape: Optional[str] = typer.Option(None, rich_help_panel=TRAINING,
+                                               help="isotropic (UniAD's) or covariance: the jitter shaped like each location's normal variation, same energy."),
+    score: Optional[str] = typer.Option(None, help="Residual score: mahalanobis (per-location statistics of normal residuals) or l2.", rich_help_panel=SCORE_HEAD),
+    score_select: Optional[str] = typer.Option(None, rich_help_panel=SCORE_HEAD,
+                                               help="synthetic (default): move the head's shrinkage when synthetic defects on held-out normals clearly favour another; none."),
     head: Optional[str] = typer.Option(None, help="auto (default): a location-free nearest-neighbour head where synthetic defects on "
-                                       "held-out normals clearly favour it (parts that move); per-location; nearest."),
-    nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (a greedy coreset of the normals'; default 4096)."),
-    region_grid: Optional[int] = typer.Option(None, help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
-    map_pool: Optional[int] = typer.Option(None, help="Map: add the whitened residual averaged over K x K neighbours, K odd (default 0: per location; 5 for large faint defects)."),
-    map_pool_clip: Optional[float] = typer.Option(None, help="With --map-pool: clip each cell to this quantile of normal cells' norms before the average (default 0.99; 0 = no clip)."),
-    time_budget: Optional[float] = typer.Option(None, help="Seconds of training (features excluded): the epochs are fitted to it after the first."),
-    augment: Optional[str] = typer.Option(None, help="Extra views of the normals the transformer trains on (textures): none, flip (h+v) or d4 (flips, 90-degree turns); cached once."),
-    threshold_quantile: Optional[float] = typer.Option(None, help="Quantile of held-out normal scores used as threshold (default 0.99)."),
-    device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
-    bf16: bool = typer.Option(False, help="bf16 autocast (about 1.2x faster on recent CPUs, same accuracy)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
-    synthetic: Optional[str] = typer.Option(None, help="ADTR+: synthetic anomalies, 'confetti', 'patch' or 'scar' (pixel-labelled)."),
-    synthetic_count: int = typer.Option(0, help="How many synthetic anomalous images to make (default: as many as normal images)."),
-    synthetic_strength: float = typer.Option(1.0, help="Strength of synthetic anomalies (0-1]."),
-    external_anomalies: Optional[Path] = typer.Option(None, help="ADTR+: folder of unrelated images used as image-level anomalies (outlier exposure)."),
-    labelled_anomalies: Optional[Path] = typer.Option(None, help="ADTR+: folder (or MVTec-style subset) of real anomalies; masks give pixel labels."),
-    labelled_masks: Optional[Path] = typer.Option(None, help="Mask folder for --labelled-anomalies when masks are kept apart."),
-    loss: str = typer.Option("auto", help="auto (from the data), normal, pixel or image."),
-    alpha: Optional[float] = typer.Option(None, help="Weight of the anomaly term (paper: 0.003)."),
-    init_from: Optional[Path] = typer.Option(None, help="Fine-tune this normal-only checkpoint with the anomaly losses (the paper's ADTR+ schedule)."),
-    feature_cache: Optional[Path] = typer.Option(None, help="Folder to cache backbone features in (reused across runs on the same data)."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+                                       "held-out normals clearly favour it (parts that move); per-location; nearest.", rich_help_panel=SCORE_HEAD),
+    nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (a greedy coreset of the normals'; default 4096).", rich_help_panel=SCORE_HEAD),
+    region_grid: Optional[int] = typer.Option(None, rich_help_panel=SCORE_HEAD,
+                                              help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
+    map_pool: Optional[int] = typer.Option(None, rich_help_panel=SCORE_HEAD,
+                                           help="Map: add the whitened residual averaged over K x K neighbours, K odd (default 0: per location; 5 for large faint defects)."),
+    map_pool_clip: Optional[float] = typer.Option(None, rich_help_panel=SCORE_HEAD,
+                                                  help="With --map-pool: clip each cell to this quantile of normal cells' norms before the average (default 0.99; 0 = no clip)."),
+    time_budget: Optional[float] = typer.Option(None, help="Seconds of training (features excluded): the epochs are fitted to it after the first.", rich_help_panel=TRAINING),
+    augment: Optional[str] = typer.Option(None, rich_help_panel=TRAINING,
+                                          help="Extra views of the normals the transformer trains on (textures): none, flip (h+v) or d4 (flips, 90-degree turns); cached once."),
+    threshold_quantile: Optional[float] = typer.Option(None, help="Quantile of held-out normal scores used as threshold (default 0.99).", rich_help_panel=SCORE_HEAD),
+    device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda.", rich_help_panel=TRAINING),
+    bf16: bool = typer.Option(False, help="bf16 autocast (about 1.2x faster on recent CPUs, same accuracy).", rich_help_panel=TRAINING),
+    seed: int = typer.Option(0, help="Random seed.", rich_help_panel=TRAINING),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in --out.", rich_help_panel=TRAINING),
+    synthetic: Optional[str] = typer.Option(None, help="ADTR+: synthetic anomalies, 'confetti', 'patch' or 'scar' (pixel-labelled).", rich_help_panel=ADTR_PLUS),
+    synthetic_count: int = typer.Option(0, help="How many synthetic anomalous images to make (default: as many as normal images).", rich_help_panel=ADTR_PLUS),
+    synthetic_strength: float = typer.Option(1.0, help="Strength of synthetic anomalies (0-1].", rich_help_panel=ADTR_PLUS),
+    external_anomalies: Optional[Path] = typer.Option(None, help="ADTR+: folder of unrelated images used as image-level anomalies (outlier exposure).", rich_help_panel=ADTR_PLUS),
+    labelled_anomalies: Optional[Path] = typer.Option(None, help="ADTR+: folder (or MVTec-style subset) of real anomalies; masks give pixel labels.", rich_help_panel=ADTR_PLUS),
+    labelled_masks: Optional[Path] = typer.Option(None, help="Mask folder for --labelled-anomalies when masks are kept apart.", rich_help_panel=ADTR_PLUS),
+    loss: str = typer.Option("auto", help="auto (from the data), normal, pixel or image.", rich_help_panel=ADTR_PLUS),
+    alpha: Optional[float] = typer.Option(None, help="Weight of the anomaly term (paper: 0.003).", rich_help_panel=ADTR_PLUS),
+    init_from: Optional[Path] = typer.Option(None, help="Fine-tune this normal-only checkpoint with the anomaly losses (the paper's ADTR+ schedule).", rich_help_panel=ADTR_PLUS),
+    feature_cache: Optional[Path] = typer.Option(None, help="Folder to cache backbone features in (reused across runs on the same data).", rich_help_panel=DATA),
+    progress: bool = typer.Option(True, help="Show progress bars.", rich_help_panel=OUTPUT),
 ):
     """Train ADTR on normal images (and optionally on anomalies, ADTR+). Writes a checkpoint folder."""
     from .config import ModelConfig, TrainConfig
@@ -117,8 +131,10 @@ def train(
     model_cfg = ModelConfig.for_backbone(backbone or preset_backbone(preset), **m_kw)
     train_cfg = TrainConfig(**t_kw)
     train_set = load_dataset(data, "train")
-    pool = build_anomaly_pool(train_set, synthetic=synthetic, count=synthetic_count, strength=synthetic_strength,
-                              external=external_anomalies, labelled=labelled_anomalies, labelled_masks=labelled_masks, seed=seed)
+    # One anomaly source per run: one on the command line replaces the config file's.
+    src = command_line_wins(ctx, {"synthetic": synthetic, "external_anomalies": external_anomalies, "labelled_anomalies": labelled_anomalies})
+    pool = build_anomaly_pool(train_set, synthetic=src["synthetic"], count=synthetic_count, strength=synthetic_strength,
+                              external=src["external_anomalies"], labelled=src["labelled_anomalies"], labelled_masks=labelled_masks, seed=seed)
     typer.echo(f"training on {len(train_set)} images from {data} -> {out} (preset {preset}, {model_cfg.backbone}, "
                f"{model_cfg.input_size[0]}x{model_cfg.input_size[1]}, {train_cfg.epochs} epochs"
                + (f", anomalies: {pool.kind} x{len(pool.images)}" if pool else "") + ")")

@@ -21,7 +21,7 @@ PACKAGE = "adtr_edge"
 # Floors, low to high. A module may import its own floor and any floor below it. Commands sit on
 # top: a ``cli`` module registers commands of its area and may call anything below.
 FLOORS = {
-    "base": ("errors", "fileio", "progress", "version", "__init__"),
+    "base": ("errors", "fileio", "progress", "version", "config_file", "__init__"),
     "contracts": ("preprocessing", "postprocessing", "metadata", "config", "metrics", "significance", "folder", "visualize", "cuda"),
     "data": ("data",),
     "model": ("model",),

@@ -14,11 +14,16 @@ from typing import List, Optional
 import typer
 
 from ..commands import run_app
+from ..config_file import command_line_wins, config_option
 from ..errors import AdtrError
 from ..cuda.base import CUDA_BINDINGS
 from .backends.triton import DEFAULT_NAME as TRITON_MODEL, DEFAULT_RECONNECT_S, DEFAULT_TIMEOUT_S
 from .loading import default_model_dir, read_model_folder
 from .multisource import GATHER_S
+
+# stream --help groups its options into these panels (typer's rich_help_panel).
+SOURCE, MODEL, ALARMS, DELIVERY, WEB, PERFORMANCE = (
+    "Source", "Model", "Alarms and outputs", "Delivery (MQTT, webhook)", "Web view and metrics", "Performance")
 
 
 def tensorrt_options(model_dir: Path, backend: str, cuda_graphs: bool, cuda_binding: str) -> dict:
@@ -74,64 +79,71 @@ def stream_sources(camera: Optional[List[str]], source: Optional[List[str]], sou
 def register(app: typer.Typer) -> None:
     @app.command("stream")
     def stream(
+        ctx: typer.Context,
         model_dir: Optional[Path] = typer.Argument(
             None, show_default=False,
             help="ONNX export folder or TensorRT engine folder (with manifest.json). "
-                 "Default: the only folder under ./engines/, else ./adtr-demo/onnx.",
+                 "Default: the only folder under ./engines/, else ./adtr-demo/onnx.", rich_help_panel=MODEL,
         ),
+        config: Optional[Path] = config_option(),
         camera: Optional[List[str]] = typer.Option(
-            None, "--camera", help="Camera index, e.g. 0; NAME=N names it (left=0). Repeat for several cameras.", show_default=False),
+            None, "--camera", help="Camera index, e.g. 0; NAME=N names it (left=0). Repeat for several cameras.", show_default=False, rich_help_panel=SOURCE),
         source: Optional[List[str]] = typer.Option(
             None, "--source", show_default=False,
             help="Video file, folder or glob of images, rtsp://..., csi://N, v4l2:///dev/videoN, file://..., or a GStreamer pipeline; "
-                 "NAME=S names it. Repeat for several sources (batched through one model).",
+                 "NAME=S names it. Repeat for several sources (batched through one model).", rich_help_panel=SOURCE,
         ),
         sources_file: Optional[Path] = typer.Option(
-            None, "--sources", help="JSON list (YAML with PyYAML) of {name, source} entries: several sources through one model."),
-        backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt | triton (a Triton server, --server)."),
-        events: Optional[str] = typer.Option(None, "--events", help="JSON Lines events to FILE, or '-' for stdout."),
-        save_anomalies: Optional[Path] = typer.Option(None, "--save-anomalies", help="Folder for anomalous frames + overlays (PNG)."),
-        record: Optional[Path] = typer.Option(None, "--record", help="Record the overlay video to FILE (.mp4/.avi)."),
-        show: bool = typer.Option(False, "--show", help="Window: original | heat map | overlay ('q' quits)."),
-        min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Alarm after N anomalous frames in a row."),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="Raw-score threshold (default: the exported one)."),
-        max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
-        batch: int = typer.Option(1, "--batch", min=1, help="Micro-batch size for files and folders (live sources use 1)."),
-        summary: Optional[Path] = typer.Option(None, "--summary", help="Write the summary JSON to FILE."),
-        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads."),
+            None, "--sources", help="JSON list (YAML with PyYAML) of {name, source} entries: several sources through one model.", rich_help_panel=SOURCE),
+        backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt | triton (a Triton server, --server).", rich_help_panel=MODEL),
+        events: Optional[str] = typer.Option(None, "--events", help="JSON Lines events to FILE, or '-' for stdout.", rich_help_panel=ALARMS),
+        save_anomalies: Optional[Path] = typer.Option(None, "--save-anomalies", help="Folder for anomalous frames + overlays (PNG).", rich_help_panel=ALARMS),
+        record: Optional[Path] = typer.Option(None, "--record", help="Record the overlay video to FILE (.mp4/.avi).", rich_help_panel=ALARMS),
+        show: bool = typer.Option(False, "--show", help="Window: original | heat map | overlay ('q' quits).", rich_help_panel=ALARMS),
+        min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Alarm after N anomalous frames in a row.", rich_help_panel=ALARMS),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Raw-score threshold (default: the exported one).", rich_help_panel=ALARMS),
+        max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after N frames.", rich_help_panel=SOURCE),
+        batch: int = typer.Option(1, "--batch", min=1, help="Micro-batch size for files and folders (live sources use 1).", rich_help_panel=PERFORMANCE),
+        summary: Optional[Path] = typer.Option(None, "--summary", help="Write the summary JSON to FILE.", rich_help_panel=ALARMS),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads.", rich_help_panel=PERFORMANCE),
         spin: Optional[bool] = typer.Option(None, "--spin/--no-spin", show_default=False,
-                                            help="ONNX Runtime: idle threads spin (its default) or sleep (--no-spin: less CPU on a busy machine)."),
-        reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever)."),
-        cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python)."),
-        cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda."),
-        server: Optional[str] = typer.Option(None, "--server", help="Triton backend: server HOST[:PORT] (or grpc://..., http://...), serving 'adtr-edge export-triton' of MODEL_DIR."),
-        protocol: str = typer.Option("grpc", "--protocol", help="Triton backend: grpc (port 8001) | http (port 8000)."),
-        triton_model: str = typer.Option(TRITON_MODEL, "--triton-model", help="Triton backend: the ensemble's name (export-triton --name)."),
-        server_timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--server-timeout", help="Triton backend: seconds per request."),
-        server_reconnect: float = typer.Option(DEFAULT_RECONNECT_S, "--server-reconnect", help="Triton backend: seconds to keep reconnecting to a lost server (0 = forever)."),
-        http: Optional[str] = typer.Option(None, "--http", help="Live web view on HOST:PORT (PORT alone: 127.0.0.1). Off by default."),
+                                            help="ONNX Runtime: idle threads spin (its default) or sleep (--no-spin: less CPU on a busy machine).", rich_help_panel=PERFORMANCE),
+        reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever).", rich_help_panel=SOURCE),
+        cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python).", rich_help_panel=PERFORMANCE),
+        cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda.", rich_help_panel=MODEL),
+        server: Optional[str] = typer.Option(None, "--server", rich_help_panel=MODEL,
+                                             help="Triton backend: server HOST[:PORT] (or grpc://..., http://...), serving 'adtr-edge export-triton' of MODEL_DIR."),
+        protocol: str = typer.Option("grpc", "--protocol", help="Triton backend: grpc (port 8001) | http (port 8000).", rich_help_panel=MODEL),
+        triton_model: str = typer.Option(TRITON_MODEL, "--triton-model", help="Triton backend: the ensemble's name (export-triton --name).", rich_help_panel=MODEL),
+        server_timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--server-timeout", help="Triton backend: seconds per request.", rich_help_panel=MODEL),
+        server_reconnect: float = typer.Option(DEFAULT_RECONNECT_S, "--server-reconnect", rich_help_panel=MODEL,
+                                               help="Triton backend: seconds to keep reconnecting to a lost server (0 = forever)."),
+        http: Optional[str] = typer.Option(None, "--http", help="Live web view on HOST:PORT (PORT alone: 127.0.0.1). Off by default.", rich_help_panel=WEB),
         http_token: Optional[str] = typer.Option(None, "--http-token", envvar="ADTR_HTTP_TOKEN",
-                                                 help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN)."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics)."),
+                                                 help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN).", rich_help_panel=WEB),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics).", rich_help_panel=WEB),
         follow_model: bool = typer.Option(
             False, "--follow-model", help="MODEL_DIR is a stable path (a symlink a promotion repoints): when it names another folder, "
-                                          "switch to it between two frames without stopping."),
+                                          "switch to it between two frames without stopping.", rich_help_panel=MODEL),
         review_dir: Optional[Path] = typer.Option(
-            None, "--review-dir", help="Review folder (MVTec layout) the web view's defect / not-a-defect reviews go to; needs --http."),
+            None, "--review-dir", help="Review folder (MVTec layout) the web view's defect / not-a-defect reviews go to; needs --http.", rich_help_panel=WEB),
         gather_ms: float = typer.Option(GATHER_S * 1e3, "--gather-ms", min=0.0,
-                                        help="Several sources: how long a step waits for a source with no frame ready (ms)."),
+                                        help="Several sources: how long a step waits for a source with no frame ready (ms).", rich_help_panel=PERFORMANCE),
         mqtt: Optional[str] = typer.Option(
-            None, "--mqtt", help="Alarms to MQTT, QoS 1: mqtt://host:port/prefix (also user:pw@host, ?alarms=T&frames=T&status=T topics); spooled on disk first."),
-        mqtt_frames: bool = typer.Option(False, "--mqtt-frames", help="Also publish every frame's score to the frames topic."),
-        webhook: Optional[str] = typer.Option(None, "--webhook", help="Alarms as JSON POSTs to URL, retried with back-off (spooled on disk first)."),
-        spool: Optional[Path] = typer.Option(None, "--spool", help="Folder of the delivery spool (default: ~/.local/state/adtr-edge/spool)."),
-        spool_max_mb: float = typer.Option(64.0, "--spool-max-mb", help="Most MB of undelivered events kept per destination; beyond, new ones are dropped and counted."),
+            None, "--mqtt", help="Alarms to MQTT, QoS 1: mqtt://host:port/prefix (also user:pw@host, ?alarms=T&frames=T&status=T topics); spooled on disk first.", rich_help_panel=DELIVERY),
+        mqtt_frames: bool = typer.Option(False, "--mqtt-frames", help="Also publish every frame's score to the frames topic.", rich_help_panel=DELIVERY),
+        webhook: Optional[str] = typer.Option(None, "--webhook", help="Alarms as JSON POSTs to URL, retried with back-off (spooled on disk first).", rich_help_panel=DELIVERY),
+        spool: Optional[Path] = typer.Option(None, "--spool", help="Folder of the delivery spool (default: ~/.local/state/adtr-edge/spool).", rich_help_panel=DELIVERY),
+        spool_max_mb: float = typer.Option(64.0, "--spool-max-mb", rich_help_panel=DELIVERY,
+                                           help="Most MB of undelivered events kept per destination; beyond, new ones are dropped and counted."),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
         from .sources import ReconnectPolicy
 
-        chosen = stream_sources(camera, source, sources_file)
+        # A source on the command line replaces the config file's, rather than being a second one.
+        picked = command_line_wins(ctx, {"camera": camera, "source": source, "sources_file": sources_file})
+        chosen = stream_sources(picked["camera"], picked["source"], picked["sources_file"])
         if model_dir is None:
             model_dir = default_model_dir()
             typer.echo(f"model: {model_dir}", err=True)
