@@ -70,7 +70,7 @@ def test_the_line_example_is_its_command_line():
 def test_the_training_example_is_its_command_line():
     from_file = _settings("train", ["--config", str(TRAIN_EXAMPLE)])
     assert from_file == _settings("train", TRAIN_ARGS)
-    assert from_file["data"] == Path("data/line1") and from_file["epochs"] == 30
+    assert Path(from_file["data"]) == Path("data/line1") and from_file["epochs"] == 30  # older typer keeps the text here
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tomllib") is None and importlib.util.find_spec("tomli") is None,
