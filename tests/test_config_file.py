@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,15 @@ def test_a_missing_or_unknown_file_is_one_line(tmp_path, captured_run, capsys):
     for name, message in (("missing.yaml", "file not found"), ("line.ini", "use a .yaml (or .yml, .toml, .json) file")):
         assert cli_main(["stream", "--config", str(tmp_path / name), "--camera", "0"]) == 2
         assert capsys.readouterr().err.strip() == f"error: --config {tmp_path / name}: {message}"
+    assert captured_run == []
+
+
+def test_yaml_without_pyyaml_is_one_line(tmp_path, monkeypatch, captured_run, capsys):
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml now raises ImportError
+    config = tmp_path / "line.yaml"
+    config.write_text("min-consecutive: 3\n")
+    assert cli_main(["stream", "--config", str(config), "--camera", "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --config {config}: reading YAML needs PyYAML (pip install 'adtr-edge[yaml]')"
     assert captured_run == []
 
 
