@@ -25,7 +25,7 @@ FLOORS = {
     "contracts": ("preprocessing", "postprocessing", "metadata", "config", "metrics", "significance", "folder", "visualize", "cuda"),
     "data": ("data",),
     "model": ("model",),
-    "train": ("train", "evaluate", "plots", "baselines"),
+    "train": ("train", "evaluate", "plots", "baselines", "robustness"),
     "graphs": ("export",),
     "engines": ("engine",),
     "runtime": ("runtime",),
