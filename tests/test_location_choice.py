@@ -110,6 +110,11 @@ def test_a_nearest_head_trains_exports_and_runs_the_same_on_onnx_runtime(nearest
     sess = ort.InferenceSession(str(tmp_path / "onnx" / "transformer.onnx"), providers=["CPUExecutionProvider"])
     ops = {n.op_type for n in __import__("onnx").load(str(tmp_path / "onnx" / "transformer.onnx")).graph.node}
     assert {"MatMul", "ReduceMin"} <= ops
+    from adtr_edge.export.op_support import restriction_problems, unsupported
+
+    graph = __import__("onnx").load(str(tmp_path / "onnx" / "transformer.onnx"))
+    for version in ("8.5", "8.6", "10.3", "10.16"):  # every TensorRT parser the project supports takes the head
+        assert unsupported(graph, version) == [] and restriction_problems(graph, version) == [], version
     feats = torch.randn(2, model.backbone.channels, 8, 8)
     with torch.no_grad():
         amap, score = model.head(feats, model.transformer(feats))

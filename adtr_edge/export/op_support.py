@@ -135,6 +135,7 @@ RESTRICTIONS: dict[str, dict[str, str]] = {
     "Slice": {"8.5": "axes must be an initializer", "8.6": "axes must be an initializer",
               "10.3": "tensor axes accepted from 10.3 (changelog)", "10.16": "tensor axes accepted"},
     "ReduceMax": {v: "axes must be an initializer (opset 18 passes axes as an input)" for v in ("10.3", "10.16")},
+    "ReduceMin": {v: "axes must be an initializer (opset 18 passes axes as an input)" for v in ("10.3", "10.16")},
 }
 
 # Operators whose graphs are quantised: counted by inspect.
