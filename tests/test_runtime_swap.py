@@ -73,8 +73,13 @@ def _events(path: Path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _alarms(rows) -> list:
-    return [(e["source"], e["event"], e["frame"], e.get("start_frame")) for e in rows if e["event"].startswith("alarm")]
+def _alarms(rows) -> dict:
+    """Each source's alarm events in order (how two sources interleave depends on timing)."""
+    out: dict = {}
+    for e in rows:
+        if e["event"].startswith("alarm"):
+            out.setdefault(e["source"], []).append((e["event"], e["frame"], e.get("start_frame")))
+    return out
 
 
 @pytest.mark.parametrize("threshold", [None, 0.4])
@@ -101,7 +106,7 @@ def test_swap_mid_stream_scores_every_frame_once_and_keeps_the_alarms(models, vi
         frames = [e for e in mine if e["event"] == "frame"]
         assert [e["frame"] for e in frames] == list(range(FRAMES))  # none dropped, none twice
         first = record["at_frames"][name]
-        assert 30 < first < FRAMES
+        assert 20 < first < FRAMES  # mid-stream (the other source may lag the one that asked)
         assert [e["model"] for e in frames] == [old] * first + [new] * (FRAMES - first)
         swap = [i for i, e in enumerate(mine) if e["event"] == "model_swap"]
         assert len(swap) == 1 and mine[swap[0] + 1] == next(e for e in frames if e["frame"] == first)  # right before it

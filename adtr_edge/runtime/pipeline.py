@@ -146,6 +146,7 @@ class Pipeline:
         self._newest: dict = {}  # source -> its newest frame's image (a reference): the new model's warm-up
         self._past_backend = {"reconnects": 0, "gap_s": 0.0}  # counters of the backends swapped out
         self.swaps: list[dict] = []
+        self._announce: dict = {}  # source -> the swap record its model_swap event still waits for
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -225,6 +226,8 @@ class Pipeline:
             at += len(frames)
             if frames:
                 st.fps.tick(len(frames))
+                if st.name in self._announce:  # the first frame of this source the new model scored
+                    self._announce_swap(st.name, frames[0].index)
             results: list[FrameResult] = []
             for frame, det in zip(frames, dets):
                 due = [n for n in notices if n.frame is not None and n.frame <= frame.index]
@@ -468,16 +471,15 @@ class Pipeline:
                               "gap_s": self._past_backend["gap_s"] + c["gap_s"]}
         before = dict(self.model)
         self.detector, self.model = new, dict(request.model)
-        firsts = {}
-        for feed, frames, _ in step.items:
-            if frames and feed.name not in firsts:
-                firsts[feed.name] = frames[0].index
-        now = time.time()
-        self.out_q.put(([], [ModelEvent("model_swap", name, now, before, self.model, new.thresholds.threshold, firsts.get(name))
-                             for name in self.states]))
-        record = {"from": before, "to": self.model, "at_frames": firsts, "threshold": new.thresholds.threshold,
-                  "load_s": round(request.load_s, 3), "time": now, "frames_before": self.processed}
+        # "at_frames" fills in as each source's first frame on the new model is emitted (a source
+        # without a frame in this step gets its model_swap event with its next frame).
+        record = {"from": before, "to": self.model, "at_frames": {}, "threshold": new.thresholds.threshold,
+                  "load_s": round(request.load_s, 3), "time": time.time(), "frames_before": self.processed}
         self.swaps.append(record)
+        self._announce = {name: record for name, st in self.states.items() if st.ended_by is None}
+        for feed, frames, _ in step.items:
+            if frames and feed.name in self._announce:
+                self._announce_swap(feed.name, frames[0].index)
         request.record = record
         log.warning("model swapped: %s -> %s (%s), threshold %s", before.get("digest"), self.model["digest"],
                     self.model["path"], new.thresholds.threshold)
@@ -485,6 +487,12 @@ class Pipeline:
             old.close()
         except Exception as e:  # the new model runs; an old backend that fails to close is only logged
             log.error("closing the previous model failed: %s", e)
+
+    def _announce_swap(self, name: str, frame: int) -> None:
+        """Before ``name``'s frame ``frame``, the first its new model scored: the model_swap event."""
+        record = self._announce.pop(name)
+        record["at_frames"][name] = frame
+        self.out_q.put(([], [ModelEvent("model_swap", name, time.time(), record["from"], record["to"], record["threshold"], frame)]))
 
     def summary(self, wall_s: float) -> dict:
         """Totals at the top (the single-source keys), one entry per source under ``sources``."""
