@@ -15,8 +15,9 @@ training.
 2. The gate: both models score the held-out reviews (plus ``against_data``'s test split when given)
    and each metric's difference gets its 95% paired-bootstrap interval (``evaluate.compare_scored``,
    as ``eval --against``). The new model is refused when any metric is significantly worse (its
-   interval lies below zero) or when image AUROC, the figure every line has, is lower at all; also
-   when the held-out images cannot rank (no normal or no defect among them).
+   interval lies below zero, or, with too few images to bound it, its estimate is lower) or when
+   image AUROC, the figure every line has, is lower at all; the gate cannot run when the held-out
+   images cannot rank (no normal or no defect among them).
 3. A promoted model is renamed to NEW (and exported to ``export`` when asked); a refused one is
    kept aside as ``NEW.refused`` and ``FinetuneRefused`` is raised (the command exits 3).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -163,7 +165,10 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
             shutil.rmtree(p, ignore_errors=True)
         raise
     metrics = {m: vs[m]["difference"] for m in GATE_METRICS if m in vs and vs[m]["difference"][0] is not None}
-    worse = [m for m, (d, lo, hi) in metrics.items() if hi < 0] + (["image_auroc"] if metrics.get("image_auroc", [0])[0] < 0 else [])
+    # Worse: an interval entirely below zero; or, where too few held-out images bound it (NaN), a
+    # lower estimate (nothing then says the drop is noise); and any drop of image AUROC.
+    worse = [m for m, (d, lo, hi) in metrics.items() if hi < 0 or (math.isnan(hi) and d < 0)]
+    worse += ["image_auroc"] if metrics.get("image_auroc", [0])[0] < 0 else []
     report = {"model": str(checkpoint), "review": str(review_dir), "reviews": len(records), "tuning": len(tune), "held_out": len(held),
               "against_data": str(against_data) if against_data else None, "passes": passes, "gate_images": len(gate_set),
               "reference": vs["reference"], "difference": metrics, "resamples": resamples,
@@ -188,7 +193,10 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
 def gate_text(report: dict) -> str:
     """Each metric's difference in points with its 95% paired interval, as eval --against prints it."""
     names = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
-    return "  ".join(f"{names[m]} {100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]" for m, (d, lo, hi) in report["difference"].items())
+    def interval(lo, hi) -> str:
+        return "[too few images to bound]" if math.isnan(lo) or math.isnan(hi) else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+    return "  ".join(f"{names[m]} {100 * d:+.2f} {interval(lo, hi)}" for m, (d, lo, hi) in report["difference"].items())
 
 
 def register(app) -> None:
