@@ -185,3 +185,16 @@ def test_cli_review_add_bad_input_is_one_line_and_writes_nothing(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err == "error: " + message.format(wrong=wrong, img=img, corrupt=corrupt)
     assert not (tmp_path / "reviews").exists() or not [p for p in (tmp_path / "reviews").rglob("*.png")]
+
+
+def test_cli_review_undo(tmp_path, capsys):
+    root = tmp_path / "reviews"
+    folder = ReviewFolder(root)
+    a = folder.add(make_frame(True), "defect", mask=_mask())
+    b = folder.add(make_frame(False), "normal")
+    assert cli_main(["review", "undo", str(root), a["id"], "nope"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: review undo {root}: no review 'nope' (already undone?)"
+    assert len(folder.records()) == 2  # all or nothing
+    assert cli_main(["review", "undo", str(root), a["id"]]) == 0
+    assert capsys.readouterr().out.strip() == f"removed {a['image']}  mask {a['mask']}"
+    assert [r["id"] for r in folder.records()] == [b["id"]]

@@ -275,6 +275,24 @@ def register_review(app: typer.Typer) -> None:
         for record in added:
             typer.echo(f"{record['image']}" + (f"  mask {record['mask']}" if record["mask"] else ""))
 
+    @review.command("undo")
+    def review_undo(
+        folder: Path = typer.Argument(..., help="The review folder."),
+        ids: List[str] = typer.Argument(..., help="Review ids (the file names without .png; the sidecars' 'id')."),
+    ) -> None:
+        """Take reviews out of the folder again: image, mask and sidecar (the image first)."""
+        from .review import ReviewFolder
+
+        if not folder.is_dir():
+            raise AdtrError(f"review undo {folder}: not a folder")
+        folder_ = ReviewFolder(folder, option="review undo")
+        missing = [rid for rid in ids if folder_.find(rid) is None]
+        if missing:  # checked first: an undo of several is all or nothing
+            raise AdtrError(f"review undo {folder}: no review {missing[0]!r} (already undone?)")
+        for rid in ids:
+            record = folder_.remove(rid)
+            typer.echo(f"removed {record['image']}" + (f"  mask {record['mask']}" if record.get("mask") else ""))
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     app = typer.Typer(add_completion=False, no_args_is_help=True)
