@@ -30,7 +30,7 @@ FLOORS = {
     "engines": ("engine",),
     "runtime": ("runtime",),
     "bench": ("bench",),
-    "commands": ("cli", "demo", "commands"),
+    "commands": ("cli", "demo", "commands", "finetune"),
 }
 RANK = {room: i for i, rooms in enumerate(FLOORS.values()) for room in rooms}
 COMMAND_MODULES = ("cli", "cli_inspect")  # area modules that only register commands

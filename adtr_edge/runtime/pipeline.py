@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import signal
 import sys
 import threading
 import time
@@ -31,15 +30,17 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-import numpy as np
 
 from ..errors import AdtrError
 from ..fileio import write_json_atomic
 from .alarms import MAX_ALARM_HISTORY, AlarmTracker
 from .detector import Detector
-from .events import FrameResult, ModelEvent, SourceEvent
+from .events import FrameResult, SourceEvent
+from .model_swap import ModelSwap, SwapRequest
 from .multisource import GATHER_S, Feed, Merge, Step
 from .review import model_digest
+from .signals import stop_on_signals
+from .source_state import SourceState
 from .sinks import AnomalySaver, JsonlSink, PerSource, Sink, VideoRecorder, WindowSink, merge_sink_summaries
 from .source_list import as_named, file_safe_names, resolve_names
 from .sources import Opener, ReconnectPolicy, Source, open_source
@@ -54,37 +55,7 @@ _END = object()  # queue sentinel
 BAD_ENDS = ("source lost", "error")
 
 
-class SourceState:
-    """What the pipeline keeps per source: its debounce, counters, frame rate and latency."""
-
-    def __init__(self, feed: Feed, min_consecutive: int):
-        self.feed = feed
-        self.name = feed.name
-        self.source = feed.source
-        self.alarms = AlarmTracker(feed.name, min_consecutive)
-        self.processed = 0
-        self.anomalous = 0
-        self.fps = FpsMeter()
-        self.latency = LatencyStats()
-        self.ended_by: str | None = None  # None while it runs
-
-    def counters(self) -> dict:
-        c = self.source.counters()
-        return {"frames": self.processed, "drops": c["drops"] + self.feed.drops, "corrupt": c["corrupt"],
-                "reconnects": c["reconnects"], "error": self.feed.error or c["error"], "live": self.source.live,
-                "alarm": self.alarms.active, "anomalous": self.anomalous, "alarms": self.alarms.count,
-                "fps": self.fps.current, "ended": self.ended_by}
-
-    def summary(self, wall_s: float) -> dict:
-        c = self.counters()
-        return {"source": self.source.label, "live": self.source.live, "frames": self.processed,
-                "anomalous": self.anomalous, "drops": c["drops"], "corrupt": c["corrupt"], "reconnects": c["reconnects"],
-                "fps": round(self.processed / wall_s, 3) if wall_s > 0 else None, "latency_ms": self.latency.summary(),
-                "alarms": self.alarms.count, "alarm_list": list(self.alarms.history),
-                "ended_by": self.ended_by, "error": c["error"]}
-
-
-class Pipeline:
+class Pipeline(ModelSwap):
     """Runs ``detector`` over ``source`` (one Source, or (name, Source) pairs) into ``sinks``;
     ``run()`` returns the summary dict."""
 
@@ -141,7 +112,7 @@ class Pipeline:
         self._load_model = load_model
         self._swap_lock = threading.Lock()  # one swap at a time
         self._handoff = threading.Lock()  # the request passes to the inference thread, or is withdrawn, once
-        self._swap: Optional[_SwapRequest] = None
+        self._swap: Optional[SwapRequest] = None
         self._carry: Optional[Step] = None
         self._newest: dict = {}  # source -> its newest frame's image (a reference): the new model's warm-up
         self._past_backend = {"reconnects": 0, "gap_s": 0.0}  # counters of the backends swapped out
@@ -380,120 +351,6 @@ class Pipeline:
                 "backend_gap_s": round(c["gap_s"] + self._past_backend["gap_s"], 3)}
 
     # -- model swaps -----------------------------------------------------------------------
-    def swap_model(self, path, timeout: float = 60.0) -> dict:
-        """Load the model folder ``path`` beside the running one, check it on the sources' newest
-        frames, and have the inference thread switch to it between two steps: no frame dropped or
-        scored twice, alarm debounce and counters carried on, a threshold set by hand (``--threshold``,
-        the web view) kept, otherwise the new folder's. Safe from any thread but the sink thread
-        (it waits for the inference thread, which may wait for the sinks). Returns the swap's record;
-        an ``AdtrError`` (one line) leaves the running model in place."""
-        if self._load_model is None:
-            raise AdtrError("this stream cannot load another model (it was not started from a model folder)")
-        with self._swap_lock:
-            if getattr(self, "_started", None) is None or self._inference_done.is_set():
-                raise AdtrError("the stream is not running; nothing to swap")
-            t0 = time.perf_counter()
-            try:
-                new = self._load_model(str(path))
-            except AdtrError as e:
-                raise AdtrError(f"model {path} refused, the running model stays: {e}") from None
-            try:
-                self._check_model(new, path)
-                from .review import model_digest
-
-                info = model_digest(path)
-            except BaseException:
-                new.close()
-                raise
-            request = _SwapRequest(new, info, time.perf_counter() - t0)
-            with self._handoff:
-                self._swap = request
-            deadline = time.monotonic() + timeout
-            while not request.done.wait(0.05):
-                if self._inference_done.is_set() or time.monotonic() > deadline:
-                    with self._handoff:
-                        withdrawn = self._swap is request
-                        if withdrawn:
-                            self._swap = None
-                    if withdrawn:  # never taken: ours to close
-                        new.close()
-                        why = "the stream ended" if self._inference_done.is_set() else f"no frame came in {timeout:.0f} s"
-                        raise AdtrError(f"model {path} not swapped in: {why}; the running model stays")
-                    request.done.wait(10.0)  # taken meanwhile: the inference thread is switching
-                    break
-            if request.record is None:
-                raise AdtrError(f"model {path}: the swap did not complete; see the log")
-            return request.record
-
-    def _check_model(self, new: Detector, path) -> None:
-        """The new model takes what this stream's steps carry: as many frames per step, and the
-        sources' own frames (a warm-up on the newest of each, which also makes its first real
-        frame as fast as the others)."""
-        need = sum(f.batch for f in self.merge.feeds)
-        if self.merge.max_step is not None:
-            need = min(need, self.merge.max_step)
-        cap = getattr(new.backend, "max_batch", None)
-        if cap is not None and cap < need:
-            raise AdtrError(f"model {path} refused, the running model stays: its engines take at most {cap} frames per "
-                            f"step, this stream's steps carry up to {need}; rebuild with --max-batch {need}")
-        images = list(self._newest.values())
-        if not images:
-            h, w = new.spec.height, new.spec.width
-            images = [np.zeros((h, w, 3), np.uint8)]
-        batch = [images[i % len(images)] for i in range(need)]
-        try:
-            dets = new(batch)
-        except Exception as e:
-            msg = str(e) if isinstance(e, AdtrError) else f"{e.__class__.__name__}: {e}"
-            raise AdtrError(f"model {path} refused, the running model stays: it fails on this stream's frames ({msg})") from None
-        if not all(np.isfinite(d.score) for d in dets):
-            raise AdtrError(f"model {path} refused, the running model stays: it scores this stream's frames as NaN/inf")
-
-    def _apply_swap(self) -> None:
-        """On the inference thread, with nothing in flight: switch detectors, announce it per source
-        before the frames the new one scores, close the old one."""
-        with self._handoff:
-            request, self._swap = self._swap, None
-        if request is None:  # withdrawn (timed out) after _batches saw it: the old model goes on
-            return
-        try:
-            self._switch(request, self._carry)
-        finally:
-            request.done.set()
-
-    def _switch(self, request: "_SwapRequest", step: Step) -> None:
-        old = self.detector
-        new = request.detector
-        if old.thresholds.method == "override":  # chosen by hand for this line: it stays
-            new.set_threshold(old.thresholds.threshold)
-        c = old.backend.counters()
-        self._past_backend = {"reconnects": self._past_backend["reconnects"] + c["reconnects"],
-                              "gap_s": self._past_backend["gap_s"] + c["gap_s"]}
-        before = dict(self.model)
-        self.detector, self.model = new, dict(request.model)
-        # "at_frames" fills in as each source's first frame on the new model is emitted (a source
-        # without a frame in this step gets its model_swap event with its next frame).
-        record = {"from": before, "to": self.model, "at_frames": {}, "threshold": new.thresholds.threshold,
-                  "load_s": round(request.load_s, 3), "time": time.time(), "frames_before": self.processed}
-        self.swaps.append(record)
-        self._announce = {name: record for name, st in self.states.items() if st.ended_by is None}
-        for feed, frames, _ in step.items:
-            if frames and feed.name in self._announce:
-                self._announce_swap(feed.name, frames[0].index)
-        request.record = record
-        log.warning("model swapped: %s -> %s (%s), threshold %s", before.get("digest"), self.model["digest"],
-                    self.model["path"], new.thresholds.threshold)
-        try:
-            old.close()
-        except Exception as e:  # the new model runs; an old backend that fails to close is only logged
-            log.error("closing the previous model failed: %s", e)
-
-    def _announce_swap(self, name: str, frame: int) -> None:
-        """Before ``name``'s frame ``frame``, the first its new model scored: the model_swap event."""
-        record = self._announce.pop(name)
-        record["at_frames"][name] = frame
-        self.out_q.put(([], [ModelEvent("model_swap", name, time.time(), record["from"], record["to"], record["threshold"], frame)]))
-
     def summary(self, wall_s: float) -> dict:
         """Totals at the top (the single-source keys), one entry per source under ``sources``."""
         per = {name: st.summary(wall_s) for name, st in self.states.items()}
@@ -523,38 +380,6 @@ class Pipeline:
             "sources_lost": sum(s["ended_by"] == "source lost" for s in per.values()),
             "sources": per,
         }, self.sinks)
-
-
-class _SwapRequest:
-    def __init__(self, detector: Detector, model: dict, load_s: float):
-        self.detector, self.model, self.load_s = detector, model, load_s
-        self.done = threading.Event()
-        self.record: Optional[dict] = None
-
-
-@contextlib.contextmanager
-def stop_on_signals(pipeline: Pipeline):
-    """SIGINT/SIGTERM ask the pipeline to stop cleanly; a second SIGINT interrupts at once.
-    Signal handlers can only be installed from the main thread; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-
-    def handler(signum, _frame):
-        if pipeline._stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        name = signal.Signals(signum).name
-        log.warning("%s received: stopping (again to abort)", name)
-        pipeline.stop(name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _per_source_sinks(opened: Sequence[tuple[str, Source]], save_anomalies, record, show, request_stop) -> list[Sink]:

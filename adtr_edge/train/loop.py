@@ -393,7 +393,8 @@ def held_out_synthetic(model, train_cfg: TrainConfig, train_set, val_idx, device
     if not choosing or model.cfg.score != "mahalanobis" or train_cfg.score_fit != "fit":
         return None
     if len(val_idx) < MIN_HELD_OUT:
-        log(f"score head: kept as configured ({len(val_idx)} held-out normals; choosing needs {MIN_HELD_OUT})")
+        log(f"score head: shrinkage {train_cfg.score_shrinkage:g} kept ({len(val_idx)} held-out normals; choosing needs "
+            f"{MIN_HELD_OUT}), {'per-location' if train_cfg.head == 'auto' else train_cfg.head} head")
         return None
     return synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
                          seed=train_cfg.seed)

@@ -1,0 +1,37 @@
+"""What the pipeline keeps per source: its alarm debounce, counters, frame rate and latency."""
+
+from __future__ import annotations
+
+from .alarms import AlarmTracker
+from .multisource import Feed
+from .stats import FpsMeter, LatencyStats
+
+
+class SourceState:
+    """What the pipeline keeps per source: its debounce, counters, frame rate and latency."""
+
+    def __init__(self, feed: Feed, min_consecutive: int):
+        self.feed = feed
+        self.name = feed.name
+        self.source = feed.source
+        self.alarms = AlarmTracker(feed.name, min_consecutive)
+        self.processed = 0
+        self.anomalous = 0
+        self.fps = FpsMeter()
+        self.latency = LatencyStats()
+        self.ended_by: str | None = None  # None while it runs
+
+    def counters(self) -> dict:
+        c = self.source.counters()
+        return {"frames": self.processed, "drops": c["drops"] + self.feed.drops, "corrupt": c["corrupt"],
+                "reconnects": c["reconnects"], "error": self.feed.error or c["error"], "live": self.source.live,
+                "alarm": self.alarms.active, "anomalous": self.anomalous, "alarms": self.alarms.count,
+                "fps": self.fps.current, "ended": self.ended_by}
+
+    def summary(self, wall_s: float) -> dict:
+        c = self.counters()
+        return {"source": self.source.label, "live": self.source.live, "frames": self.processed,
+                "anomalous": self.anomalous, "drops": c["drops"], "corrupt": c["corrupt"], "reconnects": c["reconnects"],
+                "fps": round(self.processed / wall_s, 3) if wall_s > 0 else None, "latency_ms": self.latency.summary(),
+                "alarms": self.alarms.count, "alarm_list": list(self.alarms.history),
+                "ended_by": self.ended_by, "error": c["error"]}
