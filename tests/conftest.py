@@ -75,3 +75,18 @@ def export_dir(tmp_path_factory) -> Path:
     from tests.runtime_fakes import write_fake_export
 
     return write_fake_export(tmp_path_factory.mktemp("fake_export") / "model")
+
+
+@pytest.fixture
+def captured_run(monkeypatch):
+    """``run_stream`` replaced by a recorder, for tests of what a CLI hands it (stream, --config)."""
+    import adtr_edge.runtime.pipeline as pipeline
+
+    calls = []
+
+    def fake_run_stream(model_dir, source, **kw):
+        calls.append({"model_dir": Path(model_dir), "source": source, **kw})
+        return {"errors": [], "stopped_by": "end of source"}
+
+    monkeypatch.setattr(pipeline, "run_stream", fake_run_stream)
+    return calls

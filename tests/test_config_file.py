@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import typer
 
-import adtr_edge.runtime.pipeline as pipeline
 from adtr_edge.cli import app
 from adtr_edge.cli import main as cli_main
 from tests.runtime_fakes import write_fake_export, write_video
@@ -42,19 +41,6 @@ def _settings(name: str, args: list) -> dict:
         params = dict(ctx.params)
     params.pop("config")
     return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
-
-
-@pytest.fixture
-def captured_run(monkeypatch):
-    """run_stream replaced by a recorder: these tests are about what the CLI hands it."""
-    calls = []
-
-    def fake_run_stream(model_dir, source, **kw):
-        calls.append({"model_dir": Path(model_dir), "source": source, **kw})
-        return {"errors": [], "stopped_by": "end of source"}
-
-    monkeypatch.setattr(pipeline, "run_stream", fake_run_stream)
-    return calls
 
 
 # -- the examples ----------------------------------------------------------------------------------

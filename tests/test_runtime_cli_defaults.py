@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import adtr_edge.runtime.pipeline as pipeline
 from adtr_edge.engine.builder import BuildOptions, build_engines
 from adtr_edge.engine.manifest import Profile
 from adtr_edge.engine.trt_api import TrtApi
@@ -35,19 +34,6 @@ def engine_folder(tmp_path_factory):
     build_engines(export, root / "engines", "m", BuildOptions(precision="fp32", profile=Profile(1, 1, 2)),
                   api=TrtApi(make_tensorrt("10.3.0.30")), cuda=CudaRuntime(make_cudart()), log=lambda s: None)
     return root / "engines/m"
-
-
-@pytest.fixture
-def captured_run(monkeypatch):
-    """Replace run_stream by a recorder: these tests are about what the CLI hands it."""
-    calls = []
-
-    def fake_run_stream(model_dir, source, **kw):
-        calls.append({"model_dir": Path(model_dir), "source": source, **kw})
-        return {"errors": [], "stopped_by": "end of source"}
-
-    monkeypatch.setattr(pipeline, "run_stream", fake_run_stream)
-    return calls
 
 
 # -- resolution rules ------------------------------------------------------------------------------
