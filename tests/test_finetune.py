@@ -61,7 +61,8 @@ def _seed_with_both_kinds(reviews: Path, holdout: float) -> int:
     raise AssertionError("no seed splits the reviews usefully")
 
 
-def test_finetune_promotes_or_refuses_by_the_gate_and_ruins_are_refused(tmp_path, trained_checkpoint, sample_dataset, reviews):
+def test_finetune_promotes_or_refuses_by_the_gate_and_ruins_are_refused(tmp_path, trained_checkpoint, sample_dataset, reviews,
+                                                                       monkeypatch):
     out = tmp_path / "tuned"
     seed = _seed_with_both_kinds(reviews, 0.4)
     try:
@@ -81,9 +82,29 @@ def test_finetune_promotes_or_refuses_by_the_gate_and_ruins_are_refused(tmp_path
     assert report["held_out"] + report["tuning"] == report["reviews"]
     assert not list(tmp_path.glob(".tmp-*"))
 
-    # A model tuned with a learning rate and anomaly weight far past sane ones must not pass.
+    # A deliberately ruined fine-tune must not pass: each pass's transformer is scrambled after training
+    # (its head and threshold kept), so the new model ranks by noise. A very high learning rate alone was
+    # not reliably worse on the tiny model: on some runs it landed as good as the base on 7 images.
+    import torch
+
+    import adtr_edge.train.loop as loop
+    from adtr_edge.train.checkpoint import load_checkpoint, save_checkpoint
+
+    real_train = loop.train_model
+
+    def ruined_train(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        model, ckpt = load_checkpoint(result.folder)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for w in model.transformer.parameters():
+                w.copy_(torch.randn(w.shape, generator=g) * 3.0)
+        save_checkpoint(result.folder, model, ckpt)
+        return result
+
+    monkeypatch.setattr(loop, "train_model", ruined_train)
     with pytest.raises(FinetuneRefused, match=r"not promoted: .* worse on the held-out images \(image AUROC .*\); the model is kept in "):
-        finetune(trained_checkpoint, reviews, tmp_path / "ruined", data=sample_dataset, epochs=3, lr=5.0, alpha=50.0,
+        finetune(trained_checkpoint, reviews, tmp_path / "ruined", data=sample_dataset, epochs=1,
                  holdout=0.4, seed=seed, resamples=200, device="cpu")
     kept = json.loads((tmp_path / "ruined.refused" / "finetune.json").read_text())
     assert not kept["promoted"] and not (tmp_path / "ruined").exists()
