@@ -39,20 +39,14 @@ def gaussian(train: torch.Tensor, test: torch.Tensor, shrinkage: float = 0.01, c
 
 def nearest_neighbour(train: torch.Tensor, test: torch.Tensor, max_bank: int = 50_000, seed: int = 0,
                       chunk: int = 1024) -> torch.Tensor:
-    c = train.shape[1]
-    bank = train.permute(0, 2, 3, 1).reshape(-1, c)
+    from .train.memory_bank import cells, nearest_distance
+
+    bank = cells(train)
     if bank.shape[0] > max_bank:
         g = torch.Generator().manual_seed(seed)
         bank = bank[torch.randperm(bank.shape[0], generator=g)[:max_bank]]
-    bank_sq = bank.pow(2).sum(dim=1)
     n, _, h, w = test.shape
-    q = test.permute(0, 2, 3, 1).reshape(-1, c)
-    out = torch.empty(q.shape[0])
-    for s in range(0, q.shape[0], chunk):
-        qs = q[s:s + chunk]
-        d2 = qs.pow(2).sum(dim=1, keepdim=True) + bank_sq.unsqueeze(0) - 2.0 * qs @ bank.T
-        out[s:s + chunk] = d2.amin(dim=1).clamp_min(0).sqrt()
-    return out.reshape(n, h, w).unsqueeze(1)
+    return nearest_distance(cells(test), bank, chunk=chunk).reshape(n, h, w).unsqueeze(1)
 
 
 BASELINES = {"mean-template": mean_template, "gaussian": gaussian, "1-nn": nearest_neighbour}

@@ -236,9 +236,9 @@ class AnomalyHead(nn.Module):
         self.pool_scale.fill_(self.map_pool_weight * local_mean / max(pooled_mean, 1e-12))
 
     def forward(self, features: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d = features - reconstruction
-        amap, score = self.from_grid_map(self.residual_map(self.cell_input(features, reconstruction)))
-        if self.region_grid:
+        d = self.cell_input(features, reconstruction)  # the residual, once per frame (or the features, nearest head)
+        amap, score = self.from_grid_map(self.residual_map(d))
+        if self.region_grid:  # per-location heads only (ModelConfig), whose cells are the residual
             n = self.score_norm
             score = torch.maximum((score - n[0]) / n[1], (self.region_score(d) - n[2]) / n[3])
         return amap, score

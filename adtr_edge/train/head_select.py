@@ -125,6 +125,22 @@ def candidate_heads(model, residual: torch.Tensor, target: str, candidates=CANDI
         yield lam, head
 
 
+def paired_advantage(a: dict, b: dict, a_found: dict, b_found: dict, synthetic: SyntheticSet, *, resamples: int = 400,
+                     seed: int = 0) -> tuple[list, float]:
+    """([point, low, high] in points, share of resamples ahead): how far head ``a`` is ahead of ``b``
+    on the mean of image AUROC, pixel AUROC and AUPRO, over paired bootstrap resamples of the
+    synthetic set (``a``/``b``: {"scores", "maps"}; ``*_found``: their exact figures). Every choice
+    made on the synthetic set (the shrinkage, the per-location or nearest head) is judged by it."""
+    from ..significance import paired_draws
+
+    exact, draws = paired_draws({"a": a, "b": b}, synthetic.labels, synthetic.masks, resamples=resamples, seed=seed,
+                                known={"a": a_found, "b": b_found})
+    diff = np.mean([draws["a"][m] - draws["b"][m] for m in METRICS], axis=0)
+    point = float(np.mean([exact["a"][m] - exact["b"][m] for m in METRICS]))
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return [100 * point, 100 * float(lo), 100 * float(hi)], float((diff > 0).mean())
+
+
 def select_shrinkage(model, fit_feats: torch.Tensor, synthetic: SyntheticSet, configured: float, target: str = "identity",
                      *, resamples: int = 400, confidence: float | None = None, seed: int = 0, candidates=CANDIDATES,
                      device=torch.device("cpu"), fit_residual: torch.Tensor | None = None,
@@ -135,8 +151,6 @@ def select_shrinkage(model, fit_feats: torch.Tensor, synthetic: SyntheticSet, co
     ``residuals(model, fit_feats)`` if the caller already has it (training fits the shipped head on the
     same residuals next). ``region_shrinkage``: for a model with a regional term, judge the candidates'
     images by the shipped z-max with that term fitted at this shrinkage; None judges the map's score."""
-    from ..significance import paired_draws
-
     rec = reconstruct(model, synthetic.feats, device)
     candidates = tuple(sorted(set(candidates) | {configured}))
     confidence = confidence if confidence is not None else 1.0 - 0.05 / max(1, len(candidates) - 1)
@@ -157,13 +171,8 @@ def select_shrinkage(model, fit_feats: torch.Tensor, synthetic: SyntheticSet, co
     chosen, advantage, ahead = configured, [0.0, 0.0, 0.0], None
     if best != configured:
         found = {r["shrinkage"]: {m: r[m] for m in METRICS} for r in rows}
-        exact, draws = paired_draws({"best": methods[best], "configured": methods[configured]}, synthetic.labels,
-                                    synthetic.masks, resamples=resamples, seed=seed,
-                                    known={"best": found[best], "configured": found[configured]})
-        diff = np.mean([draws["best"][m] - draws["configured"][m] for m in METRICS], axis=0)
-        point = float(np.mean([exact["best"][m] - exact["configured"][m] for m in METRICS]))
-        lo, hi = np.percentile(diff, [2.5, 97.5])
-        advantage, ahead = [100 * point, 100 * float(lo), 100 * float(hi)], float((diff > 0).mean())
+        advantage, ahead = paired_advantage(methods[best], methods[configured], found[best], found[configured], synthetic,
+                                            resamples=resamples, seed=seed)
         chosen = best if ahead >= confidence else configured
     return {"shrinkage": chosen, "configured": configured, "best": best, "advantage_points": [round(v, 3) for v in advantage],
             "best_ahead": ahead, "confidence": round(confidence, 4), "synthetic_images": int(len(synthetic.labels)),

@@ -30,7 +30,6 @@ from .memory_bank import cells, nearest_distance
 
 HEADS = ("auto", "per-location", "nearest")
 CONFIDENCE = 0.975  # as head_select's one-of-two comparisons: 1 - 0.05 / 2
-METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 @torch.no_grad()
@@ -72,18 +71,14 @@ def compare_heads(per_location, nearest, synthetic, rec: torch.Tensor, *, resamp
     """{"head", "nearest_ahead" (share of resamples), "advantage_points" (nearest minus per-location, mean
     of three metrics, with its 95% interval), "candidates": each head's figures} on a ``head_select``
     SyntheticSet whose reconstructions are ``rec``."""
-    from ..significance import paired_draws
-    from .head_select import figures
+    from .head_select import figures, paired_advantage
 
     methods = {"per-location": _scored(per_location, synthetic.feats, rec), "nearest": _scored(nearest, synthetic.feats, rec)}
     found = {k: figures(m["scores"], m["maps"], synthetic.masks, synthetic.labels) for k, m in methods.items()}
-    exact, draws = paired_draws(methods, synthetic.labels, synthetic.masks, resamples=resamples, seed=seed, known=found)
-    diff = np.mean([draws["nearest"][m] - draws["per-location"][m] for m in METRICS], axis=0)
-    point = float(np.mean([exact["nearest"][m] - exact["per-location"][m] for m in METRICS]))
-    lo, hi = np.percentile(diff, [2.5, 97.5])
-    ahead = float((diff > 0).mean())
+    advantage, ahead = paired_advantage(methods["nearest"], methods["per-location"], found["nearest"], found["per-location"],
+                                        synthetic, resamples=resamples, seed=seed)
     return {"head": "nearest" if ahead >= confidence else "per-location", "nearest_ahead": round(ahead, 4),
-            "confidence": confidence, "advantage_points": [round(100 * v, 3) for v in (point, float(lo), float(hi))],
+            "confidence": confidence, "advantage_points": [round(v, 3) for v in advantage],
             "candidates": {k: {m: round(float(v), 4) for m, v in f.items()} for k, f in found.items()},
             "synthetic_images": int(len(synthetic.labels)), "synthetic_defects": int(synthetic.labels.sum())}
 
@@ -92,6 +87,8 @@ def why(choice: dict) -> str:
     """One line for the log and ``eval``: which head, and the figures that chose it."""
     if choice.get("set_by") == "user":
         return f"{choice['head']} head, as set (--head {choice['head']})"
+    from .head_select import METRICS
+
     c, a = choice["candidates"], choice["advantage_points"]
     pl, nn = (np.mean([c[k][m] for m in METRICS]) for k in ("per-location", "nearest"))
     verdict = "chose it" if choice["head"] == "nearest" else "kept per-location"

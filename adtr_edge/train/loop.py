@@ -348,12 +348,7 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
     thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, fit_residual=fit_residual)
     location = choose_location(model, train_cfg, data, device, synthetic, log)
     if location is not None and location["head"] == "nearest":
-        from ..model.head import AnomalyHead
-        from .location_choice import nearest_config
-
-        model_cfg = nearest_config(model_cfg, train_cfg.nearest_bank)
-        model.cfg, model.head = model_cfg, AnomalyHead(model_cfg, model.backbone.channels).to(device)
-        thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device)
+        model_cfg, thresholds = use_nearest_head(model, train_cfg, data.feats, data.val_feats, device)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
@@ -440,6 +435,17 @@ def choose_location(model, train_cfg: TrainConfig, data: RunData, device, synthe
     choice["why"] = why(choice)
     log(f"score head: {choice['why']}")
     return choice
+
+
+def use_nearest_head(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device) -> tuple:
+    """Give ``model`` the location-free head (``train_cfg.nearest_bank`` cells) in place of its own, fitted
+    on the fit normals and recalibrated on the held-out ones: (its model config, thresholds)."""
+    from ..model.head import AnomalyHead
+    from .location_choice import nearest_config
+
+    cfg = nearest_config(model.cfg, train_cfg.nearest_bank)
+    model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(device)
+    return cfg, fit_score(model, train_cfg, feats, val_feats, device)
 
 
 def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device,

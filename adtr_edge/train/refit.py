@@ -146,9 +146,7 @@ class RefitSource:
         held-out normals: (model config, thresholds, the decision)."""
         from types import SimpleNamespace
 
-        from ..model.head import AnomalyHead
-        from .location_choice import nearest_config
-        from .loop import choose_location, held_out_synthetic
+        from .loop import choose_location, held_out_synthetic, use_nearest_head
 
         synthetic = held_out_synthetic(model, tcfg, self.train_set, self.val_idx, self.device) if tcfg.head == "auto" else None
         data = SimpleNamespace(feats=self.fit_feats, val_feats=self.val_feats)
@@ -156,7 +154,5 @@ class RefitSource:
         if choice is None:
             raise AdtrError(f"--head auto: {len(self.val_idx)} held-out normals, too few to choose from (keep the head, or --head nearest)")
         if choice["head"] == "nearest":
-            cfg = nearest_config(cfg, tcfg.nearest_bank)
-            model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
-            thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device)
+            cfg, thresholds = use_nearest_head(model, tcfg, self.fit_feats, self.val_feats, self.device)
         return cfg, thresholds, choice
