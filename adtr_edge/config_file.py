@@ -40,22 +40,47 @@ def _toml() -> Any:
     return None
 
 
+def read_text(path: Path, option: str) -> str:
+    """The file's text; a missing or unreadable file is one AdtrError naming ``option`` (--config, --sources)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AdtrError(f"{option} {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AdtrError(f"{option} {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+
+
+def parse_json(text: str, path: Path, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AdtrError(f"{option} {path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+
+
+def parse_yaml(text: str, path: Path, option: str, missing: str) -> Any:
+    """``text`` through PyYAML's safe loader; ``missing`` ends the error where PyYAML is not installed
+    (what to install, or what to write instead)."""
+    try:
+        import yaml  # noqa: PLC0415 - optional: only YAML files need it
+    except ImportError:
+        raise AdtrError(f"{option} {path}: reading YAML needs PyYAML{missing}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise AdtrError(f"{option} {path}: not valid YAML{where} ({problem})") from None
+
+
 def _parse(path: Path) -> Any:
     """The file's document; a missing, unreadable or malformed file is one AdtrError."""
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise AdtrError(f"--config {path}: use a .yaml (or .yml, .toml, .json) file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AdtrError(f"--config {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AdtrError(f"--config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    text = read_text(path, "--config")
     if suffix == ".json":
-        try:
-            return json.loads(text) if text.strip() else {}
-        except json.JSONDecodeError as e:
-            raise AdtrError(f"--config {path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+        return parse_json(text, path, "--config") if text.strip() else {}
     if suffix == ".toml":
         toml = _toml()
         if toml is None:
@@ -65,17 +90,7 @@ def _parse(path: Path) -> Any:
             return toml.loads(text)
         except toml.TOMLDecodeError as e:
             raise AdtrError(f"--config {path}: not valid TOML ({str(e).splitlines()[0]})") from None
-    try:
-        import yaml  # noqa: PLC0415 - optional: only a YAML config file needs it
-    except ImportError:
-        raise AdtrError(f"--config {path}: reading YAML needs PyYAML (pip install 'adtr-edge[yaml]')") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise AdtrError(f"--config {path}: not valid YAML{where} ({problem})") from None
+    doc = parse_yaml(text, path, "--config", " (pip install 'adtr-edge[yaml]')")
     return {} if doc is None else doc  # an empty file sets nothing
 
 

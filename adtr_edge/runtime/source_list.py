@@ -15,12 +15,12 @@ they key the per-source alarms, the events, the saved anomalies and the recordin
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..config_file import parse_json, parse_yaml, read_text
 from ..errors import AdtrError
 from .sources import parse_source
 
@@ -70,29 +70,10 @@ def camera_entry(text: str) -> NamedSource:
 
 
 def _parse_file(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AdtrError(f"--sources {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AdtrError(f"--sources {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    text = read_text(path, "--sources")
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml  # noqa: PLC0415 - optional: only YAML source lists need it
-        except ImportError:
-            raise AdtrError(f"--sources {path}: reading YAML needs PyYAML (pip install pyyaml), "
-                            "or write the list as JSON") from None
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise AdtrError(f"--sources {path}: not valid YAML{where} ({problem})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AdtrError(f"--sources {path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+        return parse_yaml(text, path, "--sources", " (pip install pyyaml), or write the list as JSON")
+    return parse_json(text, path, "--sources")
 
 
 def load_source_list(path: str | Path) -> list[NamedSource]:
