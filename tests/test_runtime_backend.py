@@ -122,12 +122,14 @@ def test_backend_choice(export_dir, tmp_path, monkeypatch, caplog):
     engine = write_fake_export(tmp_path / "engine")
     _edit(engine, kind="tensorrt", format="adtr-edge-engine/1")
     trt_folder = loading.read_model_folder(engine)
-    monkeypatch.setattr(loading, "tensorrt_available", lambda: (False, "no libnvinfer"))
+    from adtr_edge.runtime.backends import tensorrt as trt_backend  # the registry's probe, looked up when called
+
+    monkeypatch.setattr(trt_backend, "available", lambda: (False, "no libnvinfer"))
     with pytest.raises(AdtrError, match="TensorRT cannot run here: no libnvinfer"):
         loading.choose_backend(trt_folder, "auto")
     with pytest.raises(AdtrError, match="onnxruntime runs the ONNX export"):
         loading.choose_backend(trt_folder, "onnxruntime")
-    monkeypatch.setattr(loading, "tensorrt_available", lambda: (True, "TensorRT 10.3"))
+    monkeypatch.setattr(trt_backend, "available", lambda: (True, "TensorRT 10.3"))
     assert loading.choose_backend(trt_folder, "auto") == ("tensorrt", "the folder holds TensorRT engines; TensorRT 10.3")
 
     with caplog.at_level("INFO", logger="adtr_edge.runtime.loading"):

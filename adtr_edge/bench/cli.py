@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 import typer
 
 from ..errors import AdtrError
+from ..runtime import registry
 
 
 def _parse_batches(text: str) -> Tuple[int, ...]:
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         model_dirs: List[Path] = typer.Argument(..., help="Export, Q/DQ export, engine or checkpoint folder(s), e.g. export/ export-int8/."),
-        backend: str = typer.Option("all", "--backend", help="all | onnxruntime | tensorrt | torch (a checkpoint folder)."),
+        backend: str = typer.Option("all", "--backend", help=registry.backend_help(registry.BENCH)),
         batch: str = typer.Option("1,4,8", "--batch", help="Batch sizes, comma-separated."),
         warmup: int = typer.Option(5, "--warmup", help="Untimed batches before timing, per batch size."),
         iters: int = typer.Option(30, "--iters", help="Timed batches per batch size."),

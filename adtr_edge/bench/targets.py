@@ -21,11 +21,14 @@ from ..folder import (
 )
 from ..metadata import BACKBONE, GRAPHS, TARGET_CPU, TRANSFORMER, quantization_target
 from ..postprocessing import Thresholds
+from ..runtime import registry
 from ..runtime.backends.base import Backend
 from .flops import count_graph_flops
 
-BACKEND_CHOICES = ("all", "onnxruntime", "tensorrt", "torch")
 
+def backend_choices() -> tuple[str, ...]:
+    """``bench --backend``'s values: "all", then every backend the registry offers to bench."""
+    return registry.backend_choices(registry.BENCH)
 
 
 @dataclass
@@ -34,7 +37,7 @@ class Target:
 
     path: Path
     kind: str  # a kind of adtr_edge.folder.KINDS
-    backend: str  # "onnxruntime" | "tensorrt" | "torch"
+    backend: str  # a name of adtr_edge.runtime.registry.BACKENDS
     precision: str
     available: bool = True
     reason: str = ""
@@ -57,37 +60,22 @@ def _precision(folder: ModelFolder) -> str:
 
 def resolve_targets(model_dirs: Sequence[str | Path], backend: str = "all") -> list[Target]:
     """What to run for each folder. ``backend="all"``: each folder's own backend, unavailable ones
-    kept as skipped entries with the reason; an explicit backend must apply and be available."""
-    if backend not in BACKEND_CHOICES:
-        raise AdtrError(f"--backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
+    kept as skipped entries with the reason; an explicit backend must run the folder's kind and be
+    available."""
+    registry.check_choice(registry.BENCH, backend)
     if not model_dirs:
         raise AdtrError("give at least one model folder")
     targets = []
     for d in model_dirs:
         folder = read_model_folder(d)  # every kind the toolkit writes (the table in adtr_edge.folder)
-        natural = folder.backend
-        if backend != "all" and backend != natural:
-            raise AdtrError(f"{folder.path}: a {folder.kind} folder runs on {natural}, not --backend {backend}")
-        ok, why = _backend_available(natural)
+        entry = registry.backend(folder.backend if backend == "all" else backend)
+        if folder.kind not in entry.kinds:
+            raise AdtrError(f"{folder.path}: a {folder.kind} folder runs on {folder.backend}, not --backend {backend}")
+        ok, why = entry.available()
         if not ok and backend != "all":
             raise AdtrError(f"{folder.path}: --backend {backend} cannot run here: {why}")
-        targets.append(Target(folder.path, folder.kind, natural, _precision(folder), ok, "" if ok else why))
+        targets.append(Target(folder.path, folder.kind, entry.name, _precision(folder), ok, "" if ok else why))
     return targets
-
-
-def _backend_available(name: str) -> tuple[bool, str]:
-    import importlib  # noqa: PLC0415
-
-    if name == "tensorrt":
-        from ..runtime.loading import tensorrt_available  # noqa: PLC0415
-
-        return tensorrt_available()
-    module = {"onnxruntime": "onnxruntime", "torch": "torch"}[name]
-    try:
-        importlib.import_module(module)
-    except Exception as e:
-        return False, f"cannot import {module} ({e.__class__.__name__}: {e})"
-    return True, f"{module} imports"
 
 
 class TorchBackend(Backend):
@@ -156,12 +144,9 @@ class TorchBackend(Backend):
 
 
 def open_backend(target: Target, threads: int | None = None) -> Backend:
-    if target.backend == "torch":
-        return TorchBackend(target.path, threads=threads)
-    from ..runtime.loading import load_backend  # noqa: PLC0415
-
-    options = {"intra_op_threads": threads} if target.backend == "onnxruntime" and threads is not None else {}
-    return load_backend(target.path, target.backend, **options)
+    entry = registry.backend(target.backend)
+    options = {entry.threads: threads} if entry.threads and threads is not None else {}
+    return entry.open(target.path, **options)
 
 
 def graph_flops(target: Target) -> dict | None:

@@ -18,8 +18,10 @@ from ..config_file import command_line_wins, config_option
 from ..errors import AdtrError
 from ..cuda.base import CUDA_BINDINGS
 from .backends.triton import DEFAULT_NAME as TRITON_MODEL, DEFAULT_RECONNECT_S, DEFAULT_TIMEOUT_S
+from . import registry
 from .loading import default_model_dir, read_model_folder
 from .multisource import GATHER_S
+from .registry import option_help
 
 # stream --help groups its options into these panels (typer's rich_help_panel).
 SOURCE, MODEL, ALARMS, DELIVERY, WEB, PERFORMANCE = (
@@ -34,11 +36,12 @@ def tensorrt_options(model_dir: Path, backend: str, cuda_graphs: bool, cuda_bind
     if not asked:
         return {}
     what = " and ".join(asked) + (" apply" if len(asked) > 1 else " applies")
-    if backend == "onnxruntime":
-        raise AdtrError(f"{what} to the TensorRT backend only, not --backend onnxruntime")
+    owner = registry.option_owner("--cuda-graphs")
+    if backend not in ("auto", owner.name):
+        raise AdtrError(f"{what} to the {owner.label} backend only, not --backend {backend}")
     folder = read_model_folder(model_dir)
-    if folder.kind != "tensorrt":
-        raise AdtrError(f"{what} to the TensorRT backend only; {folder.path} is an ONNX export "
+    if folder.kind not in owner.kinds:
+        raise AdtrError(f"{what} to the {owner.label} backend only; {folder.path} is {folder.spec.what} "
                         "(build engines from it with 'adtr-edge build-engine')")
     options: dict = {"cuda_binding": cuda_binding}
     if cuda_graphs:
@@ -49,9 +52,10 @@ def tensorrt_options(model_dir: Path, backend: str, cuda_graphs: bool, cuda_bind
 def triton_options(backend: str, server: Optional[str], protocol: str, triton_model: str, server_timeout: float,
                    server_reconnect: float) -> dict:
     """Backend options from --server / --protocol / --triton-model; refused without --backend triton."""
-    if backend != "triton":
+    owner = registry.option_owner("--server")
+    if backend != owner.name:
         if server is not None:
-            raise AdtrError("--server applies to --backend triton only")
+            raise AdtrError(f"--server applies to --backend {owner.name} only")
         return {}
     return {"server": server, "protocol": protocol, "model_name": triton_model, "timeout_s": server_timeout,
             "reconnect_s": server_reconnect}
@@ -95,47 +99,46 @@ def register(app: typer.Typer) -> None:
         ),
         sources_file: Optional[Path] = typer.Option(
             None, "--sources", help="JSON list (YAML with PyYAML) of {name, source} entries: several sources through one model.", rich_help_panel=SOURCE),
-        backend: str = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt | triton (a Triton server, --server).", rich_help_panel=MODEL),
-        events: Optional[str] = typer.Option(None, "--events", help="JSON Lines events to FILE, or '-' for stdout.", rich_help_panel=ALARMS),
-        save_anomalies: Optional[Path] = typer.Option(None, "--save-anomalies", help="Folder for anomalous frames + overlays (PNG).", rich_help_panel=ALARMS),
-        record: Optional[Path] = typer.Option(None, "--record", help="Record the overlay video to FILE (.mp4/.avi).", rich_help_panel=ALARMS),
-        show: bool = typer.Option(False, "--show", help="Window: original | heat map | overlay ('q' quits).", rich_help_panel=ALARMS),
+        backend: str = typer.Option("auto", "--backend", help=registry.backend_help(registry.STREAM), rich_help_panel=MODEL),
+        events: Optional[str] = typer.Option(None, "--events", help=option_help("--events"), rich_help_panel=ALARMS),
+        save_anomalies: Optional[Path] = typer.Option(None, "--save-anomalies", help=option_help("--save-anomalies"), rich_help_panel=ALARMS),
+        record: Optional[Path] = typer.Option(None, "--record", help=option_help("--record"), rich_help_panel=ALARMS),
+        show: bool = typer.Option(False, "--show", help=option_help("--show"), rich_help_panel=ALARMS),
         min_consecutive: int = typer.Option(1, "--min-consecutive", min=1, help="Alarm after N anomalous frames in a row.", rich_help_panel=ALARMS),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Raw-score threshold (default: the exported one).", rich_help_panel=ALARMS),
         max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after N frames.", rich_help_panel=SOURCE),
         batch: int = typer.Option(1, "--batch", min=1, help="Micro-batch size for files and folders (live sources use 1).", rich_help_panel=PERFORMANCE),
         summary: Optional[Path] = typer.Option(None, "--summary", help="Write the summary JSON to FILE.", rich_help_panel=ALARMS),
-        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads.", rich_help_panel=PERFORMANCE),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help=option_help("--threads"), rich_help_panel=PERFORMANCE),
         spin: Optional[bool] = typer.Option(None, "--spin/--no-spin", show_default=False,
-                                            help="ONNX Runtime: idle threads spin (its default) or sleep (--no-spin: less CPU on a busy machine).", rich_help_panel=PERFORMANCE),
+                                            help=option_help("--spin/--no-spin"), rich_help_panel=PERFORMANCE),
         reconnect_attempts: int = typer.Option(10, "--reconnect-attempts", min=0, help="Reconnect tries for a lost live source (0 = forever).", rich_help_panel=SOURCE),
-        cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="TensorRT backend: replay enqueues as CUDA graphs (TensorRT 10+, cuda-python).", rich_help_panel=PERFORMANCE),
-        cuda_binding: str = typer.Option("auto", "--cuda-binding", help="TensorRT backend: auto | cuda-python | pycuda.", rich_help_panel=MODEL),
+        cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=option_help("--cuda-graphs"), rich_help_panel=PERFORMANCE),
+        cuda_binding: str = typer.Option("auto", "--cuda-binding", help=option_help("--cuda-binding"), rich_help_panel=MODEL),
         server: Optional[str] = typer.Option(None, "--server", rich_help_panel=MODEL,
-                                             help="Triton backend: server HOST[:PORT] (or grpc://..., http://...), serving 'adtr-edge export-triton' of MODEL_DIR."),
-        protocol: str = typer.Option("grpc", "--protocol", help="Triton backend: grpc (port 8001) | http (port 8000).", rich_help_panel=MODEL),
-        triton_model: str = typer.Option(TRITON_MODEL, "--triton-model", help="Triton backend: the ensemble's name (export-triton --name).", rich_help_panel=MODEL),
-        server_timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--server-timeout", help="Triton backend: seconds per request.", rich_help_panel=MODEL),
+                                             help=option_help("--server")),
+        protocol: str = typer.Option("grpc", "--protocol", help=option_help("--protocol"), rich_help_panel=MODEL),
+        triton_model: str = typer.Option(TRITON_MODEL, "--triton-model", help=option_help("--triton-model"), rich_help_panel=MODEL),
+        server_timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--server-timeout", help=option_help("--server-timeout"), rich_help_panel=MODEL),
         server_reconnect: float = typer.Option(DEFAULT_RECONNECT_S, "--server-reconnect", rich_help_panel=MODEL,
-                                               help="Triton backend: seconds to keep reconnecting to a lost server (0 = forever)."),
-        http: Optional[str] = typer.Option(None, "--http", help="Live web view on HOST:PORT (PORT alone: 127.0.0.1). Off by default.", rich_help_panel=WEB),
+                                               help=option_help("--server-reconnect")),
+        http: Optional[str] = typer.Option(None, "--http", help=option_help("--http"), rich_help_panel=WEB),
         http_token: Optional[str] = typer.Option(None, "--http-token", envvar="ADTR_HTTP_TOKEN",
-                                                 help="Token the web view and metrics require (also $ADTR_HTTP_TOKEN).", rich_help_panel=WEB),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Prometheus /metrics alone on HOST:PORT (the web view also serves /metrics).", rich_help_panel=WEB),
+                                                 help=option_help("--http-token"), rich_help_panel=WEB),
+        metrics: Optional[str] = typer.Option(None, "--metrics", help=option_help("--metrics"), rich_help_panel=WEB),
         follow_model: bool = typer.Option(
-            False, "--follow-model", help="MODEL_DIR is a stable path (a symlink a promotion repoints): when it names another folder, "
-                                          "switch to it between two frames without stopping.", rich_help_panel=MODEL),
+            False, "--follow-model", help=option_help("--follow-model"), rich_help_panel=MODEL),
         review_dir: Optional[Path] = typer.Option(
-            None, "--review-dir", help="Review folder (MVTec layout) the web view's defect / not-a-defect reviews go to; needs --http.", rich_help_panel=WEB),
+            None, "--review-dir", help=option_help("--review-dir"), rich_help_panel=WEB),
         gather_ms: float = typer.Option(GATHER_S * 1e3, "--gather-ms", min=0.0,
                                         help="Several sources: how long a step waits for a source with no frame ready (ms).", rich_help_panel=PERFORMANCE),
         mqtt: Optional[str] = typer.Option(
-            None, "--mqtt", help="Alarms to MQTT, QoS 1: mqtt://host:port/prefix (also user:pw@host, ?alarms=T&frames=T&status=T topics); spooled on disk first.", rich_help_panel=DELIVERY),
-        mqtt_frames: bool = typer.Option(False, "--mqtt-frames", help="Also publish every frame's score to the frames topic.", rich_help_panel=DELIVERY),
-        webhook: Optional[str] = typer.Option(None, "--webhook", help="Alarms as JSON POSTs to URL, retried with back-off (spooled on disk first).", rich_help_panel=DELIVERY),
-        spool: Optional[Path] = typer.Option(None, "--spool", help="Folder of the delivery spool (default: ~/.local/state/adtr-edge/spool).", rich_help_panel=DELIVERY),
+            None, "--mqtt", help=option_help("--mqtt"), rich_help_panel=DELIVERY),
+        mqtt_frames: bool = typer.Option(False, "--mqtt-frames", help=option_help("--mqtt-frames"), rich_help_panel=DELIVERY),
+        webhook: Optional[str] = typer.Option(None, "--webhook", help=option_help("--webhook"), rich_help_panel=DELIVERY),
+        spool: Optional[Path] = typer.Option(None, "--spool", help=option_help("--spool"), rich_help_panel=DELIVERY),
         spool_max_mb: float = typer.Option(64.0, "--spool-max-mb", rich_help_panel=DELIVERY,
-                                           help="Most MB of undelivered events kept per destination; beyond, new ones are dropped and counted."),
+                                           help=option_help("--spool-max-mb")),
     ) -> None:
         """Stream a camera, stream, video or image folder through the model; events, alarms, summary."""
         from .pipeline import run_stream
@@ -144,6 +147,7 @@ def register(app: typer.Typer) -> None:
         # A source on the command line replaces the config file's, rather than being a second one.
         picked = command_line_wins(ctx, {"camera": camera, "source": source, "sources_file": sources_file})
         chosen = stream_sources(picked["camera"], picked["source"], picked["sources_file"])
+        registry.check_choice(registry.STREAM, backend)  # before a port binds or a spool opens
         if model_dir is None:
             model_dir = default_model_dir()
             typer.echo(f"model: {model_dir}", err=True)
