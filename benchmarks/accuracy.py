@@ -30,30 +30,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from adtr_edge.baselines import BASELINES  # noqa: E402
-from adtr_edge.config import PRESETS, ModelConfig, TrainConfig, apply_preset, preset_backbone  # noqa: E402
-from adtr_edge.data.anomalies import SYNTHETIC_KINDS  # noqa: E402
-from adtr_edge.data.datasets import ImageSet, load_dataset, validation_split  # noqa: E402
-from adtr_edge.evaluate import Scored, report_for  # noqa: E402
-from adtr_edge.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from adtr_edge.metrics import auroc, pixel_auroc  # noqa: E402
-from adtr_edge.model import build_model  # noqa: E402
-from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
-from adtr_edge.preprocessing import resize_mask  # noqa: E402
-from adtr_edge.train.features import cached_raw_features  # noqa: E402
-from adtr_edge.train.loop import score_features, split_normals, train_model  # noqa: E402
-from adtr_edge.train.sources import build_anomaly_pool  # noqa: E402
-
-
-def masks_at(images: ImageSet, spec) -> np.ndarray:
-    return np.stack([resize_mask(images.mask(i), spec) for i in range(len(images))])
-
-
-def scored_from(maps: torch.Tensor, scores: torch.Tensor, test: ImageSet, masks: np.ndarray) -> Scored:
-    return Scored(scores.numpy(), maps[:, 0].numpy(), masks, np.asarray(test.labels), list(test.defects), [str(p) for p in test.paths])
+from adtr_edge.baselines import BASELINES
+from adtr_edge.bench.evaluation import masks_at, scored_from, split_features, summarise
+from adtr_edge.config import PRESETS, ModelConfig, TrainConfig, apply_preset, preset_backbone
+from adtr_edge.data.anomalies import SYNTHETIC_KINDS
+from adtr_edge.data.datasets import ImageSet, load_dataset
+from adtr_edge.evaluate import Scored, report_for
+from adtr_edge.fileio import write_json_atomic, write_text_atomic
+from adtr_edge.metrics import auroc, pixel_auroc
+from adtr_edge.model import build_model
+from adtr_edge.preprocessing import preprocess_spec
+from adtr_edge.train.features import cached_raw_features
+from adtr_edge.train.loop import score_features, split_normals, train_model
+from adtr_edge.train.sources import build_anomaly_pool
 
 
 def parse_sets(items: list[str]) -> tuple[dict, dict]:
@@ -71,10 +60,6 @@ def parse_sets(items: list[str]) -> tuple[dict, dict]:
         value = json.loads(raw) if not isinstance(default, str) else raw
         (m if key in m_fields else t)[key] = tuple(value) if isinstance(value, list) else value
     return m, t
-
-
-def summarise(report: dict) -> dict:
-    return {k: report.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
 
 
 def main() -> None:
@@ -258,38 +243,6 @@ def main() -> None:
     print(to_markdown(results))
 
 
-def split_features(model, cfg, train_set, fit_idx, test: ImageSet, cache: Path, split: str, stats=None):
-    """Standardised features of the fit normals and of ``split`` of ``test`` (val, test or all), with
-    ``stats`` (mean, std) or else the fit normals' own: (test images kept, fit features, test features,
-    (mean, std)). Features are cached for the whole test set; only scoring is restricted to the split."""
-    spec, cpu = preprocess_spec(cfg), torch.device("cpu")
-    raw_fit = cached_raw_features(model.backbone, train_set, fit_idx, spec, cfg, cache_dir=cache, device=cpu, progress=None)
-    raw_test = cached_raw_features(model.backbone, test, list(range(len(test))), spec, cfg, cache_dir=cache, device=cpu, progress=None)
-    if split != "all":
-        val_part, test_part = validation_split(test)
-        keep = val_part if split == "val" else test_part
-        test, raw_test = test.subset(keep), raw_test[keep]
-    if stats is None:
-        flat = raw_fit.transpose(0, 1).reshape(raw_fit.shape[1], -1)
-        stats = (flat.mean(1).reshape(1, -1, 1, 1), flat.std(1).reshape(1, -1, 1, 1).clamp_min(1e-6))
-    mean, std = stats
-    return test, (raw_fit - mean) / std, (raw_test - mean) / std, (mean, std)
-
-
-def checkpoint_features(checkpoint: Path, data: Path, cache: Path, split: str):
-    """A trained checkpoint and its own view of ``data``: the fit normals its head was fitted on
-    (``split_normals`` with its seed) and ``split`` of the test set, standardised with its own
-    statistics: (model, checkpoint, test images kept, fit features, test features)."""
-    from adtr_edge.train.checkpoint import load_checkpoint
-
-    model, ckpt = load_checkpoint(checkpoint)
-    train_set, test = load_dataset(data, "train"), load_dataset(data, "test")
-    fit_idx, _ = split_normals(train_set, ckpt.train_config)
-    stats = (model.backbone.feature_mean, model.backbone.feature_std)
-    test, fit_feats, test_feats, _ = split_features(model, ckpt.model_config, train_set, fit_idx, test, cache, split, stats=stats)
-    return model, ckpt, test, fit_feats, test_feats
-
-
 def run_backbone(args) -> str:
     """One backbone per run (every row scores the same features): --backbone, else the recipes' own."""
     if args.backbone:
@@ -354,7 +307,7 @@ def rescore_rows(checkpoint: str, fit_feats, val_feats, test_feats, test: ImageS
         return scored_grid(head, grid(head, test_feats, reconstruction), name)
 
     def head_for(kind: str, blur: float, residual=None, lam=None, target=None):
-        # Per-location heads: these rows compare maps; the image-score terms have benchmarks/region_score.py.
+        # Per-location heads: these rows compare maps; the image-score terms are on docs/decisions.md.
         cfg = dc_replace(ckpt.model_config, score=kind, map_blur=blur, region_grid=0, map_pool=0)
         head = AnomalyHead(cfg, model.backbone.channels)
         if kind == "mahalanobis":

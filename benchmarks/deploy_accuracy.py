@@ -17,26 +17,24 @@ in AUROC points against ONNX FP32.
 from __future__ import annotations
 
 import argparse
-import shutil
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adtr_edge.bench.timing import interleaved  # noqa: E402
-from adtr_edge.data.datasets import load_dataset, validation_split  # noqa: E402
-from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor  # noqa: E402
-from adtr_edge.export.onnx_export import export_checkpoint  # noqa: E402
-from adtr_edge.engine.matched import quantize_matched  # noqa: E402
-from adtr_edge.engine.quantize import quantize_export  # noqa: E402
-from adtr_edge.fileio import write_json_atomic  # noqa: E402
-from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
-from adtr_edge.runtime.detector import Detector  # noqa: E402
-from adtr_edge.runtime.loading import load_backend  # noqa: E402
-from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
+from adtr_edge.bench.timing import interleaved
+from adtr_edge.data.datasets import load_dataset, validation_split
+from adtr_edge.engine.matched import quantize_matched
+from adtr_edge.engine.quantize import quantize_export
+from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor
+from adtr_edge.export.onnx_export import export_checkpoint
+from adtr_edge.fileio import write_json_atomic
+from adtr_edge.preprocessing import preprocess_spec
+from adtr_edge.runtime.detector import Detector
+from adtr_edge.runtime.loading import load_backend
+from adtr_edge.train.checkpoint import load_checkpoint
 
 
 def float16_predictor(export_dir: Path, out: Path, threads: int):

@@ -17,16 +17,13 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from adtr_edge.bench import BenchSettings, Target, bench_target, camera_frame, summarize  # noqa: E402
-from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.fileio import write_json_atomic  # noqa: E402
-from adtr_edge.metadata import BACKBONE, TRANSFORMER  # noqa: E402
-from adtr_edge.preprocessing import PreprocessSpec, prepare_batch  # noqa: E402
+from adtr_edge.bench import BenchSettings, Target, bench_target, camera_frame, scripts, summarize
+from adtr_edge.config import ModelConfig
+from adtr_edge.fileio import write_json_atomic
+from adtr_edge.metadata import BACKBONE, TRANSFORMER
+from adtr_edge.preprocessing import PreprocessSpec, prepare_batch
 
 
 def skipped(reason: str) -> dict:
@@ -183,13 +180,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch", default="1,4,8")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--budget-s", type=float, default=420.0)
-    ap.add_argument("--work", type=Path, default=_models.DEFAULT_WORK)
+    ap.add_argument("--work", type=Path, default=scripts.DEFAULT_WORK)
     args = ap.parse_args(argv[1:])
-    _models.start(argv)
+    scripts.start(argv)
     started = time.monotonic()
     deadline = started + args.budget_s
     batches = [int(x) for x in args.batch.split(",")]
-    ckpt, export = _models.make_export(ModelConfig(), args.work)
+    ckpt, export = scripts.make_export(ModelConfig(), args.work)
     results = {"command": " ".join(["python", *argv]), "export": str(export), "batches": batches, "parts": {}}
     parts = {
         "cuda_python_copies": lambda: cuda_copies(batches, args.iters),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,19 +32,14 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from accuracy import checkpoint_features, masks_at  # noqa: E402
-
-from adtr_edge.config import MAP_POOL_CLIP  # noqa: E402
-from adtr_edge.data.datasets import load_dataset  # noqa: E402
-from adtr_edge.fileio import write_json_atomic  # noqa: E402
-from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
-from adtr_edge.train.head_select import (METRICS, STRENGTH, candidate_heads, figures, head_maps, select_shrinkage,  # noqa: E402
-                                         synthetic_set, zscore_max)
-from adtr_edge.train.loop import split_normals  # noqa: E402
-from adtr_edge.train.residual_stats import reconstruct, region_term_scores, residuals  # noqa: E402
+from adtr_edge.bench.evaluation import checkpoint_features, masks_at
+from adtr_edge.config import MAP_POOL_CLIP
+from adtr_edge.data.datasets import load_dataset
+from adtr_edge.fileio import write_json_atomic
+from adtr_edge.preprocessing import preprocess_spec
+from adtr_edge.train.head_select import METRICS, STRENGTH, candidate_heads, figures, head_maps, select_shrinkage, synthetic_set, zscore_max
+from adtr_edge.train.loop import split_normals
+from adtr_edge.train.residual_stats import reconstruct, region_term_scores, residuals
 
 
 def main() -> None:

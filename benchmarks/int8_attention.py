@@ -20,17 +20,15 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402  (puts the repository on sys.path; sessions, random input)
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
-from adtr_edge.bench.timing import interleaved_wall_cpu  # noqa: E402
-from adtr_edge.engine import int8_head, onnx_tools  # noqa: E402
-from adtr_edge.engine.quantize import TARGETS, quantize_graph  # noqa: E402
-from adtr_edge.metadata import TRANSFORMER  # noqa: E402
+from adtr_edge.bench import scripts
+from adtr_edge.bench.timing import interleaved_wall_cpu
+from adtr_edge.engine import int8_head, onnx_tools
+from adtr_edge.engine.quantize import TARGETS, quantize_graph
+from adtr_edge.metadata import TRANSFORMER
 
 
 def attention_int8(fp32_graph: Path, dst: Path) -> Path:
@@ -86,14 +84,14 @@ def main(argv: list[str]) -> int:
     attn = attention_int8(fp32, out / "transformer-attn-int8.onnx")
 
     def call(model) -> callable:
-        sess = _models.ort_session(model, args.threads)
-        feed = _models.random_feed(sess)
+        sess = scripts.ort_session(model, args.threads)
+        feed = scripts.random_feed(sess)
         return lambda: sess.run(None, feed)
 
     whiten = next(i for i in onnx.load(str(fp32)).graph.initializer if i.name == "head.residual_whiten")
     batched, per_location, x = head_graphs(int(whiten.dims[0]), int(whiten.dims[1]))
-    heads = {"head, one 3-D weight (shipped)": _models.ort_session(batched, args.threads),
-             "head, a 2-D weight per location": _models.ort_session(per_location, args.threads)}
+    heads = {"head, one 3-D weight (shipped)": scripts.ort_session(batched, args.threads),
+             "head, a 2-D weight per location": scripts.ort_session(per_location, args.threads)}
     same = np.array_equal(*(s.run(None, {"x": x})[0] for s in heads.values()))
     calls = {"transformer FP32": call(fp32), "transformer, shipped cpu form": call(shipped), "transformer, attention INT8 too": call(attn)}
     calls.update({name: (lambda s=s: s.run(None, {"x": x})) for name, s in heads.items()})

@@ -24,17 +24,15 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402  (puts the repository on sys.path)
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
-
-from adtr_edge.bench.timing import interleaved_wall_cpu  # noqa: E402
-from adtr_edge.engine import int8_head  # noqa: E402
-from adtr_edge.fileio import sha256_file, write_json_atomic  # noqa: E402
-from adtr_edge.runtime.loading import load_backend  # noqa: E402
+from adtr_edge.bench import scripts
+from adtr_edge.bench.timing import interleaved_wall_cpu
+from adtr_edge.engine import int8_head
+from adtr_edge.fileio import sha256_file, write_json_atomic
+from adtr_edge.runtime.loading import load_backend
 
 WHITEN = "head.residual_whiten"
 
@@ -64,7 +62,7 @@ def whitened(folder: Path, frames: np.ndarray, threads: int) -> tuple[np.ndarray
     model = onnx.load(str(folder / "transformer.onnx"))
     outs = [n.output[0] for n in model.graph.node if list(n.input[1:2]) == [WHITEN] or n.name.endswith(int8_head.SUFFIX + "/out")]
     model.graph.output.append(helper.make_tensor_value_info(outs[0], TensorProto.FLOAT, None))
-    backbone, head = _models.ort_session(folder / "backbone.onnx", threads), _models.ort_session(model, threads)
+    backbone, head = scripts.ort_session(folder / "backbone.onnx", threads), scripts.ort_session(model, threads)
     res, scores = [], []
     for i in range(len(frames)):
         f = backbone.run(None, {"images": frames[i:i + 1]})[0]
@@ -88,8 +86,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--weight-bits", type=int, default=7, choices=(7, 8))
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--iters", type=int, default=3)
-    _models.add_common_args(ap)
-    args, threads = _models.parse_and_start(ap, argv)
+    scripts.add_common_args(ap)
+    args, threads = scripts.parse_and_start(ap, argv)
     head8 = build(args.folder, args.out / "onnx-int8-cpu-head8", args.weight_bits)
     forms = {"fp32": args.reference, "cpu": args.folder, "cpu + int8 head": head8}
     backends = {k: load_backend(v, "onnxruntime", intra_op_threads=threads).activate() for k, v in forms.items()}
@@ -147,7 +145,7 @@ def main(argv: list[str]) -> int:
         for k, r in acc.items():
             print(f"| {k} | {r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} | {r['aupro']:.4f} | "
                   f"{(r['image_auroc'] - ref['image_auroc']) * 100:+.2f} / {(r['pixel_auroc'] - ref['pixel_auroc']) * 100:+.2f} |")
-    return _models.finish(args, results)
+    return scripts.finish(args, results)
 
 
 if __name__ == "__main__":

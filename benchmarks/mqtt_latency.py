@@ -10,6 +10,7 @@ before removal). Per alarm event, three clocks in one process: the frame's captu
 moment the event reached the sinks (``on_alarm``), and the subscriber's receipt. Run twice:
 alarms only, and with every frame's score published too (``--mqtt-frames``).
 
+The broker and the fake model are the tests' (``tests/mqtt_broker.py``, ``tests/runtime_fakes.py``).
 The default model is the tiny contract-following stand-in of the tests (scores brightness), so the
 figure is the delivery path, not inference; ``--model`` measures a real export instead (frame to
 receipt then includes inference).
@@ -25,17 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
 
-import numpy as np  # noqa: E402
-from tests.mqtt_broker import Broker, Subscriber  # noqa: E402
-from tests.runtime_fakes import make_frame, write_fake_export  # noqa: E402
+from adtr_edge.bench.scripts import from_checkout
+from adtr_edge.runtime.delivery.factory import delivery_sinks
+from adtr_edge.runtime.pipeline import run_stream
+from adtr_edge.runtime.sinks import Sink
+from adtr_edge.runtime.sources import ReconnectPolicy
 
-from adtr_edge.runtime.delivery.factory import delivery_sinks  # noqa: E402
-from adtr_edge.runtime.pipeline import run_stream  # noqa: E402
-from adtr_edge.runtime.sinks import Sink  # noqa: E402
-from adtr_edge.runtime.sources import ReconnectPolicy  # noqa: E402
+_broker, _fakes = from_checkout("tests/mqtt_broker.py"), from_checkout("tests/runtime_fakes.py")
+Broker, Subscriber, make_frame, write_fake_export = _broker.Broker, _broker.Subscriber, _fakes.make_frame, _fakes.write_fake_export
 
 
 class PacedCamera:

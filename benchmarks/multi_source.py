@@ -39,13 +39,11 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402
+import cv2
 
-import cv2  # noqa: E402
-
-from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.data.generate import generate_video  # noqa: E402
+from adtr_edge.bench import scripts
+from adtr_edge.config import ModelConfig
+from adtr_edge.data.generate import generate_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -212,12 +210,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--threads-total", type=int, default=4, help="intra-op threads of the batched process = sum over the separate ones")
     ap.add_argument("--no-single-thread-batched", dest="single_thread_batched", action="store_false",
                     help="skip the third configuration (the batched process with one thread)")
-    _models.add_common_args(ap)
-    args, _ = _models.parse_and_start(ap, argv)
+    scripts.add_common_args(ap)
+    args, _ = scripts.parse_and_start(ap, argv)
     n, total = args.cameras, args.threads_total
     if total % n:
         raise SystemExit(f"--threads-total {total} must be a multiple of --cameras {n} (fair split)")
-    _, export = _models.make_export(ModelConfig(), args.work)
+    _, export = scripts.make_export(ModelConfig(), args.work)
     video = args.work / "multi-640x480.avi"
     if not video.is_file():
         video = generate_video(video, n_frames=60, size=(480, 640), fps=10.0, defect_frames={20, 21, 22}).path
@@ -253,7 +251,7 @@ def main(argv: list[str]) -> int:
                   f"{statistics.median(x['latency_p50_ms'] for x in runs):.0f} | {max(x['latency_p95_ms'] for x in runs):.0f} | "
                   f"{sum(x['drops'] for x in runs)} | {statistics.median(x['cores_used'] for x in runs):.2f} | "
                   f"{statistics.median(x['frames_per_cpu_s'] for x in runs):.2f} | {statistics.median(x['rss_mb'] for x in runs):.0f} |")
-    return _models.finish(args, {"cameras": n, "threads_total": total, "seconds": args.seconds, "results": results})
+    return scripts.finish(args, {"cameras": n, "threads_total": total, "seconds": args.seconds, "results": results})
 
 
 if __name__ == "__main__":

@@ -28,14 +28,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402  (puts the repository on sys.path)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from adtr_edge.bench.timing import interleaved_wall_cpu  # noqa: E402
-from adtr_edge.metadata import ANOMALY_MAP, FEATURES, IMAGES, SCORE  # noqa: E402
-from adtr_edge.runtime.loading import load_backend  # noqa: E402
+from adtr_edge.bench import scripts
+from adtr_edge.bench.timing import interleaved_wall_cpu
+from adtr_edge.metadata import ANOMALY_MAP, FEATURES, IMAGES, SCORE
+from adtr_edge.runtime.loading import load_backend
 
 PARTS = ("backbone", "transformer", "end to end")
 
@@ -87,7 +85,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def parity_frames(data: str | None, count: int, size: tuple[int, int]) -> tuple[np.ndarray, str]:
     if data:
-        from adtr_edge.data.datasets import load_dataset, load_batch
+        from adtr_edge.data.datasets import load_batch, load_dataset
         from adtr_edge.preprocessing import PreprocessSpec
 
         test = load_dataset(data, "test")
@@ -148,8 +146,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--runtimes", default="onnxruntime,openvino,openvino-static",
                     help="which to run (ONNX Runtime always runs: it is the reference)")
-    _models.add_common_args(ap)
-    args, threads = _models.parse_and_start(ap, argv)
+    scripts.add_common_args(ap)
+    args, threads = scripts.parse_and_start(ap, argv)
     import onnxruntime as ort
 
     wanted = {r.strip() for r in args.runtimes.split(",") if r.strip()}
@@ -202,7 +200,7 @@ def main(argv: list[str]) -> int:
             t, base = times[part][name], times[part][ref_name]
             cells.append(f"{t['wall_ms']:.1f} ({t['cpu_ms']:.1f}) = {base['wall_ms'] / t['wall_ms']:.2f}x / {base['cpu_ms'] / t['cpu_ms']:.2f}x")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    return _models.finish(args, {"command": " ".join(["python", *argv]), "threads": threads, "folders": {k: str(v) for k, v in folders.items()},
+    return scripts.finish(args, {"command": " ".join(["python", *argv]), "threads": threads, "folders": {k: str(v) for k, v in folders.items()},
                                  "failed": failed, "agreement": agree, "agreement_frames": what, "speed": times})
 
 

@@ -15,12 +15,9 @@ import argparse
 import collections
 import json
 import os
-import sys
 import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402  (random_feed)
+from adtr_edge.bench import scripts
 
 
 def main() -> None:
@@ -37,7 +34,7 @@ def main() -> None:
     opts.enable_profiling = True
     opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="ort-profile-"), "profile")
     sess = ort.InferenceSession(args.graph, opts, providers=["CPUExecutionProvider"])
-    feed = _models.random_feed(sess)
+    feed = scripts.random_feed(sess)
     for _ in range(args.runs):
         sess.run(None, feed)
     with open(sess.end_profiling()) as f:

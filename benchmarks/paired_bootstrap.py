@@ -22,16 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from accuracy import checkpoint_features, masks_at  # noqa: E402
-
-from adtr_edge.baselines import BASELINES  # noqa: E402
-from adtr_edge.fileio import write_json_atomic  # noqa: E402
-from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
-from adtr_edge.significance import METRICS, paired_bootstrap  # noqa: E402
-from adtr_edge.train.loop import score_features  # noqa: E402
+from adtr_edge.baselines import BASELINES
+from adtr_edge.bench.evaluation import checkpoint_features, masks_at
+from adtr_edge.fileio import write_json_atomic
+from adtr_edge.preprocessing import preprocess_spec
+from adtr_edge.significance import METRICS, paired_bootstrap
+from adtr_edge.train.loop import score_features
 
 
 def shipped_outputs(checkpoint: Path, data: Path, cache: Path, split: str) -> tuple:

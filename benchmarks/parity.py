@@ -20,12 +20,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adtr_edge.export.onnx_export import export_checkpoint  # noqa: E402
-from adtr_edge.preprocessing import preprocess_spec  # noqa: E402
-from adtr_edge.preprocessing import list_images, prepare_batch, read_image  # noqa: E402
-from adtr_edge.train.checkpoint import load_checkpoint  # noqa: E402
+from adtr_edge.export.onnx_export import export_checkpoint
+from adtr_edge.preprocessing import list_images, prepare_batch, preprocess_spec, read_image
+from adtr_edge.train.checkpoint import load_checkpoint
 
 
 def diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

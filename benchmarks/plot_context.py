@@ -4,7 +4,8 @@
         --model "ADTR default=runs/l2/val-default/results.json" --model "restoration, mask 3=runs/restore/m3/results.json" \
         --out docs/img/context_following.png
 
-Points: the linear context predictors of ``context_probe.py`` and ADTR checkpoints scored by
+Points: the linear context predictors of ``context_probe.py`` (removed on 2026-12-07, at commit
+3771b6e; its --json files are the input) and ADTR checkpoints scored by
 ``accuracy.py`` on the same split. The x axis is the input following on held-out normals (0 = the
 per-location mean), the label gives the defect pass-through; the grey line is the per-location mean
 under the same head (the Gaussian baseline with the shipped image score). A predictor that explains
@@ -18,10 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-import _models  # noqa: F401  (puts the repository on sys.path)
-
-from adtr_edge.plots import figure, style_panel, write_figure  # noqa: E402
-from adtr_edge.significance import METRIC_NAMES  # noqa: E402
+from adtr_edge.plots import figure, style_panel, write_figure
+from adtr_edge.significance import METRIC_NAMES
 
 METRICS = tuple(METRIC_NAMES.items())
 

@@ -15,10 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-import _models  # noqa: F401  (puts the repository on sys.path)
-
-from adtr_edge.plots import figure, style_panel, write_figure  # noqa: E402
-from adtr_edge.significance import METRIC_NAMES  # noqa: E402
+from adtr_edge.plots import figure, style_panel, write_figure
+from adtr_edge.significance import METRIC_NAMES
 
 METRICS = tuple(METRIC_NAMES.items())
 

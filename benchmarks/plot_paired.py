@@ -17,11 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402, F401  (puts the repository on sys.path)
-
-from adtr_edge.plots import figure, write_figure  # noqa: E402
-from adtr_edge.significance import METRIC_NAMES  # noqa: E402
+from adtr_edge.plots import figure, write_figure
+from adtr_edge.significance import METRIC_NAMES
 
 METRICS = tuple(METRIC_NAMES.items())
 

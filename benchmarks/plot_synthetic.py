@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-import _models  # noqa: F401  (puts the repository on sys.path)
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from adtr_edge.data.anomalies import SYNTHETIC_KINDS, SyntheticAnomalies  # noqa: E402
-from adtr_edge.data.datasets import load_dataset  # noqa: E402
-from adtr_edge.errors import AdtrError  # noqa: E402
-from adtr_edge.fileio import write_bytes_atomic  # noqa: E402
-from adtr_edge.preprocessing import read_image  # noqa: E402
+from adtr_edge.data.anomalies import SYNTHETIC_KINDS, SyntheticAnomalies
+from adtr_edge.data.datasets import load_dataset
+from adtr_edge.errors import AdtrError
+from adtr_edge.fileio import write_bytes_atomic
+from adtr_edge.preprocessing import read_image
 
 
 def outlined(img: np.ndarray, mask: np.ndarray) -> np.ndarray:

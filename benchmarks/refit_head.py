@@ -15,13 +15,9 @@ head choice was made on the validation split the head that was chosen. The work 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adtr_edge.errors import AdtrError  # noqa: E402
-from adtr_edge.train.refit import refit_head  # noqa: E402
+from adtr_edge.errors import AdtrError
+from adtr_edge.train.refit import refit_head
 
 
 def main() -> None:

@@ -15,15 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402  (puts the repository on sys.path)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from adtr_edge.bench import camera_frame, count_graph_flops, interleaved, measure_gemm_peak  # noqa: E402
-from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.metadata import BACKBONE, GRAPHS, TRANSFORMER  # noqa: E402
-from adtr_edge.preprocessing import PreprocessSpec, prepare_batch  # noqa: E402
+from adtr_edge.bench import camera_frame, count_graph_flops, interleaved, measure_gemm_peak, scripts
+from adtr_edge.config import ModelConfig
+from adtr_edge.metadata import BACKBONE, GRAPHS, TRANSFORMER
+from adtr_edge.preprocessing import PreprocessSpec, prepare_batch
 
 
 def torch_runners(ckpt: Path, images: np.ndarray, threads: int):
@@ -49,8 +46,8 @@ def torch_runners(ckpt: Path, images: np.ndarray, threads: int):
 
 
 def ort_runners(folder: Path, images: np.ndarray, threads: int):
-    sb = _models.ort_session(folder / "backbone.onnx", threads)
-    st = _models.ort_session(folder / "transformer.onnx", threads)
+    sb = scripts.ort_session(folder / "backbone.onnx", threads)
+    st = scripts.ort_session(folder / "transformer.onnx", threads)
     feats = sb.run(None, {"images": images})[0]
     return {BACKBONE: lambda: sb.run(None, {"images": images}),
             TRANSFORMER: lambda: st.run(None, {"features": feats}),
@@ -66,11 +63,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch", default="1,8")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=5)
-    _models.add_common_args(ap)
-    args, threads = _models.parse_and_start(ap, argv)
+    scripts.add_common_args(ap)
+    args, threads = scripts.parse_and_start(ap, argv)
     cfg = ModelConfig()
-    ckpt, export = _models.make_export(cfg, args.work)
-    int8 = _models.make_int8(export, args.work)
+    ckpt, export = scripts.make_export(cfg, args.work)
+    int8 = scripts.make_int8(export, args.work)
     print(f"model: {cfg.backbone} {cfg.input_size[0]}x{cfg.input_size[1]}, stages {cfg.stages}, "
           f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, d_model {cfg.d_model}; threads {threads}")
     print(f"export: {export}" + (f"; int8 Q/DQ: {int8}" if int8 else "; int8: adtr_edge.engine.quantize not present, skipped"))
@@ -92,9 +89,9 @@ def main(argv: list[str]) -> int:
                 variants[f"onnxruntime int8 / {part}"] = fn
         print(f"\nbatch {b}: {args.rounds} rounds x {args.iters} iterations per variant, interleaved", flush=True)
         samples = interleaved(variants, args.rounds, args.iters, warmup=2)
-        print(_models.STATS_HEADER)
+        print(scripts.STATS_HEADER)
         for name, s in samples.items():
-            print(_models.stats_row(name, s, b))
+            print(scripts.stats_row(name, s, b))
         ratios = {}
         for part in (BACKBONE, TRANSFORMER, "end to end"):
             ort_ms = median(samples[f"onnxruntime fp32 / {part}"])
@@ -128,7 +125,7 @@ def main(argv: list[str]) -> int:
           f"{peak_after['gflops']} after the run (a large gap means the machine was busy)")
     print("FLOPs: 2 x MACs of Conv/MatMul/Gemm counted from the ONNX graphs; element-wise ops, Softmax, LayerNorm, "
           "Resize, pooling ignored. INT8 graphs count the same MACs (done in int8 where quantised).")
-    return _models.finish(args, results)
+    return scripts.finish(args, results)
 
 
 if __name__ == "__main__":

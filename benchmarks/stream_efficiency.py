@@ -17,45 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402
-
-import cv2  # noqa: E402
-
-from adtr_edge.bench import camera_frame, rss_mb, summarize  # noqa: E402
-from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.data.generate import generate_video  # noqa: E402
-from adtr_edge.preprocessing import prepare_batch  # noqa: E402
-from adtr_edge.runtime.loading import load_backend  # noqa: E402
-from adtr_edge.runtime.pipeline import run_stream  # noqa: E402
-from adtr_edge.runtime.sinks import Sink  # noqa: E402
-
-
-class LoopingCapture:
-    """cv2.VideoCapture that rewinds at the end until ``total`` frames were read (a long run from
-    a short file; every frame is still decoded, as from a camera)."""
-
-    def __init__(self, path: str, api: int, total: int):
-        self.cap, self.total, self.read_count = cv2.VideoCapture(path, api), total, 0
-
-    def isOpened(self):
-        return self.cap.isOpened()
-
-    def get(self, prop):
-        return self.cap.get(prop)
-
-    def read(self):
-        if self.read_count >= self.total:
-            return False, None
-        ok, image = self.cap.read()
-        if not ok:
-            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, image = self.cap.read()
-        self.read_count += ok
-        return ok, image
-
-    def release(self):
-        self.cap.release()
+from adtr_edge.bench import camera_frame, rss_mb, scripts, summarize
+from adtr_edge.bench.scripts import LoopingCapture
+from adtr_edge.config import ModelConfig
+from adtr_edge.data.generate import generate_video
+from adtr_edge.preprocessing import prepare_batch
+from adtr_edge.runtime.loading import load_backend
+from adtr_edge.runtime.pipeline import run_stream
+from adtr_edge.runtime.sinks import Sink
 
 
 class RssSampler(Sink):
@@ -88,9 +57,9 @@ def pure_inference(export: Path, threads: int, seconds: float) -> list[float]:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=600)
-    _models.add_common_args(ap)
-    args, threads = _models.parse_and_start(ap, argv)
-    _, export = _models.make_export(ModelConfig(), args.work)
+    scripts.add_common_args(ap)
+    args, threads = scripts.parse_and_start(ap, argv)
+    _, export = scripts.make_export(ModelConfig(), args.work)
     video = args.work / "stream-640x480.avi"
     if not video.is_file():
         video = generate_video(video, n_frames=100, size=(480, 640), fps=30.0, defect_frames={40, 41, 42}).path
@@ -130,7 +99,7 @@ def main(argv: list[str]) -> int:
     result = {"frames": n, "threads": threads, "stream_summary": summary, "inference_ms": infer, "inference_fps": infer_fps,
               "stream_fps": stream_fps, "efficiency": stream_fps / infer_fps,
               "rss_mb": {"before": rss_start, "frames": sampler.samples, "after": rss_end}}
-    return _models.finish(args, result)
+    return scripts.finish(args, result)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402
+import numpy as np
+import onnx
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-
-from adtr_edge.bench import camera_frame, count_graph_flops, interleaved  # noqa: E402
-from adtr_edge.config import ModelConfig, apply_preset, preset_backbone  # noqa: E402
-from adtr_edge.metadata import GRAPHS  # noqa: E402
-from adtr_edge.preprocessing import PreprocessSpec, prepare_batch  # noqa: E402
+from adtr_edge.bench import camera_frame, count_graph_flops, interleaved, scripts
+from adtr_edge.config import ModelConfig, apply_preset, preset_backbone
+from adtr_edge.metadata import GRAPHS
+from adtr_edge.preprocessing import PreprocessSpec, prepare_batch
 
 CONFIGS = {
     "224, stages 1,2,3": ModelConfig(input_size=(224, 224)),
@@ -57,14 +54,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--presets", default=None, help="comma list of PRESET@SIZE (e.g. default@256,fast@224) instead of the fixed set")
-    _models.add_common_args(ap)
-    args, threads = _models.parse_and_start(ap, argv)
+    scripts.add_common_args(ap)
+    args, threads = scripts.parse_and_start(ap, argv)
     rows, runners = {}, {}
     for name, cfg in (preset_configs(args.presets) if args.presets else CONFIGS).items():
         print(f"exporting {name} ...", flush=True)
-        _, export = _models.make_export(cfg, args.work)
-        sb = _models.ort_session(export / "backbone.onnx", threads)
-        st = _models.ort_session(export / "transformer.onnx", threads)
+        _, export = scripts.make_export(cfg, args.work)
+        sb = scripts.ort_session(export / "backbone.onnx", threads)
+        st = scripts.ort_session(export / "transformer.onnx", threads)
         images = prepare_batch([camera_frame()], PreprocessSpec(height=cfg.input_size[0], width=cfg.input_size[1]))
         runners[name] = (lambda sb=sb, st=st, images=images:
                          st.run(None, {"features": sb.run(None, {"images": images})[0]}))
@@ -83,7 +80,7 @@ def main(argv: list[str]) -> int:
         p, f = r["params"], r["gflops"]
         print(f"| {name} | {r['channels']} | {r['grid'][0]}x{r['grid'][1]} | {p['backbone'] / 1e6:.2f} / {p['transformer'] / 1e6:.2f} | "
               f"{f['backbone']:.3f} / {f['transformer']:.3f} | {r['ms']['p50']:.1f} ({r['ms']['p95']:.1f}) | {1e3 / r['ms']['p50']:.2f} |")
-    return _models.finish(args, {"threads": threads, "configs": rows})
+    return scripts.finish(args, {"threads": threads, "configs": rows})
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.model.adtr import ReconstructionTransformer  # noqa: E402
-from adtr_edge.train.loop import covariance_jitter_shape, feature_jitter  # noqa: E402
+from adtr_edge.config import ModelConfig
+from adtr_edge.model.adtr import ReconstructionTransformer
+from adtr_edge.train.loop import covariance_jitter_shape, feature_jitter
 
 VARIANTS = {
     "d128 2+2, dropout 0.1": dict(d_model=128, dim_feedforward=512, num_encoder_layers=2, num_decoder_layers=2, dropout=0.1),

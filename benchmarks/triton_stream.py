@@ -24,19 +24,18 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402  (puts the repository on sys.path)
+import numpy as np
 
-import numpy as np  # noqa: E402
+from adtr_edge.bench import scripts, summarize
+from adtr_edge.config import ModelConfig
+from adtr_edge.data.generate import generate_video
+from adtr_edge.export.triton_repo import TritonOptions, export_triton
+from adtr_edge.runtime.detector import Detector
+from adtr_edge.runtime.pipeline import run_stream
+from adtr_edge.runtime.sinks import Sink
 
-from adtr_edge.bench import summarize  # noqa: E402
-from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.data.generate import generate_video  # noqa: E402
-from adtr_edge.export.triton_repo import TritonOptions, export_triton  # noqa: E402
-from adtr_edge.runtime.detector import Detector  # noqa: E402
-from adtr_edge.runtime.pipeline import run_stream  # noqa: E402
-from adtr_edge.runtime.sinks import Sink  # noqa: E402
-from tests.triton_server import TritonServer, ensure_venv  # noqa: E402
+_triton = scripts.from_checkout("tests/triton_server.py")  # the tests' server: the pytriton wheel in its own venv
+TritonServer, ensure_venv = _triton.TritonServer, _triton.ensure_venv
 
 
 class InferTimes(Sink):
@@ -151,10 +150,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--frames", type=int, default=40, help="frames per stream")
     ap.add_argument("--streams", default="1,4", help="concurrent stream counts to measure")
     ap.add_argument("--instances", type=int, default=1, help="server instances per member model (threads are split among them)")
-    _models.add_common_args(ap)
-    args, threads = _models.parse_and_start(ap, argv)
+    scripts.add_common_args(ap)
+    args, threads = scripts.parse_and_start(ap, argv)
     counts = [int(c) for c in args.streams.split(",")]
-    _, export = _models.make_export(ModelConfig(), args.work, opset=17)
+    _, export = scripts.make_export(ModelConfig(), args.work, opset=17)
     bench = args.work / "triton-stream"
     video = bench / f"line-{args.frames}.avi"
     if not video.is_file():
@@ -198,7 +197,7 @@ def main(argv: list[str]) -> int:
     h, w_ = 256, 256
     print(f"\n(images uint8 {h}x{w_}x3 = {h * w_ * 3} B; anomaly_map float32 1x{h}x{w_} + score = {h * w_ * 4 + 4} B; "
           f"float32 images would be {h * w_ * 12} B)")
-    return _models.finish(args, {"rows": rows, "wire": wire, "threads": threads, "frames_per_stream": args.frames,
+    return scripts.finish(args, {"rows": rows, "wire": wire, "threads": threads, "frames_per_stream": args.frames,
                                  "numpy": np.__version__})
 
 

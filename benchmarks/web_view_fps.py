@@ -26,14 +26,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _models  # noqa: E402
-
-from adtr_edge.config import ModelConfig  # noqa: E402
-from adtr_edge.data.generate import generate_video  # noqa: E402
-from adtr_edge.runtime.pipeline import run_stream  # noqa: E402
-from adtr_edge.runtime.web.frontend import Frontend  # noqa: E402
-from stream_efficiency import LoopingCapture  # noqa: E402
+from adtr_edge.bench import scripts
+from adtr_edge.bench.scripts import LoopingCapture
+from adtr_edge.config import ModelConfig
+from adtr_edge.data.generate import generate_video
+from adtr_edge.runtime.pipeline import run_stream
+from adtr_edge.runtime.web.frontend import Frontend
 
 
 class MjpegClient:
@@ -62,8 +60,7 @@ class MjpegClient:
 
 
 def tiny_export(work: Path) -> Path:
-    sys.path.insert(0, str(_models.REPO))
-    from tests.runtime_fakes import write_fake_export
+    write_fake_export = scripts.from_checkout("tests/runtime_fakes.py").write_fake_export
 
     out = work / "fake-export"
     return out if (out / "manifest.json").is_file() else write_fake_export(out)
@@ -74,10 +71,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--phase-s", type=float, default=15.0, help="seconds per phase")
     ap.add_argument("--rounds", type=int, default=3, help="(no client, client) pairs")
     ap.add_argument("--model", choices=("default", "tiny"), default="default")
-    _models.add_common_args(ap)
-    args, threads = _models.parse_and_start(ap, argv)
+    scripts.add_common_args(ap)
+    args, threads = scripts.parse_and_start(ap, argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    export = _models.make_export(ModelConfig(), args.work)[1] if args.model == "default" else tiny_export(args.work)
+    export = scripts.make_export(ModelConfig(), args.work)[1] if args.model == "default" else tiny_export(args.work)
     video = args.work / "stream-640x480.avi"
     if not video.is_file():
         video = generate_video(video, n_frames=100, size=(480, 640), fps=30.0, defect_frames={40, 41, 42}).path
@@ -128,7 +125,7 @@ def main(argv: list[str]) -> int:
     rate = [p["parts_received"] / p["seconds"] for p in phases if p["client"]]
     print(f"| JPEG parts the client received per second | {statistics.mean(rate):.1f} (encoder cap 10) |")
     print(f"| floor 0.95 met | {'yes' if ratio >= 0.95 else 'NO'} |")
-    return _models.finish(args, {"model": args.model, "threads": threads, "phases": phases, "ratio": ratio,
+    return scripts.finish(args, {"model": args.model, "threads": threads, "phases": phases, "ratio": ratio,
                                  "pair_ratios": pair_ratios, "summary": out.get("summary")})
 
 

@@ -70,9 +70,10 @@ def _load(relpath: str, name: str):
     return mod
 
 
-@pytest.mark.parametrize("relpath", ["scripts/validate_device.py", "benchmarks/_models.py"])
+@pytest.mark.parametrize("relpath", ["scripts/validate_device.py", "adtr_edge.bench.scripts"])
 def test_device_scripts_export_for_the_installed_tensorrt(monkeypatch, relpath):
-    mod = _load(relpath, "adtr_test_" + Path(relpath).stem)
+    """The device script and the benchmark scripts' shared module (``adtr_edge.bench.scripts``)."""
+    mod = _load(relpath, "adtr_test_" + Path(relpath).stem) if relpath.endswith(".py") else importlib.import_module(relpath)
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("8.5.2.2"))
     assert mod.export_opset() == 16
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt("10.3.0.30"))

@@ -23,6 +23,9 @@ Rooms: ``flops`` (counting), ``machine`` (description, memory, GEMM peak), ``tar
 backends, ``TorchBackend``), ``timing`` (batches, ``bench_target``, ``run_bench``), ``report``
 (table, Markdown, files), ``cli`` (the command, registered by adtr_edge.cli). The names below are
 loaded on first use, so importing the package (and ``adtr-edge --help``) does not import onnx.
+The scripts in ``benchmarks/`` also share ``scripts`` (untrained-but-real models, the options every
+speed script has, ONNX Runtime sessions) and ``evaluation`` (a trained checkpoint's features on a
+split, with torch); they import them by module name.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def float_plan(model, spec: str, stages: Sequence[int], target: str = TENSORRT) 
     """Backbone nodes to keep out of INT8 (mixed precision), from ``--keep-float``.
 
     ``auto``: the high-resolution layers of ``auto_float_modules`` for ``target``, where the
-    sensitivity study (benchmarks/int8_sensitivity.py, docs section 4.3) finds most of INT8's
+    per-layer sensitivity study (docs/benchmarks.md section 4.3, docs/decisions.md) finds most of INT8's
     feature error: one rounding there is carried by every later layer into all three feature
     stages. Found by timm's node names (``/cnn/conv_stem``, ``/cnn/bn1``, ``/cnn/blocks.N/``); a
     backbone named otherwise gets none. ``none``: nothing. Otherwise comma-separated node-name

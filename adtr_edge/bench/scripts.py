@@ -1,25 +1,23 @@
-"""Untrained-but-real models for the speed benchmarks (shared by the scripts in this folder).
+"""What the scripts in ``benchmarks/`` share: untrained-but-real models, the options and output every
+speed script has, ONNX Runtime sessions on random input.
 
 Speed does not depend on training: the graphs of an untrained model have the same operators,
-shapes and weights layout as a trained one. So each script builds ``build_model(cfg)`` with the
+shapes and weights layout as a trained one. So a script builds ``build_model(cfg)`` with the
 bundled ImageNet Lite0 weights, saves a checkpoint with placeholder thresholds, and exports it with
 the real exporter. Results are cached in a work folder keyed by the config, so reruns are quick.
+torch, onnx and onnxruntime are imported by the functions that need them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python benchmarks/x.py` from a checkout
-    sys.path.insert(0, str(REPO))
+from ..config import ModelConfig, TrainConfig
+from ..postprocessing import Thresholds
 
-from adtr_edge.config import ModelConfig, TrainConfig  # noqa: E402
-from adtr_edge.postprocessing import Thresholds  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
 DEFAULT_WORK = REPO / "runs" / "bench-models"
 
 
@@ -29,8 +27,8 @@ def config_key(cfg: ModelConfig) -> str:
 
 def make_checkpoint(cfg: ModelConfig, work: Path = DEFAULT_WORK) -> Path:
     """A checkpoint folder of an untrained model with Lite0 ImageNet weights (cached)."""
-    from adtr_edge.model import build_model
-    from adtr_edge.train.checkpoint import META_FILE, Checkpoint, save_checkpoint
+    from ..model import build_model
+    from ..train.checkpoint import META_FILE, Checkpoint, save_checkpoint
 
     folder = Path(work) / f"ckpt-{config_key(cfg)}"
     if (folder / META_FILE).is_file():
@@ -43,8 +41,8 @@ def make_checkpoint(cfg: ModelConfig, work: Path = DEFAULT_WORK) -> Path:
 
 def export_opset() -> int:
     """The opset for the TensorRT installed here (16 below 8.6, i.e. JetPack 5; else 17)."""
-    from adtr_edge.engine.trt_api import installed_version
-    from adtr_edge.export.opset import choose_opset
+    from ..engine.trt_api import installed_version
+    from ..export.opset import choose_opset
 
     return choose_opset(None, installed_version())
 
@@ -53,7 +51,7 @@ def make_export(cfg: ModelConfig, work: Path = DEFAULT_WORK, opset: int | None =
     """(checkpoint folder, ONNX export folder) for ``cfg`` (cached per config and opset).
 
     ``opset`` defaults to what the installed TensorRT can import (``export_opset``)."""
-    from adtr_edge.export.onnx_export import export_checkpoint
+    from ..export.onnx_export import export_checkpoint
 
     opset = export_opset() if opset is None else opset
     ckpt = make_checkpoint(cfg, work)
@@ -65,7 +63,7 @@ def make_export(cfg: ModelConfig, work: Path = DEFAULT_WORK, opset: int | None =
 
 def quantize_available() -> bool:
     try:
-        from adtr_edge.engine import quantize  # noqa: F401
+        from ..engine import quantize  # noqa: F401
     except ImportError:
         return False
     return hasattr(quantize, "quantize_export")
@@ -76,8 +74,8 @@ def make_int8(export: Path, work: Path = DEFAULT_WORK, calib_count: int = 32) ->
     ``adtr_edge.engine.quantize`` is not in this build."""
     if not quantize_available():
         return None
-    from adtr_edge.data.generate import generate_sample_dataset
-    from adtr_edge.engine.quantize import quantize_export
+    from ..data.generate import generate_sample_dataset
+    from ..engine.quantize import quantize_export
 
     out = Path(work) / f"{export.name}-int8"
     if (out / "manifest.json").is_file():
@@ -88,6 +86,51 @@ def make_int8(export: Path, work: Path = DEFAULT_WORK, calib_count: int = 32) ->
                                            size=(256, 256), seed=1)
     quantize_export(export, category / "train" / "good", out, calib_count=calib_count, batch_size=8, log=lambda m: None)
     return out
+
+
+def from_checkout(relpath: str):
+    """A module of the checkout outside the package, loaded from its file (``tests/mqtt_broker.py``:
+    the broker and fake model the tests use), so a script that borrows it needs no ``sys.path`` edit.
+    It must import only installed packages."""
+    import importlib.util
+    import sys
+
+    name = "adtr_checkout." + relpath[:-3].replace("/", ".")
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class LoopingCapture:
+    """cv2.VideoCapture that rewinds at the end until ``total`` frames were read (a long run from
+    a short file; every frame is still decoded, as from a camera)."""
+
+    def __init__(self, path: str, api: int, total: int):
+        import cv2
+
+        self.cv2, self.cap, self.total, self.read_count = cv2, cv2.VideoCapture(path, api), total, 0
+
+    def isOpened(self):
+        return self.cap.isOpened()
+
+    def get(self, prop):
+        return self.cap.get(prop)
+
+    def read(self):
+        if self.read_count >= self.total:
+            return False, None
+        ok, image = self.cap.read()
+        if not ok:
+            self.cap.set(self.cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self.cap.read()
+        self.read_count += ok
+        return ok, image
+
+    def release(self):
+        self.cap.release()
 
 
 def add_common_args(ap) -> None:
@@ -109,7 +152,7 @@ def parse_and_start(ap, argv: list[str]):
 def finish(args, results: dict) -> int:
     """Write the results JSON when --json was given."""
     if args.json:
-        from adtr_edge.fileio import write_json_atomic
+        from ..fileio import write_json_atomic
 
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}")
@@ -118,7 +161,7 @@ def finish(args, results: dict) -> int:
 
 def start(argv: list[str]) -> None:
     """Print the command line, machine and date: the first lines of every benchmark's output."""
-    from adtr_edge.bench import header_lines
+    from .machine import header_lines
 
     for line in header_lines(["python", *argv]):
         print(line)
