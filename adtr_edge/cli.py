@@ -88,6 +88,9 @@ def train(
     head: Optional[str] = typer.Option(None, help="auto (default): a location-free nearest-neighbour head where synthetic defects on "
                                        "held-out normals clearly favour it (parts that move); per-location; nearest.", rich_help_panel=SCORE_HEAD),
     nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (a greedy coreset of the normals'; default 4096).", rich_help_panel=SCORE_HEAD),
+    fit_drift: Optional[str] = typer.Option(None, rich_help_panel=SCORE_HEAD,
+                                            help="Also fit the head on drifted views of the fit normals, so that a change of light, focus or stream "
+                                                 "quality is not an alarm: comma-separated from light, focus, compression, or none."),
     region_grid: Optional[int] = typer.Option(None, rich_help_panel=SCORE_HEAD,
                                               help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
     map_pool: Optional[int] = typer.Option(None, rich_help_panel=SCORE_HEAD,
@@ -126,7 +129,7 @@ def train(
               "region_grid": region_grid, "map_pool": map_pool, "map_pool_clip": _pool_clip(map_pool, map_pool_clip)}
     t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "jitter_shape": jitter_shape, "threshold_quantile": threshold_quantile,
               "time_budget": time_budget, "augment": augment, "score_select": score_select, "head": head, "nearest_bank": nearest_bank,
-              "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
+              "fit_drift": fit_drift, "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
     m_kw, t_kw = apply_preset(preset, m_over, t_over)
     model_cfg = ModelConfig.for_backbone(backbone or preset_backbone(preset), **m_kw)
     train_cfg = TrainConfig(**t_kw)
@@ -159,6 +162,8 @@ def refit_head_cmd(
     head: Optional[str] = typer.Option(None, help="per-location (as trained), nearest (location-free), or auto: as training decides it, "
                                        "on the same held-out normals with synthetic defects."),
     nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (default: the checkpoint's, 4096)."),
+    fit_drift: Optional[str] = typer.Option(None, help="Also fit the head on drifted views of the fit normals: comma-separated from "
+                                            "light, focus, compression, or none (default: the checkpoint's)."),
     region_grid: Optional[int] = typer.Option(None, help="The regional image score's grid G, 0 = the map alone (default: the checkpoint's)."),
     shrinkage: Optional[float] = typer.Option(None, help="The per-location covariance's shrinkage (default: the checkpoint's, as training chose it)."),
     feature_cache: Optional[Path] = typer.Option(None, help="Folder of cached backbone features (as in train)."),
@@ -183,7 +188,7 @@ def refit_head_cmd(
         raise AdtrError(f"--head {head!r}: choose one of {list(HEADS)}")
     res = refit_head(checkpoint, data, out, feature_cache=feature_cache, device=device, force=force, map_pool=pool,
                      map_pool_clip=map_pool_clip, region_grid=region_grid, score_shrinkage=shrinkage, head=head,
-                     nearest_bank=nearest_bank)
+                     nearest_bank=nearest_bank, fit_drift=fit_drift)
     location = res.checkpoint.extra.get("location_choice") if head not in (None, "per-location") else None
     if location:
         typer.echo(f"score head: {location['why']}")
@@ -234,22 +239,28 @@ def eval_cmd(
                                  "JPEG-compressed, two strengths each: image AUROC and false alarms at the threshold (checkpoints: "
                                  "and the baselines on the same features). Writes robustness.json/.md."),
     feature_cache: Optional[Path] = typer.Option(None, help="With --perturb on a checkpoint: folder of cached backbone features (as in train)."),
+    split: str = typer.Option("all", "--split", help="Score all of the test split, or its validation part (val: 30% of each defect type "
+                              "and of the good images, by a hash of each file's name) for choices, or the rest (test) for reporting."),
 ):
     """Evaluate a checkpoint or a deployable folder: image AUROC, pixel AUROC, AUPRO, F1-max (overall and per defect) and pictures."""
-    from .data.datasets import load_dataset
+    from .data.datasets import load_dataset, validation_split
     from .evaluate import finish_report
 
     if bootstrap < 0 or 0 < bootstrap < 10:
         raise AdtrError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least 10 resamples")
     if against is not None and bootstrap == 0:
         raise AdtrError("--against compares with bootstrap intervals; give --bootstrap N (N >= 10)")
+    if split not in ("all", "val", "test"):
+        raise AdtrError(f"--split {split!r}: choose all, val or test")
     test = load_dataset(data, "test")
+    if split != "all":
+        test = test.subset(validation_split(test)[0 if split == "val" else 1])
     scored, spec, thresholds, extra = _score_model(model, test, device=device, backend=backend, progress=progress)
     reference = None
     if against is not None:
         reference = (str(against), _score_model(against, test, device=device, backend=backend, progress=progress)[0])
     report = finish_report(scored, test, spec, thresholds, out, name="ADTR", pictures=pictures, resamples=bootstrap,
-                           reference=reference, extra=extra | {"dataset": test.summary()})
+                           reference=reference, extra=extra | {"dataset": test.summary(), "split": split})
     _print_metrics(report)
     location = (report.get("score_head") or {}).get("location")
     if location:

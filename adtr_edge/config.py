@@ -196,6 +196,10 @@ class TrainConfig:
     # favour it (train.location_choice); ``nearest_bank`` cells in its memory bank.
     head: str = "auto"
     nearest_bank: int = 4096
+    # Camera drifts (``data.camera.DRIFTS``, comma-separated, or "none") whose views of the fit normals
+    # the score head is also fitted on, so that relit, softened or compressed normals stay normal. The
+    # threshold is still calibrated on the held-out normals as they are.
+    fit_drift: str = "none"
     seed: int = 0
     val_fraction: float = 0.1  # normal training images held out to calibrate the threshold
     threshold_quantile: float = 0.99

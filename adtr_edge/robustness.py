@@ -2,12 +2,12 @@
 
 The same test images are scored again after each perturbation, at two strengths: shifted by 2% and
 5% of the image side (whole pixels), rotated by 2 and 5 degrees about the centre (the uncovered border mirrored
-from the image, as a camera that moved still sees a scene there; replicating the edge pixels instead
-drew flat streaks that no camera sees, which alone raised false alarms on MVTec AD screw from 0% to
+from the image; replicating the edge pixels instead raised false alarms on MVTec AD screw from 0% to
 54% at a 2% shift), 15% and 30% brighter and darker, blurred (Gaussian sigma 1
 and 2 pixels at 256 px, scaled to the image) and JPEG-compressed at quality 50 and 20. For each: the
 image AUROC (can it still rank?) and the false-alarm rate on the normal images at the model's own
-threshold (will the line stop?). Geometric perturbations move the masks with the images.
+threshold (will the line stop?). Geometric perturbations move the masks with the images. The
+operations themselves live in ``data.camera``.
 
 For a checkpoint, the training-free baselines on the same backbone features are scored the same
 way (``adtr_edge.baselines``, fitted on the fit normals, thresholded at the same quantile of the
@@ -23,39 +23,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .data.camera import blur, gain, jpeg, rotate, shift
 from .data.datasets import ImageSet
-from .errors import AdtrError
 from .metrics import auroc
-
-
-def _shift(img: np.ndarray, fraction: float) -> np.ndarray:
-    """Down and right by whole pixels: a fractional shift resamples (blurs) every pixel, and on fine
-    texture (a screw's thread) that blur, not the new position, is what a model sees."""
-    h, w = img.shape[:2]
-    dy, dx = int(round(fraction * h)), int(round(fraction * w))
-    return cv2.copyMakeBorder(img, dy, 0, dx, 0, cv2.BORDER_REFLECT_101)[:h, :w]
-
-
-def _rotate(img: np.ndarray, degrees: float, interp: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), degrees, 1.0)
-    return cv2.warpAffine(img, m, (w, h), flags=interp, borderMode=cv2.BORDER_REFLECT_101)
-
-
-def _gain(img: np.ndarray, factor: float) -> np.ndarray:
-    return np.clip(img.astype(np.float32) * factor, 0, 255).astype(np.uint8)
-
-
-def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    s = sigma * min(img.shape[:2]) / 256.0
-    return cv2.GaussianBlur(img, (0, 0), s)
-
-
-def _jpeg(img: np.ndarray, quality: float) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise AdtrError("JPEG encoding failed in the robustness report")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
 @dataclass(frozen=True)
@@ -68,13 +38,12 @@ class Perturbation:
 
 
 PERTURBATIONS = (
-    Perturbation("shift", (0.02, 0.05), "of the side", _shift, _shift),
-    Perturbation("rotate", (2.0, 5.0), "degrees", lambda im, s: _rotate(im, s, cv2.INTER_LINEAR),
-                 lambda m, s: _rotate(m, s, cv2.INTER_NEAREST)),
-    Perturbation("brighter", (1.15, 1.30), "x gain", _gain),
-    Perturbation("darker", (0.85, 0.70), "x gain", _gain),
-    Perturbation("blur", (1.0, 2.0), "px sigma at 256 px", _blur),
-    Perturbation("jpeg", (50, 20), "quality", _jpeg),
+    Perturbation("shift", (0.02, 0.05), "of the side", shift, shift),
+    Perturbation("rotate", (2.0, 5.0), "degrees", rotate, lambda m, s: rotate(m, s, cv2.INTER_NEAREST)),
+    Perturbation("brighter", (1.15, 1.30), "x gain", gain),
+    Perturbation("darker", (0.85, 0.70), "x gain", gain),
+    Perturbation("blur", (1.0, 2.0), "px sigma at 256 px", blur),
+    Perturbation("jpeg", (50, 20), "quality", jpeg),
 )
 
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..data.camera import DRIFTS, drifted
 from ..errors import AdtrError
 from ..preprocessing import PreprocessSpec, prepare_batch
 from ..progress import Task
@@ -89,13 +90,17 @@ def cached_raw_features(backbone, imageset, indices: Sequence[int], spec: Prepro
     """``extract_raw_features`` with an optional disk cache (safetensors, keyed by ``feature_cache_key``).
 
     Benchmarks and repeated training runs on the same data skip the backbone entirely. ``view``: one
-    of ``VIEWS``, applied to each image first (its own cache entry).
+    of ``VIEWS`` or of the camera drifts (``data.camera.DRIFTS``, at a strength fixed by each file's
+    name), applied to each image first (its own cache entry).
     """
-    transform = VIEWS[view] if view else None
+    if view is not None and view not in VIEWS and view not in DRIFTS:
+        raise AdtrError(f"view {view!r}: not one of {', '.join([*VIEWS, *DRIFTS])}")
 
     def load(i):
         im = imageset.image(i)
-        return np.ascontiguousarray(transform(im)) if transform else im
+        if view in DRIFTS:
+            return drifted(im, view, Path(imageset.paths[i]).name)
+        return np.ascontiguousarray(VIEWS[view](im)) if view else im
 
     def compute():
         return extract_raw_features(backbone, load, list(indices), spec, device=device, progress=progress,
@@ -125,3 +130,12 @@ def grid_masks(masks: list, spec, grid: tuple[int, int]) -> torch.Tensor:
         m = cv2.resize(m.astype(np.float32), (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
         out.append(cv2.resize(m, (grid[1], grid[0]), interpolation=cv2.INTER_AREA))
     return torch.from_numpy(np.stack(out)).float()
+
+
+def drift_features(backbone, imageset, indices: Sequence[int], spec: PreprocessSpec, cfg, drifts: Sequence[str], *,
+                   cache_dir: str | Path | None, device, progress=None) -> torch.Tensor:
+    """Raw features of one drifted view (``data.camera.DRIFTS``) of each image per drift named, stacked;
+    an empty tensor for no drifts. What the score head may be fitted on besides the images themselves."""
+    parts = [cached_raw_features(backbone, imageset, indices, spec, cfg, cache_dir=cache_dir, device=device, progress=progress,
+                                 description=f"features (train, {d})", view=d) for d in drifts]
+    return torch.cat(parts) if parts else torch.empty(0)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, TrainConfig
+from ..data.camera import check_drifts
 from ..errors import AdtrError, require
 from ..model import build_model
 from ..preprocessing import preprocess_spec
@@ -28,7 +29,7 @@ from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
-from .features import augment_views, cached_raw_features, channel_stats, extract_raw_features, grid_masks
+from .features import augment_views, cached_raw_features, channel_stats, drift_features, extract_raw_features, grid_masks
 from .location_choice import HEADS
 from .residual_stats import location_covariance
 
@@ -157,6 +158,7 @@ class RunData:
     pool_feats: torch.Tensor | None = None  # anomalous examples (ADTR+)
     pool_targets: torch.Tensor | None = None  # their grid masks (pixel loss) or ones (image loss)
     train_feats: torch.Tensor | None = None  # what the transformer trains on: feats + augmented views (None: feats)
+    head_feats: torch.Tensor | None = None  # what the score head is fitted on: feats + drifted views (None: feats)
     jitter_factors: torch.Tensor | None = None  # covariance-shaped jitter's per-location factors, on the device (None: isotropic)
 
 
@@ -230,6 +232,11 @@ def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_se
         extra = [(cached_raw_features(model.backbone, train_set, fit_idx, spec, model_cfg, cache_dir=feature_cache, device=device,
                                       progress=bar, description=f"features (train, {v})", view=v) - fmean) / fstd for v in views]
         data.train_feats = torch.cat([feats] + extra)
+    drifts = check_drifts(train_cfg.fit_drift)
+    if drifts:  # the head learns how drifted normals look; the transformer and the threshold do not see them
+        raw = drift_features(model.backbone, train_set, fit_idx, spec, model_cfg, drifts, cache_dir=feature_cache, device=device,
+                             progress=bar)
+        data.head_feats = torch.cat([feats, (raw - fmean) / fstd])
     if anomalies is not None and loss_kind != "normal":
         require(len(anomalies.images) > 0, f"anomaly source {anomalies.kind}: no images")
         raw_pool = extract_raw_features(model.backbone, lambda i: anomalies.images[i], list(range(len(anomalies.images))), spec,
@@ -337,6 +344,8 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
     checkpoint (whose train config records the shrinkage chosen, so refits and ``quantize-matched`` reuse it)."""
     from .residual_stats import residuals
 
+    if data.head_feats is not None:  # from here on only the head is fitted: on the normals and their drifted views
+        data = replace(data, feats=data.head_feats)
     # The fit normals' residuals, computed once: the head selection and the shipped head both fit on them.
     fit_residual = residuals(model, data.feats, device) if model.cfg.score == "mahalanobis" and train_cfg.score_fit == "fit" else None
     synthetic = held_out_synthetic(model, train_cfg, train_set, val_idx, device, log)
@@ -375,6 +384,7 @@ def check_train_choices(train_cfg: TrainConfig) -> None:
     require(train_cfg.jitter_shape in JITTER_SHAPES, f"--jitter-shape {train_cfg.jitter_shape!r}: choose one of {list(JITTER_SHAPES)}")
     require(train_cfg.head in HEADS, f"--head {train_cfg.head!r}: choose one of {list(HEADS)}")
     require(train_cfg.nearest_bank >= 1, f"--nearest-bank {train_cfg.nearest_bank}: a memory bank needs at least one cell")
+    check_drifts(train_cfg.fit_drift)
 
 
 def held_out_synthetic(model, train_cfg: TrainConfig, train_set, val_idx, device, log: Callable[[str], None] = lambda s: None):

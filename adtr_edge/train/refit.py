@@ -26,7 +26,7 @@ from .loop import fit_score, split_normals
 # What a refit may change: fields of the model config (the head's shape) and of the train config
 # (how its statistics are fitted). Everything else belongs to the trained transformer.
 HEAD_MODEL_FIELDS = ("region_grid", "map_pool", "map_pool_weight", "map_pool_clip")
-HEAD_TRAIN_FIELDS = ("score_shrinkage", "score_target", "region_shrinkage")
+HEAD_TRAIN_FIELDS = ("score_shrinkage", "score_target", "region_shrinkage", "fit_drift")
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,9 @@ class RefitSource:
     device: object
     train_set: object = None  # the dataset's training split, for the synthetic set of --head auto
     val_idx: list = None  # its held-out normals
+    fit_idx: list = None  # its fit normals
+    feature_cache: object = None
+    drift_feats: dict = None  # drift name -> standardised features of the fit normals' drifted views, made on first use
 
     @classmethod
     def load(cls, checkpoint: str | Path, data: str | Path, *, feature_cache: str | Path | None = None,
@@ -104,8 +107,8 @@ class RefitSource:
 
         checkpoint = Path(checkpoint)
         model, ckpt = load_checkpoint(checkpoint)
-        if ckpt.model_config.score != "mahalanobis":
-            raise AdtrError(f"{checkpoint}: its head scores '{ckpt.model_config.score}'; only a mahalanobis head has statistics to refit")
+        if ckpt.model_config.score not in ("mahalanobis", "nearest"):
+            raise AdtrError(f"{checkpoint}: its head scores '{ckpt.model_config.score}'; only a mahalanobis or nearest head has statistics to refit")
         train_set = load_dataset(data, "train")
         trained_on = (ckpt.data_summary or {}).get("files_sha256")
         if trained_on and train_set.summary()["files_sha256"] != trained_on:
@@ -118,7 +121,22 @@ class RefitSource:
         fit_idx, val_idx = split_normals(train_set, ckpt.train_config)
         feats = [model.backbone.standardize(cached_raw_features(model.backbone, train_set, idx, spec, cfg, cache_dir=feature_cache,
                                                                 device=dev)) for idx in (fit_idx, val_idx)]
-        return cls(checkpoint, model, ckpt, feats[0], feats[1], dev, train_set, val_idx)
+        return cls(checkpoint, model, ckpt, feats[0], feats[1], dev, train_set, val_idx, fit_idx, feature_cache, {})
+
+    def head_feats(self, fit_drift: str):
+        """The fit normals' features and, for each drift in ``fit_drift``, their drifted views'."""
+        import torch
+
+        from ..data.camera import check_drifts
+        from .features import drift_features
+
+        drifts = check_drifts(fit_drift)
+        for d in drifts:
+            if d not in self.drift_feats:
+                raw = drift_features(self.model.backbone, self.train_set, self.fit_idx, preprocess_spec(self.ckpt.model_config),
+                                     self.ckpt.model_config, [d], cache_dir=self.feature_cache, device=self.device)
+                self.drift_feats[d] = self.model.backbone.standardize(raw.to(self.device))
+        return torch.cat([self.fit_feats] + [self.drift_feats[d] for d in drifts]) if drifts else self.fit_feats
 
     def refit(self, **settings) -> tuple:
         """(the source's model, now with a head refitted under ``settings``, its checkpoint record,
@@ -132,16 +150,17 @@ class RefitSource:
             tcfg = replace(tcfg, nearest_bank=int(bank))
         model = self.model
         model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
-        thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device)
+        fit_feats = self.head_feats(tcfg.fit_drift)
+        thresholds = fit_score(model, tcfg, fit_feats, self.val_feats, self.device)
         extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
         if head not in (None, "per-location"):
-            cfg, thresholds, extra["location_choice"] = self._location(model, replace(tcfg, head=head), cfg, thresholds)
+            cfg, thresholds, extra["location_choice"] = self._location(model, replace(tcfg, head=head), cfg, thresholds, fit_feats)
             if cfg.score == "nearest":
                 changed["score"] = (self.ckpt.model_config.score, "nearest")
                 extra["refit"]["changed"]["score"] = list(changed["score"])
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
 
-    def _location(self, model, tcfg, cfg, thresholds) -> tuple:
+    def _location(self, model, tcfg, cfg, thresholds, fit_feats) -> tuple:
         """``--head nearest`` or ``auto``, as training decides it (``loop.choose_location``), on the same
         held-out normals: (model config, thresholds, the decision)."""
         from types import SimpleNamespace
@@ -149,10 +168,10 @@ class RefitSource:
         from .loop import choose_location, held_out_synthetic, use_nearest_head
 
         synthetic = held_out_synthetic(model, tcfg, self.train_set, self.val_idx, self.device) if tcfg.head == "auto" else None
-        data = SimpleNamespace(feats=self.fit_feats, val_feats=self.val_feats)
+        data = SimpleNamespace(feats=fit_feats, val_feats=self.val_feats)
         choice = choose_location(model, tcfg, data, self.device, synthetic)
         if choice is None:
             raise AdtrError(f"--head auto: {len(self.val_idx)} held-out normals, too few to choose from (keep the head, or --head nearest)")
         if choice["head"] == "nearest":
-            cfg, thresholds = use_nearest_head(model, tcfg, self.fit_feats, self.val_feats, self.device)
+            cfg, thresholds = use_nearest_head(model, tcfg, fit_feats, self.val_feats, self.device)
         return cfg, thresholds, choice

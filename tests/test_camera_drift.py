@@ -1,0 +1,57 @@
+"""Drifted views of the normals for fitting a score head (``data.camera``, ``train --fit-drift``,
+``refit-head --fit-drift``): fixed per file, inside each drift's range, and the head really sees them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adtr_edge.data.camera import DRIFTS, check_drifts, drift_strength, drifted
+from adtr_edge.errors import AdtrError
+from adtr_edge.train.checkpoint import load_checkpoint
+from adtr_edge.train.refit import refit_head
+
+
+def _frame() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(40, 200, (256, 320, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", list(DRIFTS))
+def test_a_drift_is_fixed_by_the_file_inside_its_range_and_changes_the_image(name):
+    lo, hi = DRIFTS[name][1]
+    strengths = [drift_strength(name, f"{i:03d}.png") for i in range(200)]
+    assert all(lo <= s <= hi for s in strengths)
+    assert max(strengths) - min(strengths) > 0.8 * (hi - lo)  # spread over the range, not one value
+    assert drift_strength(name, "007.png") == strengths[7]
+    img = _frame()
+    out = drifted(img, name, "007.png")
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert np.array_equal(out, drifted(img, name, "007.png")) and not np.array_equal(out, img)
+
+
+def test_drift_names_are_checked_with_the_option_named():
+    assert check_drifts("none") == () and check_drifts("") == ()
+    assert check_drifts("light, focus") == ("light", "focus")
+    with pytest.raises(AdtrError, match=r"--fit-drift sharpen: not a drift"):
+        check_drifts("light,sharpen")
+
+
+def test_a_refit_on_drifted_views_changes_the_head_but_not_the_threshold_data(trained_checkpoint, sample_dataset, tmp_path):
+    plain = refit_head(trained_checkpoint, sample_dataset, tmp_path / "plain", device="cpu")
+    drift = refit_head(trained_checkpoint, sample_dataset, tmp_path / "drift", device="cpu", fit_drift="light,focus")
+    assert drift.changed == {"fit_drift": ("none", "light,focus")}
+    (m0, _), (m1, c1) = load_checkpoint(plain.out), load_checkpoint(drift.out)
+    assert c1.train_config.fit_drift == "light,focus"
+    t0, t1 = m0.transformer.state_dict(), m1.transformer.state_dict()
+    assert all(torch.equal(t0[k], t1[k]) for k in t0)
+    h0, h1 = dict(m0.head.named_buffers()), dict(m1.head.named_buffers())
+    assert any(not torch.allclose(h0[k], h1[k]) for k in h0)  # the statistics saw more, and different, normals
+
+
+def test_training_refuses_an_unknown_drift_before_any_work(sample_dataset, tmp_path, capsys):
+    from adtr_edge.cli import main
+
+    assert main(["train", str(sample_dataset), "--out", str(tmp_path / "m"), "--fit-drift", "fog", "--epochs", "1", "--no-progress"]) != 0
+    assert "--fit-drift fog: not a drift" in capsys.readouterr().err and not (tmp_path / "m").exists()
