@@ -138,6 +138,33 @@ def test_a_broken_folder_is_refused_and_the_old_model_goes_on(models, videos, tm
         assert not [e for e in rows if e["event"] == "model_swap"]
 
 
+def test_a_folder_whose_input_does_not_match_is_refused_and_the_old_model_goes_on(models, videos, tmp_path):
+    """A folder whose metadata declares another image size (32 px) than its graphs take (64 px) is
+    refused at load, in one line, and the stream runs to its end on the model it had."""
+    from tests.runtime_fakes import fake_meta
+
+    a, _ = models
+    meta = fake_meta().raw
+    other = {"model": {**meta["model"], "input_size": [32, 32]}, "preprocess": {**meta["preprocess"], "height": 32, "width": 32}}
+    target = write_fake_export(tmp_path / "other-size", graph_meta_override={"backbone": other, "transformer": other})
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["meta"].update(other)
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+    swapper = SwapAt(target, at=10)
+    s = run_stream(a, videos[0], backend="onnxruntime", events=tmp_path / "e.jsonl", extra_sinks=[swapper],
+                   print_summary=False, handle_signals=False)
+    swapper.thread.join(10)
+    err = swapper.result["error"]
+    assert err.startswith(f"model {target} refused, the running model stays: ") and "\n" not in err
+    assert "metadata says (batch, 32, 32, 3)" in err
+    assert s["swaps"] == [] and s["model"] == model_digest(a) and s["errors"] == [] and s["frames"] == FRAMES
+    rows = _events(tmp_path / "e.jsonl")
+    assert {e["model"] for e in rows if e["event"] == "frame"} == {model_digest(a)["digest"]}
+    assert [e["frame"] for e in rows if e["event"] == "frame"] == list(range(FRAMES))
+    assert not [e for e in rows if e["event"] == "model_swap"]
+
+
 def test_swap_needs_a_running_stream_and_a_model_folder(models, tmp_path):
     from adtr_edge.runtime.detector import Detector
     from adtr_edge.runtime.pipeline import Pipeline
