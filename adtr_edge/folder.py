@@ -165,6 +165,7 @@ class EngineEntry:
     sha256: Optional[str] = None
     key: Optional[str] = None
     dla_core: Optional[int] = None
+    onnx_sha256: Optional[str] = None  # the ONNX graph it was built from
 
 
 def engine_entries(folder: ModelFolder) -> Dict[str, EngineEntry]:
@@ -188,7 +189,8 @@ def engine_entries(folder: ModelFolder) -> Dict[str, EngineEntry]:
             raise AdtrError(f"{where}: engine '{graph}' dla_core {dla!r} is not a core number")
         out[graph] = EngineEntry(graph=graph, file=str(entry.get("file") or engine_file(folder.path, graph).name),
                                  precision=precision, profile=(profile[0], profile[1], profile[2]),
-                                 sha256=entry.get("sha256"), key=entry.get("key"), dla_core=dla)
+                                 sha256=entry.get("sha256"), key=entry.get("key"), dla_core=dla,
+                                 onnx_sha256=entry.get("onnx_sha256"))
     return out
 
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from adtr_edge.bench.timing import interleaved
 from adtr_edge.data.datasets import load_dataset, validation_split
-from adtr_edge.engine.matched import quantize_matched
-from adtr_edge.engine.quantize import quantize_export
+from adtr_edge.int8.matched import quantize_matched
+from adtr_edge.int8.quantize import quantize_export
 from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor
 from adtr_edge.export.onnx_export import export_checkpoint
 from adtr_edge.fileio import write_json_atomic

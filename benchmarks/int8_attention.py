@@ -26,8 +26,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from adtr_edge.bench import scripts
 from adtr_edge.bench.timing import interleaved_wall_cpu
-from adtr_edge.engine import int8_head, onnx_tools
-from adtr_edge.engine.quantize import TARGETS, quantize_graph
+from adtr_edge.engine import onnx_tools
+from adtr_edge.int8 import int8_head
+from adtr_edge.int8.quantize import TARGETS, quantize_graph
 from adtr_edge.metadata import TRANSFORMER
 
 

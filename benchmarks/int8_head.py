@@ -7,7 +7,7 @@ The head whitens each of the 256 locations' residual with its own 176 x 176 matr
 (``head.residual_whiten``, 32 MB of FP32 read per frame, about a fifth of the transformer's time).
 This script rewrites that one MatMul of a folder whose head is float (a ``--target cpu`` folder
 made before section 11, a ``--graphs backbone`` one, or an FP32 export) with
-``adtr_edge.engine.int8_head``, the rewrite ``quantize --target cpu`` now applies (a copy in
+``adtr_edge.int8.int8_head``, the rewrite ``quantize --target cpu`` now applies (a copy in
 ``--out``; the folder itself is read only); ``--weight-bits 8`` tries full-range weights, which
 AVX2's int16 pair sums can saturate (docs section 4.3).
 Then, with ONNX Runtime, one thread, batch 1, interleaved: the transformer alone and end to end,
@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 
 from adtr_edge.bench import scripts
 from adtr_edge.bench.timing import interleaved_wall_cpu
-from adtr_edge.engine import int8_head
+from adtr_edge.int8 import int8_head
 from adtr_edge.fileio import sha256_file, write_json_atomic
 from adtr_edge.runtime.loading import load_backend
 

@@ -4,7 +4,7 @@
 
 Builds (once, cached under runs/bench-models/) the default model: Lite0 at 256x256, stages 1,2,3,
 4+4 transformer layers, ImageNet backbone weights, untrained transformer (speed does not depend on
-training), exports it, and quantises it to Q/DQ INT8 when adtr_edge.engine.quantize exists.
+training), exports it, and quantises it to Q/DQ INT8 when adtr_edge.int8.quantize exists.
 Every comparison is interleaved (A, B, A, B, ...) so machine noise hits both sides alike; the
 ratios use medians.
 """
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
     int8 = scripts.make_int8(export, args.work)
     print(f"model: {cfg.backbone} {cfg.input_size[0]}x{cfg.input_size[1]}, stages {cfg.stages}, "
           f"{cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, d_model {cfg.d_model}; threads {threads}")
-    print(f"export: {export}" + (f"; int8 Q/DQ: {int8}" if int8 else "; int8: adtr_edge.engine.quantize not present, skipped"))
+    print(f"export: {export}" + (f"; int8 Q/DQ: {int8}" if int8 else "; int8: adtr_edge.int8.quantize not present, skipped"))
     peak_before = measure_gemm_peak(1024, threads=threads)
     flops = {"fp32": {g: count_graph_flops(export / f"{g}.onnx").total for g in GRAPHS}}
     if int8:

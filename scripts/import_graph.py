@@ -27,7 +27,7 @@ FLOORS = {
     "model": ("model",),
     "train": ("train", "evaluate", "plots", "baselines", "robustness"),
     "graphs": ("export",),
-    "engines": ("engine",),
+    "engines": ("engine", "int8"),
     "runtime": ("runtime",),
     "bench": ("bench",),
     "commands": ("cli", "demo", "commands", "finetune"),

@@ -58,7 +58,7 @@ def validate(export: Path, calib_images: Path, batch: int, iters: int, work: Pat
     for precision in ("fp16", "int8"):
         src = export
         if precision == "int8" and not api.has_calibrators:
-            from adtr_edge.engine.quantize import quantize_export
+            from adtr_edge.int8.quantize import quantize_export
 
             src = quantize_export(export, calib_images, work / "qdq", ["backbone"], 64, batch)
         opts = BuildOptions(precision=precision, profile=Profile(1, batch, batch), calib_images=calib_images,

@@ -1,4 +1,4 @@
-"""Attention blocks fused into ONNX Runtime's MultiHeadAttention (``adtr_edge.engine.attention_fusion``, part of ``--target cpu``)."""
+"""Attention blocks fused into ONNX Runtime's MultiHeadAttention (``adtr_edge.int8.attention_fusion``, part of ``--target cpu``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from adtr_edge.engine import attention_fusion
+from adtr_edge.int8 import attention_fusion
 
 TOKENS, HEADS, WIDTH = 12, 2, 8  # width per head
 
@@ -100,7 +100,7 @@ def test_the_exported_transformer_fuses_every_block_and_keeps_its_outputs(export
 
 
 def test_cpu_target_writes_fused_attention(tmp_path, exported_model, sample_dataset):
-    from adtr_edge.engine.quantize import quantize_export
+    from adtr_edge.int8.quantize import quantize_export
 
     lines = []
     out = quantize_export(exported_model, sample_dataset / "train" / "good", tmp_path / "cpu", None, 8, 4, log=lines.append, target="cpu")

@@ -32,7 +32,7 @@ def test_real_engine_matches_onnxruntime(tmp_path, real_trt, precision):
     api = real_trt
     export = make_export(tmp_path / "export", decomposed_ln=not api.has_normalization_layer)
     if precision == "int8" and not api.has_calibrators:
-        from adtr_edge.engine.quantize import quantize_export
+        from adtr_edge.int8.quantize import quantize_export
 
         export = quantize_export(export, write_images(tmp_path / "imgs", n=8), tmp_path / "q", ["backbone"], 8, 4, log=print)
     opts = BuildOptions(precision=precision, profile=Profile(1, 2, 4), calib_images=write_images(tmp_path / "cal", n=8),

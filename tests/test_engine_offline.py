@@ -162,7 +162,7 @@ def test_fp16_conversion_keeps_io_types_and_sensitive_fp32(tmp_path):
 
 
 def test_quantize_writes_qdq_graphs_that_onnxruntime_runs(tmp_path):
-    from adtr_edge.engine.quantize import parse_graphs, quantize_export
+    from adtr_edge.int8.quantize import parse_graphs, quantize_export
     from adtr_edge.metadata import read_onnx_metadata
 
     exp = make_export(tmp_path / "export")
@@ -199,7 +199,7 @@ def test_quantize_writes_qdq_graphs_that_onnxruntime_runs(tmp_path):
 
 
 def test_cpu_target_writes_the_onnxruntime_form_that_tensorrt_refuses(tmp_path):
-    from adtr_edge.engine.quantize import parse_graphs, parse_target, quantize_export
+    from adtr_edge.int8.quantize import parse_graphs, parse_target, quantize_export
     from adtr_edge.metadata import quantization_target as target_of, read_onnx_metadata
 
     exp = make_export(tmp_path / "export")
@@ -238,7 +238,7 @@ def test_cpu_target_writes_the_onnxruntime_form_that_tensorrt_refuses(tmp_path):
 
 
 def test_keep_float_plan_and_exact_qdq_for_the_tensorrt_form(tmp_path):
-    from adtr_edge.engine.quantize import float_plan, quantize_export
+    from adtr_edge.int8.quantize import float_plan, quantize_export
     from adtr_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     exp = make_export(tmp_path / "export")
@@ -266,7 +266,7 @@ def test_keep_float_plan_and_exact_qdq_for_the_tensorrt_form(tmp_path):
 def test_keep_float_auto_differs_per_target_on_timm_names(tmp_path, exported_model, sample_dataset):
     """``auto`` keeps the stem and blocks 0..first feature stage float for TensorRT, and the first
     feature stage's block in INT8 for the CPU form (docs/benchmarks.md section 11.8)."""
-    from adtr_edge.engine.quantize import auto_float_modules, float_plan, quantize_export
+    from adtr_edge.int8.quantize import auto_float_modules, float_plan, quantize_export
 
     bb = onnx.load(str(exported_model / "backbone.onnx"))
     assert auto_float_modules([1, 2, 3]) == ["conv_stem", "bn1", "blocks.0", "blocks.1"]

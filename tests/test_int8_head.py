@@ -1,4 +1,4 @@
-"""The Mahalanobis head's whitening MatMul in INT8 (``adtr_edge.engine.int8_head``, part of ``--target cpu``)."""
+"""The Mahalanobis head's whitening MatMul in INT8 (``adtr_edge.int8.int8_head``, part of ``--target cpu``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from adtr_edge.engine import int8_head
+from adtr_edge.int8 import int8_head
 from adtr_edge.errors import AdtrError
 
 
@@ -79,7 +79,7 @@ def test_a_head_without_a_per_location_matmul_is_left_alone():
 
 
 def test_cpu_target_writes_the_int8_head_and_keeps_the_scores(tmp_path, exported_model, sample_dataset):
-    from adtr_edge.engine.quantize import quantize_export
+    from adtr_edge.int8.quantize import quantize_export
     from adtr_edge.runtime.detector import Detector
 
     lines = []

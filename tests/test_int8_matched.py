@@ -12,7 +12,7 @@ from adtr_edge.errors import AdtrError
 
 def test_quantize_matched_writes_a_pair_that_names_its_backbone(tmp_path, trained_checkpoint, sample_dataset):
     pytest.importorskip("onnxruntime")
-    from adtr_edge.engine.matched import MATCH_KEY, backbone_digest, quantize_matched
+    from adtr_edge.int8.matched import MATCH_KEY, backbone_digest, quantize_matched
     from adtr_edge.runtime.detector import Detector
 
     out = quantize_matched(trained_checkpoint, sample_dataset, sample_dataset / "train" / "good", tmp_path / "pair",
@@ -43,7 +43,7 @@ def test_quantize_matched_writes_a_pair_that_names_its_backbone(tmp_path, traine
 
 
 def test_a_head_fitted_on_another_backbone_is_refused(tmp_path, exported_model):
-    from adtr_edge.engine.matched import MATCH_KEY, backbone_digest, check_matched_backbone
+    from adtr_edge.int8.matched import MATCH_KEY, backbone_digest, check_matched_backbone
 
     backbone = exported_model / "backbone.onnx"
     check_matched_backbone({MATCH_KEY: backbone_digest(backbone)}, backbone)  # its own backbone: fine
@@ -54,7 +54,7 @@ def test_a_head_fitted_on_another_backbone_is_refused(tmp_path, exported_model):
 
 def test_quantize_warns_only_for_an_unmatched_cpu_form(tmp_path, exported_model, sample_dataset):
     pytest.importorskip("onnxruntime")
-    from adtr_edge.engine.quantize import quantize_export, warn_unmatched
+    from adtr_edge.int8.quantize import quantize_export, warn_unmatched
 
     assert json.loads((exported_model / "manifest.json").read_text())["meta"]["model"]["score"] == "mahalanobis"
     images = sample_dataset / "train" / "good"

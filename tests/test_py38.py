@@ -32,7 +32,7 @@ from tests.py39_constructs import violations
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_MODULES = (
     "adtr_edge.cli", "adtr_edge.runtime.cli", "adtr_edge.runtime.backends.tensorrt", "adtr_edge.runtime.detector",
-    "adtr_edge.runtime.pipeline", "adtr_edge.runtime.backends.triton", "adtr_edge.engine.builder", "adtr_edge.engine.quantize", "adtr_edge.export.inspect",
+    "adtr_edge.runtime.pipeline", "adtr_edge.runtime.backends.triton", "adtr_edge.engine.builder", "adtr_edge.int8.quantize", "adtr_edge.export.inspect",
     "adtr_edge.export.opset",
 )
 if all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "prometheus_client")):

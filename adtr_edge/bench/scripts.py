@@ -63,7 +63,7 @@ def make_export(cfg: ModelConfig, work: Path = DEFAULT_WORK, opset: int | None =
 
 def quantize_available() -> bool:
     try:
-        from ..engine import quantize  # noqa: F401
+        from ..int8 import quantize  # noqa: F401
     except ImportError:
         return False
     return hasattr(quantize, "quantize_export")
@@ -71,11 +71,11 @@ def quantize_available() -> bool:
 
 def make_int8(export: Path, work: Path = DEFAULT_WORK, calib_count: int = 32) -> Path | None:
     """Q/DQ INT8 sibling of ``export`` (calibrated on generated texture images), or None when
-    ``adtr_edge.engine.quantize`` is not in this build."""
+    ``adtr_edge.int8.quantize`` is not in this build."""
     if not quantize_available():
         return None
     from ..data.generate import generate_sample_dataset
-    from ..engine.quantize import quantize_export
+    from ..int8.quantize import quantize_export
 
     out = Path(work) / f"{export.name}-int8"
     if (out / "manifest.json").is_file():

@@ -28,7 +28,7 @@ from ..folder import engine_file, read_export
 from ..metadata import BACKBONE, GRAPHS, TARGET_CPU, TRANSFORMER, quantization_target
 from . import calibration as calib
 from . import onnx_tools
-from .quantize import float_plan
+from .onnx_tools import float_plan
 from .manifest import EngineKey, Profile, existing_entry_matches, read_manifest, write_manifest
 from .trt_api import LogSink, TrtApi, process_logger
 
@@ -52,7 +52,7 @@ class BuildOptions:
     timing_cache: Path | None = None
     build_log: Path | None = None
     force: bool = False
-    keep_float: str = "auto"  # implicit INT8 of the backbone: layers kept FP16 (quantize.float_plan)
+    keep_float: str = "auto"  # implicit INT8 of the backbone: layers kept FP16 (onnx_tools.float_plan)
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         no_fuse_attention: bool = _no_fuse_attention_option(),
     ):
         """Write INT8 copies of the graphs (ONNX Runtime's quantiser), in the form --target runs fastest."""
-        from .quantize import parse_graphs, parse_target, quantize_export, warn_unmatched
+        from ..int8.quantize import parse_graphs, parse_target, quantize_export, warn_unmatched
 
         target = parse_target(target)
         folder = quantize_export(onnx_dir, calib_images, out, parse_graphs(graphs, target), calib_count, batch_size,
@@ -79,8 +79,8 @@ def register(app: typer.Typer) -> None:
         no_fuse_attention: bool = _no_fuse_attention_option(),
     ):
         """INT8 backbone with the score head refitted on its features (keeps INT8 within ~1 AUROC point)."""
-        from .matched import quantize_matched
-        from .quantize import parse_graphs, parse_target
+        from ..int8.matched import quantize_matched
+        from ..int8.quantize import parse_graphs, parse_target
 
         target = parse_target(target)
         folder = quantize_matched(checkpoint, data, calib_images, out, calib_count=calib_count, batch_size=batch_size,

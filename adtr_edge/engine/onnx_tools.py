@@ -1,4 +1,6 @@
-"""ONNX-side facts the engine builder needs: Q/DQ presence, precision-sensitive nodes, FP16 conversion.
+"""ONNX-side facts the engine builder and the quantiser need: Q/DQ presence, precision-sensitive
+nodes, FP16 conversion, and the keep-float plan (``float_plan``: the backbone layers ``--keep-float``
+keeps out of INT8, pinned to FP16 by the builder, left float by ``int8.quantize``).
 
 Sensitive nodes are those that overflow or lose too much in FP16/INT8: ``LayerNormalization``,
 ``Softmax``, the ops of a LayerNorm decomposed at opset < 17 (ReduceMean, Sub, Pow, ReduceMean,
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import AdtrError
+from ..metadata import TARGET_CPU, TARGET_TENSORRT
 
 SENSITIVE_OPS = {"LayerNormalization", "Softmax"}
 _LN_CHAIN_OPS = {"Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Div"}
@@ -267,3 +271,44 @@ def _cast_outputs_back(g, new_nodes: list, fp32_of: dict) -> None:
                 if i == name:
                     n.input[k] = inner
         new_nodes.append(helper.make_node("Cast", [inner], [name], to=_FLOAT, name=f"{name}__to_fp32"))
+
+
+def auto_float_modules(stages: Sequence[int], target: str = TARGET_TENSORRT) -> list[str]:
+    """The CNN modules ``--keep-float auto`` keeps float, by timm's names (none without stages).
+
+    ``tensorrt``: the stem and every block up to and including the first feature stage.
+    ``cpu``: the stem and the blocks before the first feature stage; that stage's block runs in
+    INT8. Chosen on magnetic tile's validation split (docs/benchmarks.md section 11.8): for the
+    CPU form that block costs 0.2 pixel points and is what takes the frame past 1.5x FP32 on a
+    VNNI CPU. TensorRT keeps it float: there it costs 0.4 pixel points on the same split, for a
+    GPU speed-up that cannot be measured here.
+    """
+    if not stages:
+        return []
+    if target not in (TARGET_TENSORRT, TARGET_CPU):
+        raise AdtrError(f"--target {target!r}: choose one of {TARGET_TENSORRT}, {TARGET_CPU}")
+    last = min(stages) + (1 if target == TARGET_TENSORRT else 0)
+    return ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(last)]
+
+
+def float_plan(model, spec: str, stages: Sequence[int], target: str = TARGET_TENSORRT) -> list[str]:
+    """Backbone nodes to keep out of INT8 (mixed precision), from ``--keep-float``.
+
+    ``auto``: the high-resolution layers of ``auto_float_modules`` for ``target``, where the
+    per-layer sensitivity study (docs/benchmarks.md section 4.3, docs/decisions.md) finds most of INT8's
+    feature error: one rounding there is carried by every later layer into all three feature
+    stages. Found by timm's node names (``/cnn/conv_stem``, ``/cnn/bn1``, ``/cnn/blocks.N/``); a
+    backbone named otherwise gets none. ``none``: nothing. Otherwise comma-separated node-name
+    prefixes.
+    """
+    spec = (spec or "none").strip()
+    if spec == "none":
+        return []
+    if spec == "auto":
+        prefixes = [f"/cnn/{m}/" for m in auto_float_modules(stages, target)]  # the exporter's node names under those modules
+    else:
+        prefixes = [p.strip() for p in spec.split(",") if p.strip()]
+    nodes = [n.name for n in model.graph.node if any(n.name.startswith(p) for p in prefixes)]
+    if spec != "auto" and prefixes and not nodes:
+        raise AdtrError(f"--keep-float {spec!r}: no backbone node name starts with it (see 'adtr-edge inspect')")
+    return nodes

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 
 from ..errors import AdtrError
 from ..fileio import staged_folder
-from ..folder import ONNX_KINDS, TENSORRT, ModelFolder, read_model_folder, verify_engine_files, verify_graph_files
+from ..folder import ONNX_KINDS, TENSORRT, ModelFolder, engine_entries, read_model_folder, verify_engine_files, verify_graph_files
 from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, GRAPHS, IMAGES, SCORE, TRANSFORMER, onnxruntime_config
 
 FLAVOURS = ("python", "onnxruntime_onnx", "tensorrt_plan")
@@ -96,7 +96,7 @@ def onnx_digests(folder: ModelFolder) -> Dict[str, str]:
         if folder.is_onnx:
             digest = folder.manifest["graphs"][graph].get("sha256")
         else:
-            digest = (folder.manifest.get("engines") or {}).get(graph, {}).get("onnx_sha256")
+            digest = engine_entries(folder)[graph].onnx_sha256
         if not digest:
             raise AdtrError(f"{folder.path}: the manifest records no ONNX sha256 for graph '{graph}'")
         out[graph] = str(digest)
@@ -127,7 +127,7 @@ def _max_batch(folder: ModelFolder, opts: TritonOptions) -> int:
     if folder.kind != TENSORRT:
         return opts.max_batch or 8
     # An engine accepts only the batch sizes of its optimisation profile.
-    profile_max = min(int(folder.manifest["engines"][g].get("profile", [1, 1, 1])[-1]) for g in GRAPHS)
+    profile_max = min(e.profile[2] for e in engine_entries(folder).values())
     if opts.max_batch is not None and opts.max_batch > profile_max:
         raise AdtrError(f"--max-batch {opts.max_batch}: the engines in {folder.path} take batches up to {profile_max} "
                         "(rebuild with a larger --max-batch in 'adtr-edge build-engine')")

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from . import onnx_tools
+from ..engine import onnx_tools
 
 DOMAIN = "com.microsoft"
 OP = "MultiHeadAttention"

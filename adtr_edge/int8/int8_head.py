@@ -25,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import AdtrError
-from .onnx_tools import head_nodes
+from ..engine.onnx_tools import head_nodes
 
 WEIGHT_BITS = 7
 SUFFIX = "/int8"  # appended to the MatMul's name: its integer nodes are "<name>/int8/..."

@@ -45,8 +45,10 @@ from ..fileio import atomic_path, sha256_file, write_json_atomic
 from ..folder import QDQ, read_export, read_model_folder
 from ..metadata import (BACKBONE, FEATURES, GRAPHS, HEAD_MATCH_KEY, IMAGES, METADATA_KEY, TARGET_CPU, TARGET_TENSORRT, TRANSFORMER,
                         quantization_target)
-from . import attention_fusion, int8_head, onnx_tools
-from . import calibration as calib
+from ..engine import calibration as calib
+from ..engine import onnx_tools
+from ..engine.onnx_tools import auto_float_modules, float_plan  # noqa: F401  (the keep-float plan: --keep-float)
+from . import attention_fusion, int8_head
 
 TENSORRT, CPU = TARGET_TENSORRT, TARGET_CPU
 # What each target writes per graph: "static" (calibrated Q/DQ) or "dynamic" (weights only, the
@@ -113,45 +115,6 @@ def parse_graphs(text: str | None, target: str = TENSORRT) -> list[str]:
     if bad or not graphs:
         raise AdtrError(f"--graphs {text!r}: use backbone, transformer or backbone,transformer")
     return graphs
-
-
-def auto_float_modules(stages: Sequence[int], target: str = TENSORRT) -> list[str]:
-    """The CNN modules ``--keep-float auto`` keeps float, by timm's names (none without stages).
-
-    ``tensorrt``: the stem and every block up to and including the first feature stage.
-    ``cpu``: the stem and the blocks before the first feature stage; that stage's block runs in
-    INT8. Chosen on magnetic tile's validation split (docs/benchmarks.md section 11.8): for the
-    CPU form that block costs 0.2 pixel points and is what takes the frame past 1.5x FP32 on a
-    VNNI CPU. TensorRT keeps it float: there it costs 0.4 pixel points on the same split, for a
-    GPU speed-up that cannot be measured here.
-    """
-    if not stages:
-        return []
-    last = min(stages) + (1 if parse_target(target) == TENSORRT else 0)
-    return ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(last)]
-
-
-def float_plan(model, spec: str, stages: Sequence[int], target: str = TENSORRT) -> list[str]:
-    """Backbone nodes to keep out of INT8 (mixed precision), from ``--keep-float``.
-
-    ``auto``: the high-resolution layers of ``auto_float_modules`` for ``target``, where the
-    per-layer sensitivity study (docs/benchmarks.md section 4.3, docs/decisions.md) finds most of INT8's
-    feature error: one rounding there is carried by every later layer into all three feature
-    stages. Found by timm's node names (``/cnn/conv_stem``, ``/cnn/bn1``, ``/cnn/blocks.N/``); a
-    backbone named otherwise gets none. ``none``: nothing. Otherwise comma-separated node-name
-    prefixes.
-    """
-    spec = (spec or "none").strip()
-    if spec == "none":
-        return []
-    if spec == "auto":
-        prefixes = [f"/cnn/{m}/" for m in auto_float_modules(stages, target)]  # the exporter's node names under those modules
-    else:
-        prefixes = [p.strip() for p in spec.split(",") if p.strip()]
-    nodes = [n.name for n in model.graph.node if any(n.name.startswith(p) for p in prefixes)]
-    if spec != "auto" and prefixes and not nodes:
-        raise AdtrError(f"--keep-float {spec!r}: no backbone node name starts with it (see 'adtr-edge inspect')")
-    return nodes
 
 
 def quantize_graph(src: Path, dst: Path, settings: dict, exclude: Sequence[str], calib_reader, only: Sequence[str] | None = None,

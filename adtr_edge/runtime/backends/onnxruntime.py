@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import AdtrError
 from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, ModelMeta, onnxruntime_config
-from ...engine.matched import check_matched_backbone
+from ...int8.matched import check_matched_backbone
 from ...folder import ONNX_KINDS, check_meta_agrees, read_model_folder, verify_graph_files
 from .base import Backend
 

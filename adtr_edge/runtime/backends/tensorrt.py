@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...engine.manifest import check_loadable, read_manifest
-from ...folder import engine_file
+from ...folder import TENSORRT, engine_entries, engine_file, read_model_folder
 from ...errors import AdtrError
 from ...metadata import ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, SCORE, TRANSFORMER, ModelMeta
 from ...cuda import CUDA_BINDINGS, CudaMemory, gpu_available, make_cuda_runtime
@@ -140,7 +140,8 @@ class TensorRTBackend(Backend):
         self.graphs_active = False
         self.cuda_binding = cuda_binding
         self._api, self._cuda = api, cuda
-        self.max_batch = min(int(self.manifest["engines"][g]["profile"][2]) for g in (BACKBONE, TRANSFORMER))
+        self.engines = engine_entries(read_model_folder(self.folder, accept=(TENSORRT,), purpose="the TensorRT backend"))
+        self.max_batch = min(self.engines[g].profile[2] for g in (BACKBONE, TRANSFORMER))
         self._host: dict[str, list] = {}
         self._device: dict[str, list] = {}
         self._pinned_ptrs: list[int] = []
@@ -165,7 +166,7 @@ class TensorRTBackend(Backend):
         with self._logger.capture(self.log_sink):
             self._runtime = api.trt.Runtime(self._logger)
             self.stages = {g: _Stage(g, api, cuda, self._runtime, engine_file(self.folder, g),
-                                     self.manifest["engines"][g].get("dla_core"), self.log_sink)
+                                     self.engines[g].dla_core, self.log_sink)
                            for g in (BACKBONE, TRANSFORMER)}
         h, w = self.meta.input_size
         gh, gw = self.meta.grid
