@@ -10,8 +10,9 @@ training.
 1. Training continues from MODEL with ADTR+'s losses (``train_model(init_from=MODEL)``): the pixel
    loss on the tuning share's painted defects, the image-label loss on its unpainted ones (a second
    pass from the first's result: the training loop takes one kind of anomaly per run), and the
-   tuning share's confirmed normals join the dataset's normals, so the head and the threshold are
-   refitted on them too.
+   tuning share's confirmed normals join the dataset's normals, so the head is refitted on them too.
+   The threshold is calibrated again on the normals MODEL held out from its own training (the
+   fine-tune does not train on them either).
 2. The gate: both models score the held-out reviews (plus ``against_data``'s test split when given)
    and each metric's difference gets its 95% paired-bootstrap interval (``evaluate.compare_scored``,
    as ``eval --against``). The new model is refused when any metric is significantly worse (its
@@ -74,17 +75,23 @@ def _imageset(review_dir: Path, records: list):
 
 def _train_set(checkpoint: Path, data: Optional[Path], normals):
     """The normals MODEL trained on (``data``'s train split, default: the dataset its checkpoint
-    records) plus the confirmed normals of the tuning share."""
+    records) plus the confirmed normals of the tuning share; and the file names of the normals MODEL
+    held out from its training (its threshold's), which the fine-tune holds out too: calibrated on
+    normals the base model had learnt, the new threshold would sit below unseen normals' scores.
+    None where the checkpoint does not record what it trained on."""
     from .data.datasets import load_dataset
     from .train.checkpoint import read_checkpoint_meta
 
+    meta = read_checkpoint_meta(checkpoint)
     if data is None:
-        root = (read_checkpoint_meta(checkpoint).data_summary or {}).get("root")
+        root = (meta.data_summary or {}).get("root")
         if not root or not Path(root).is_dir():
             raise AdtrError(f"{checkpoint}: its training data ({root or 'not recorded'}) is not here; give --data DATA (the dataset it was trained on)")
         data = Path(root)
     train = load_dataset(data, "train")
-    return train + normals if len(normals) else train
+    trained = {Path(p).name for p in (meta.extra or {}).get("train_paths") or []}
+    held_out = [s.path.name for s in train.samples if s.label == 0 and s.path.name not in trained] if trained else []
+    return (train + normals if len(normals) else train), (held_out or None)
 
 
 def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, export=None, epochs: int = 3, lr: float = 1e-3,
@@ -131,7 +138,7 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
         raise AdtrError(f"the gate needs held-out normals and defects to rank; the held-out reviews have {labels.count(0)} normals "
                         f"and {labels.count(1)} defects; review more, lower --holdout's luck with more reviews, or give --against-data")
     normals = _imageset(review_dir, [r for r in tune if r["verdict"] == "normal"])
-    train_set = _train_set(checkpoint, data, normals)
+    train_set, held_out_normals = _train_set(checkpoint, data, normals)
     base = read_checkpoint_meta(checkpoint)
     cfg = replace(base.train_config, epochs=epochs, lr=lr, alpha=alpha, seed=seed, device=device, loss="auto", time_budget=0.0)
 
@@ -152,7 +159,8 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
             target = staging if i == len(groups) - 1 else first
             log(f"fine-tuning {start} on {len(group)} reviewed defects ({'painted' if masks else 'image labels'}) "
                 f"and {len(train_set)} normals ({len(normals)} reviewed), {epochs} epochs")
-            result = train_model(train_set, base.model_config, cfg, target, anomalies=pool, init_from=start, progress=progress, log=log)
+            result = train_model(train_set, base.model_config, cfg, target, anomalies=pool, init_from=start, progress=progress, log=log,
+                                 held_out_normals=held_out_normals)
             passes.append({"defects": len(group), "kind": kind, "seconds": round(result.seconds, 2)})
             start = target
         shutil.rmtree(first, ignore_errors=True)
@@ -173,7 +181,8 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
               "against_data": str(against_data) if against_data else None, "passes": passes, "gate_images": len(gate_set),
               "reference": vs["reference"], "difference": metrics, "resamples": resamples,
               "promoted": not worse, "worse": sorted(set(worse)),
-              "settings": {"epochs": epochs, "lr": lr, "alpha": alpha, "holdout": holdout, "seed": seed}}
+              "settings": {"epochs": epochs, "lr": lr, "alpha": alpha, "holdout": holdout, "seed": seed},
+              "threshold_normals": len(held_out_normals) if held_out_normals else None}
     (staging / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
     if worse:
         staging.rename(refused_dir)

@@ -45,6 +45,27 @@ def test_split_is_stable_by_id():
     assert {r["id"] for r in held} <= {r["id"] for r in held2}  # a new review never moves an old one
 
 
+def test_the_fine_tune_holds_out_the_normals_its_base_held_out(trained_checkpoint, sample_dataset, reviews):
+    """Reviewed normals change the training set's size, and a random split of another size is another
+    split: the base's threshold normals would go to training and the new threshold would sit below
+    unseen normals' scores. The fine-tune holds out exactly the normals its base held out."""
+    from adtr_edge.finetune import _imageset, _train_set
+    from adtr_edge.train.checkpoint import read_checkpoint_meta
+    from adtr_edge.train.loop import split_normals
+
+    normals = [r for r in ReviewFolder(reviews).records() if r["verdict"] == "normal"]
+    assert normals
+    train_set, held = _train_set(Path(trained_checkpoint), Path(sample_dataset), _imageset(reviews, normals))
+    meta = read_checkpoint_meta(trained_checkpoint)
+    trained = {Path(p).name for p in meta.extra["train_paths"]}
+    fit, val = split_normals(train_set, meta.train_config, held)
+    val_names = {train_set[i].path.name for i in val}
+    assert held and val_names == set(held) and not val_names & trained
+    assert {Path(r["image"]).name for r in normals} <= {train_set[i].path.name for i in fit}
+    # Without the names, the split of the larger set is another one (what the fine-tune did before).
+    assert {train_set[i].path.name for i in split_normals(train_set, meta.train_config)[1]} != val_names
+
+
 def _worse(d, lo, hi) -> bool:
     return hi < 0 or (math.isnan(hi) and d < 0)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -136,10 +136,18 @@ def score_features(model, features: torch.Tensor, device, batch_size: int = 32) 
     return np.concatenate(scores), np.concatenate(maps)
 
 
-def split_normals(train_set, cfg: TrainConfig) -> tuple[list[int], list[int]]:
-    """(fit, held-out) indices of the normal images; the held-out part calibrates the threshold."""
+def split_normals(train_set, cfg: TrainConfig, held_out: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+    """(fit, held-out) indices of the normal images; the held-out part calibrates the threshold.
+    ``held_out``: file names of the normals to hold out instead of a random share (a fine-tune keeps
+    its base model's, so its threshold is calibrated on normals neither model trained on)."""
     normals = [i for i in range(len(train_set)) if int(train_set.labels[i]) == 0]
     require(len(normals) > 0, f"training set {train_set.summary().get('root', '')}: no normal images")
+    if held_out:
+        names = set(held_out)
+        val_idx = [i for i in normals if train_set.samples[i].path.name in names]
+        fit_idx = [i for i in normals if train_set.samples[i].path.name not in names]
+        if val_idx and len(fit_idx) >= 2:
+            return fit_idx, val_idx
     order = np.random.default_rng(cfg.seed).permutation(normals).tolist()
     n_val = int(round(cfg.val_fraction * len(order))) if len(order) >= 10 else 0
     val_idx, fit_idx = sorted(order[:n_val]), sorted(order[n_val:])
@@ -176,19 +184,20 @@ def train_model(
     on_epoch_end: Callable | None = None,
     log: Callable[[str], None] = lambda s: None,
     feature_cache: str | Path | None = None,
+    held_out_normals: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ADTR on the normal images of ``train_set`` (an ``adtr_edge.data`` ImageSet).
 
     ``init_from``: fine-tune a normal-only checkpoint (the paper's ADTR+ schedule). ``resume``:
     continue an interrupted run in ``out_dir``. ``on_epoch_end(epoch, model, seconds)`` lets
-    benchmarks record accuracy against training time.
+    benchmarks record accuracy against training time. ``held_out_normals``: see ``split_normals``.
     """
     out_dir = Path(out_dir)
     augment_views(train_cfg.augment)  # a bad --augment, --score-select or --jitter-shape fails before any feature is computed
     check_train_choices(train_cfg)
     seed_everything(train_cfg.seed)
     device = resolve_device(train_cfg.device)
-    fit_idx, val_idx = split_normals(train_set, train_cfg)
+    fit_idx, val_idx = split_normals(train_set, train_cfg, held_out_normals)
     if init_from is not None:
         model, base = load_checkpoint(init_from, device="cpu")
         model_cfg = base.model_config
