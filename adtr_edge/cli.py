@@ -192,6 +192,8 @@ def refit_head_cmd(
     location = res.checkpoint.extra.get("location_choice") if head not in (None, "per-location") else None
     if location:
         typer.echo(f"score head: {location['why']}")
+    if res.checkpoint.extra.get("drift_choice") and fit_drift == "auto":
+        typer.echo(f"score head: {res.checkpoint.extra['drift_choice']['why']}")
     changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in res.changed.items()) or "nothing changed (refitted as trained)"
     typer.echo(f"wrote {res.out}: {changes}; threshold {res.thresholds.threshold:.4f}")
     typer.echo(f"compare on labelled images: adtr-edge eval {res.out} DATA --against {checkpoint}")
@@ -262,9 +264,10 @@ def eval_cmd(
     report = finish_report(scored, test, spec, thresholds, out, name="ADTR", pictures=pictures, resamples=bootstrap,
                            reference=reference, extra=extra | {"dataset": test.summary(), "split": split})
     _print_metrics(report)
-    location = (report.get("score_head") or {}).get("location")
-    if location:
-        typer.echo(f"score head: {location['why']}")
+    for decided in ("location", "drift"):  # the head's choices training made, and why
+        choice = (report.get("score_head") or {}).get(decided)
+        if choice:
+            typer.echo(f"score head: {choice['why']}")
     typer.echo(f"report: {out / 'report.json'}")
     if perturb:
         _robustness(model, data, test, out, device=device, backend=backend, thresholds=thresholds, spec=spec,

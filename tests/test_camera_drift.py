@@ -10,6 +10,7 @@ import torch
 from adtr_edge.data.camera import DRIFTS, check_drifts, drift_strength, drifted
 from adtr_edge.errors import AdtrError
 from adtr_edge.train.checkpoint import load_checkpoint
+from adtr_edge.train.drift_choice import ships
 from adtr_edge.train.refit import refit_head
 
 
@@ -55,3 +56,24 @@ def test_training_refuses_an_unknown_drift_before_any_work(sample_dataset, tmp_p
 
     assert main(["train", str(sample_dataset), "--out", str(tmp_path / "m"), "--fit-drift", "fog", "--epochs", "1", "--no-progress"]) != 0
     assert "--fit-drift fog: not a drift" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_drifted_views_ship_only_when_they_cut_false_alarms_at_little_cost():
+    from adtr_edge.train.drift_choice import MARGIN
+
+    assert ships({"plain": 1.0, "drifted": 0.0}, [+0.3, -0.5, +1.1])
+    assert not ships({"plain": 1.0, "drifted": 0.0}, [-3.0, -4.8, -1.2])  # robust but blind: kept off
+    assert not ships({"plain": 0.2, "drifted": 0.2}, [+2.0, +1.0, +3.0])  # no fewer alarms: nothing to buy
+    assert ships({"plain": 0.5, "drifted": 0.1}, [0.0, -MARGIN, +1.0]) and not ships({"plain": 0.5, "drifted": 0.1}, [0.0, -MARGIN - 0.01, 1.0])
+
+
+def test_auto_decides_on_the_held_out_normals_and_says_why(trained_checkpoint, sample_dataset, tmp_path):
+    from adtr_edge.train.head_select import head_summary
+
+    res = refit_head(trained_checkpoint, sample_dataset, tmp_path / "auto", device="cpu", fit_drift="auto")
+    choice = res.checkpoint.extra["drift_choice"]
+    assert set(choice["false_alarms"]) == {"plain", "drifted"} and choice["drifted_normals"] > 0
+    assert choice["drift"] == ships(choice["false_alarms"], choice["advantage_points"])
+    assert "drifted views (light, focus, compression): false alarms on" in choice["why"]
+    summary = head_summary(load_checkpoint(res.out)[1])
+    assert summary["fit_drift"] == "auto" and summary["drift"] == {"fitted": choice["drift"], "why": choice["why"]}

@@ -62,13 +62,16 @@ DRIFTS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], tuple[float, 
 
 
 def check_drifts(names) -> tuple[str, ...]:
-    """The drift families named (a comma-separated string or a sequence), checked; () for none."""
+    """The drift families named (a comma-separated string or a sequence), checked; () for none, every
+    family for "auto" (fit on them where the held-out normals say so: ``train.drift_choice``)."""
     if isinstance(names, str):
+        if names.strip() == "auto":
+            return tuple(DRIFTS)
         names = [n.strip() for n in names.split(",") if n.strip() and n.strip() != "none"]
     names = tuple(names)
     unknown = [n for n in names if n not in DRIFTS]
     if unknown:
-        raise AdtrError(f"--fit-drift {','.join(unknown)}: not a drift (choose from {', '.join(DRIFTS)}, or none)")
+        raise AdtrError(f"--fit-drift {','.join(unknown)}: not a drift (choose from {', '.join(DRIFTS)}, or auto, or none)")
     return names
 
 

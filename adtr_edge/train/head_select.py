@@ -188,7 +188,7 @@ def head_summary(ckpt) -> dict:
     t = ckpt.train_config
     chosen = (ckpt.extra or {}).get("score_selection")
     cfg, refit, choice = ckpt.model_config, (ckpt.extra or {}).get("refit"), (ckpt.extra or {}).get("head_choice")
-    location = (ckpt.extra or {}).get("location_choice")
+    location, drift = (ckpt.extra or {}).get("location_choice"), (ckpt.extra or {}).get("drift_choice")
     grid = cfg.region_grid
     return {"score": cfg.score, "shrinkage": t.score_shrinkage, "target": t.score_target, "fit": t.score_fit,
             "selection": {k: v for k, v in chosen.items() if k != "candidates"} if chosen else None,
@@ -200,4 +200,7 @@ def head_summary(ckpt) -> dict:
             # per-location or location-free, and why (train.location_choice), where training decided it
             **({"location": {"head": location["head"], "why": location["why"]}} if location else {}),
             **({"nearest": {"bank": cfg.nearest_bank, "source": cfg.nearest_source, "pool": cfg.nearest_pool}}
-               if cfg.score == "nearest" else {})}
+               if cfg.score == "nearest" else {}),
+            # fitted on drifted views of the normals too (train.drift_choice), as set or as decided
+            **({"fit_drift": t.fit_drift} if t.fit_drift != "none" else {}),
+            **({"drift": {"fitted": drift["drift"], "why": drift["why"]}} if drift else {})}

@@ -167,6 +167,7 @@ class RunData:
     pool_targets: torch.Tensor | None = None  # their grid masks (pixel loss) or ones (image loss)
     train_feats: torch.Tensor | None = None  # what the transformer trains on: feats + augmented views (None: feats)
     head_feats: torch.Tensor | None = None  # what the score head is fitted on: feats + drifted views (None: feats)
+    val_drift: torch.Tensor | None = None  # the held-out normals' drifted views, for fit_drift="auto"
     jitter_factors: torch.Tensor | None = None  # covariance-shaped jitter's per-location factors, on the device (None: isotropic)
 
 
@@ -246,6 +247,9 @@ def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_se
         raw = drift_features(model.backbone, train_set, fit_idx, spec, model_cfg, drifts, cache_dir=feature_cache, device=device,
                              progress=bar)
         data.head_feats = torch.cat([feats, (raw - fmean) / fstd])
+    if drifts and train_cfg.fit_drift == "auto":  # the held-out normals' drifted views judge the choice
+        data.val_drift = (drift_features(model.backbone, train_set, val_idx, spec, model_cfg, drifts, cache_dir=feature_cache,
+                                         device=device, progress=bar) - fmean) / fstd
     if anomalies is not None and loss_kind != "normal":
         require(len(anomalies.images) > 0, f"anomaly source {anomalies.kind}: no images")
         raw_pool = extract_raw_features(model.backbone, lambda i: anomalies.images[i], list(range(len(anomalies.images))), spec,
@@ -353,7 +357,7 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
     checkpoint (whose train config records the shrinkage chosen, so refits and ``quantize-matched`` reuse it)."""
     from .residual_stats import residuals
 
-    if data.head_feats is not None:  # from here on only the head is fitted: on the normals and their drifted views
+    if data.head_feats is not None and train_cfg.fit_drift != "auto":  # from here on only the head is fitted: on the normals and their drifted views
         data = replace(data, feats=data.head_feats)
     # The fit normals' residuals, computed once: the head selection and the shipped head both fit on them.
     fit_residual = residuals(model, data.feats, device) if model.cfg.score == "mahalanobis" and train_cfg.score_fit == "fit" else None
@@ -367,13 +371,22 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
     location = choose_location(model, train_cfg, data, device, synthetic, log)
     if location is not None and location["head"] == "nearest":
         model_cfg, thresholds = use_nearest_head(model, train_cfg, data.feats, data.val_feats, device)
+    drift = None
+    if data.val_drift is not None:
+        from .drift_choice import choose_drift, why_drift
+
+        model.head, thresholds, drift = choose_drift(model, train_cfg, data.feats, data.head_feats[len(data.feats):], data.val_feats,
+                                                     data.val_drift, synthetic, thresholds, device)
+        if drift is not None:
+            drift["why"] = why_drift(drift)
+            log(f"score head: {drift['why']}")
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
              "anomalies": anomalies.kind if anomalies is not None else None, "epochs_run": len(history),
              **{k: history[-1].get(k) if history else None for k in ("input_following", "defect_pass_through")},
              "train_paths": [str(train_set.samples[i].path) for i in fit_idx], "score_selection": selection,
-             "location_choice": location}
+             "location_choice": location, "drift_choice": drift}
     ckpt = Checkpoint(model_cfg, train_cfg, thresholds, train_set.summary(), history, extra)
     save_checkpoint(out_dir, model.cpu(), ckpt)
     return TrainResult(model.eval(), ckpt, out_dir, seconds)

@@ -138,6 +138,34 @@ class RefitSource:
                 self.drift_feats[d] = self.model.backbone.standardize(raw.to(self.device))
         return torch.cat([self.fit_feats] + [self.drift_feats[d] for d in drifts]) if drifts else self.fit_feats
 
+    def held_out_drift(self):
+        """The held-out normals' drifted views (every drift), standardised: what ``--fit-drift auto`` judges on."""
+        from ..data.camera import DRIFTS
+        from .features import drift_features
+
+        if "held-out" not in self.drift_feats:
+            raw = drift_features(self.model.backbone, self.train_set, self.val_idx, preprocess_spec(self.ckpt.model_config),
+                                 self.ckpt.model_config, list(DRIFTS), cache_dir=self.feature_cache, device=self.device)
+            self.drift_feats["held-out"] = self.model.backbone.standardize(raw.to(self.device))
+        return self.drift_feats["held-out"]
+
+    def _drift(self, model, tcfg, thresholds) -> tuple:
+        """``--fit-drift auto`` on the head just fitted on the normals alone (``train.drift_choice``)."""
+        from .drift_choice import choose_drift, why_drift
+        from .head_select import MIN_HELD_OUT, synthetic_set
+
+        synthetic = None
+        if len(self.val_idx) >= MIN_HELD_OUT:
+            synthetic = synthetic_set(model.backbone, [self.train_set.image(i) for i in self.val_idx], preprocess_spec(model.cfg),
+                                      self.device, seed=tcfg.seed)
+        drift_fit = self.head_feats("auto")[len(self.fit_feats):]
+        model.head, thresholds, choice = choose_drift(model, tcfg, self.fit_feats, drift_fit, self.val_feats, self.held_out_drift(),
+                                                      synthetic, thresholds, self.device)
+        if choice is None:
+            raise AdtrError(f"--fit-drift auto: {len(self.val_idx)} held-out normals, too few to choose from (name the drifts, or none)")
+        choice["why"] = why_drift(choice)
+        return thresholds, choice
+
     def refit(self, **settings) -> tuple:
         """(the source's model, now with a head refitted under ``settings``, its checkpoint record,
         changed). The transformer is untouched; the head is replaced (so the model carries the last
@@ -150,7 +178,8 @@ class RefitSource:
             tcfg = replace(tcfg, nearest_bank=int(bank))
         model = self.model
         model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
-        fit_feats = self.head_feats(tcfg.fit_drift)
+        auto_drift = tcfg.fit_drift == "auto"
+        fit_feats = self.fit_feats if auto_drift else self.head_feats(tcfg.fit_drift)
         thresholds = fit_score(model, tcfg, fit_feats, self.val_feats, self.device)
         extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
         if head not in (None, "per-location"):
@@ -158,6 +187,8 @@ class RefitSource:
             if cfg.score == "nearest":
                 changed["score"] = (self.ckpt.model_config.score, "nearest")
                 extra["refit"]["changed"]["score"] = list(changed["score"])
+        if auto_drift:
+            thresholds, extra["drift_choice"] = self._drift(model, tcfg, thresholds)
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
 
     def _location(self, model, tcfg, cfg, thresholds, fit_feats) -> tuple:
