@@ -87,3 +87,25 @@ def test_features_or_residual_source():
 def test_config_refuses_what_a_nearest_head_cannot_do(kw, message):
     with pytest.raises(AdtrError, match=message):
         ModelConfig(score="nearest", **kw)
+
+
+def test_a_continued_coreset_starts_where_the_bank_covers_worst():
+    covered = torch.zeros(5, 2)
+    x = torch.tensor([[0.1, 0.0], [4.0, 0.0], [0.0, 0.2], [9.0, 9.0]])
+    assert int(greedy_coreset(x, 1, covered=covered)[0]) == 3
+    assert greedy_coreset(x, 2, covered=covered).tolist() == [3, 1]
+
+
+def test_drifted_views_take_a_quarter_of_the_bank_and_the_clean_part_is_the_plain_coreset_prefix():
+    from types import SimpleNamespace
+
+    from adtr_edge.train.memory_bank import DRIFT_SHARE, fit_bank
+
+    fit, drift = torch.randn(6, 8, 4, 4), torch.randn(6, 8, 4, 4) * 0.3 + 4.0  # drifted cells far from every clean one
+    plain, drifted = SimpleNamespace(head=_head(40)), SimpleNamespace(head=_head(40))
+    fit_bank(plain, fit, "cpu")
+    made = fit_bank(drifted, fit, "cpu", drift=drift)
+    n = int(40 * DRIFT_SHARE)
+    assert made == {"candidates": 96, "bank": 40, "drifted": n}
+    torch.testing.assert_close(drifted.head.bank[:40 - n], plain.head.bank[:40 - n])
+    assert float(drifted.head.residual_map(drift[:1]).mean()) < float(plain.head.residual_map(drift[:1]).mean())

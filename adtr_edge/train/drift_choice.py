@@ -84,6 +84,6 @@ def choose_drift(model, train_cfg, fit_feats: torch.Tensor, drift_fit: torch.Ten
     if synthetic is None or not len(drift_val):
         return model.head, thresholds, None
     drifted = copy.deepcopy(model)
-    drifted_thresholds = fit_score(drifted, train_cfg, torch.cat([fit_feats, drift_fit]), val_feats, device)
+    drifted_thresholds = fit_score(drifted, train_cfg, fit_feats, val_feats, device, drift=drift_fit)
     choice = compare_drift(model, drifted, synthetic, drift_val, thresholds, drifted_thresholds, device, seed=train_cfg.seed)
     return (drifted.head, drifted_thresholds, choice) if choice["drift"] else (model.head, thresholds, choice)

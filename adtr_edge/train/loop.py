@@ -166,7 +166,7 @@ class RunData:
     pool_feats: torch.Tensor | None = None  # anomalous examples (ADTR+)
     pool_targets: torch.Tensor | None = None  # their grid masks (pixel loss) or ones (image loss)
     train_feats: torch.Tensor | None = None  # what the transformer trains on: feats + augmented views (None: feats)
-    head_feats: torch.Tensor | None = None  # what the score head is fitted on: feats + drifted views (None: feats)
+    drift_feats: torch.Tensor | None = None  # drifted views of the fit normals, for the score head (fit_drift)
     val_drift: torch.Tensor | None = None  # the held-out normals' drifted views, for fit_drift="auto"
     jitter_factors: torch.Tensor | None = None  # covariance-shaped jitter's per-location factors, on the device (None: isotropic)
 
@@ -246,7 +246,7 @@ def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_se
     if drifts:  # the head learns how drifted normals look; the transformer and the threshold do not see them
         raw = drift_features(model.backbone, train_set, fit_idx, spec, model_cfg, drifts, cache_dir=feature_cache, device=device,
                              progress=bar)
-        data.head_feats = torch.cat([feats, (raw - fmean) / fstd])
+        data.drift_feats = (raw - fmean) / fstd
     if drifts and train_cfg.fit_drift == "auto":  # the held-out normals' drifted views judge the choice
         data.val_drift = (drift_features(model.backbone, train_set, val_idx, spec, model_cfg, drifts, cache_dir=feature_cache,
                                          device=device, progress=bar) - fmean) / fstd
@@ -357,8 +357,6 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
     checkpoint (whose train config records the shrinkage chosen, so refits and ``quantize-matched`` reuse it)."""
     from .residual_stats import residuals
 
-    if data.head_feats is not None and train_cfg.fit_drift != "auto":  # from here on only the head is fitted: on the normals and their drifted views
-        data = replace(data, feats=data.head_feats)
     # The fit normals' residuals, computed once: the head selection and the shipped head both fit on them.
     fit_residual = residuals(model, data.feats, device) if model.cfg.score == "mahalanobis" and train_cfg.score_fit == "fit" else None
     synthetic = held_out_synthetic(model, train_cfg, train_set, val_idx, device, log)
@@ -372,14 +370,16 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
     if location is not None and location["head"] == "nearest":
         model_cfg, thresholds = use_nearest_head(model, train_cfg, data.feats, data.val_feats, device)
     drift = None
-    if data.val_drift is not None:
+    if data.val_drift is not None:  # fit_drift="auto": on the drifted views too, where the held-out normals say so
         from .drift_choice import choose_drift, why_drift
 
-        model.head, thresholds, drift = choose_drift(model, train_cfg, data.feats, data.head_feats[len(data.feats):], data.val_feats,
+        model.head, thresholds, drift = choose_drift(model, train_cfg, data.feats, data.drift_feats, data.val_feats,
                                                      data.val_drift, synthetic, thresholds, device)
         if drift is not None:
             drift["why"] = why_drift(drift)
             log(f"score head: {drift['why']}")
+    elif data.drift_feats is not None:  # drifts named: the head chosen on the normals is fitted on their views too
+        thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, drift=data.drift_feats)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
@@ -481,20 +481,25 @@ def use_nearest_head(model, train_cfg: TrainConfig, feats: torch.Tensor, val_fea
 
 
 def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device,
-              fit_residual: torch.Tensor | None = None):
+              fit_residual: torch.Tensor | None = None, drift: torch.Tensor | None = None):
     """How a trained transformer's output becomes a decision: fit the ``mahalanobis`` head's residual
     statistics (on the fit normals, or the held-out ones with ``score_fit="val"``), then calibrate the
     threshold on the held-out normals. Training, ``quantize-matched`` and head refits all end here.
-    ``fit_residual``: the fit normals' residuals if the caller already has them."""
+    ``fit_residual``: the fit normals' residuals if the caller already has them. ``drift``: features of
+    drifted views of the fit normals, which the head is fitted on too (the threshold is not)."""
     if model.cfg.score == "mahalanobis":
-        from .residual_stats import fit_head_for
+        from .residual_stats import fit_head_for, residuals
 
         use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
-        fit_head_for(model, train_cfg, val_feats if use_val else feats, device, residual=None if use_val else fit_residual)
+        fit_feats, residual = (val_feats, None) if use_val else (feats, fit_residual)
+        if drift is not None and len(drift) and not use_val:
+            residual = None if residual is None else torch.cat([residual, residuals(model, drift, device)])
+            fit_feats = torch.cat([fit_feats, drift.to(fit_feats.device)])
+        fit_head_for(model, train_cfg, fit_feats, device, residual=residual)
     elif model.cfg.score == "nearest":
         from .memory_bank import fit_bank
 
-        fit_bank(model, feats, device, seed=train_cfg.seed, residual=fit_residual)
+        fit_bank(model, feats, device, seed=train_cfg.seed, residual=fit_residual, drift=drift)
     return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
 
 

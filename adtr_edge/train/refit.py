@@ -123,8 +123,9 @@ class RefitSource:
                                                                 device=dev)) for idx in (fit_idx, val_idx)]
         return cls(checkpoint, model, ckpt, feats[0], feats[1], dev, train_set, val_idx, fit_idx, feature_cache, {})
 
-    def head_feats(self, fit_drift: str):
-        """The fit normals' features and, for each drift in ``fit_drift``, their drifted views'."""
+    def drifted(self, fit_drift: str):
+        """The standardised features of the fit normals' drifted views, one per image and drift in
+        ``fit_drift`` (every drift for "auto"); None for none."""
         import torch
 
         from ..data.camera import check_drifts
@@ -136,7 +137,7 @@ class RefitSource:
                 raw = drift_features(self.model.backbone, self.train_set, self.fit_idx, preprocess_spec(self.ckpt.model_config),
                                      self.ckpt.model_config, [d], cache_dir=self.feature_cache, device=self.device)
                 self.drift_feats[d] = self.model.backbone.standardize(raw.to(self.device))
-        return torch.cat([self.fit_feats] + [self.drift_feats[d] for d in drifts]) if drifts else self.fit_feats
+        return torch.cat([self.drift_feats[d] for d in drifts]) if drifts else None
 
     def held_out_drift(self):
         """The held-out normals' drifted views (every drift), standardised: what ``--fit-drift auto`` judges on."""
@@ -158,8 +159,7 @@ class RefitSource:
         if len(self.val_idx) >= MIN_HELD_OUT:
             synthetic = synthetic_set(model.backbone, [self.train_set.image(i) for i in self.val_idx], preprocess_spec(model.cfg),
                                       self.device, seed=tcfg.seed)
-        drift_fit = self.head_feats("auto")[len(self.fit_feats):]
-        model.head, thresholds, choice = choose_drift(model, tcfg, self.fit_feats, drift_fit, self.val_feats, self.held_out_drift(),
+        model.head, thresholds, choice = choose_drift(model, tcfg, self.fit_feats, self.drifted("auto"), self.val_feats, self.held_out_drift(),
                                                       synthetic, thresholds, self.device)
         if choice is None:
             raise AdtrError(f"--fit-drift auto: {len(self.val_idx)} held-out normals, too few to choose from (name the drifts, or none)")
@@ -178,20 +178,20 @@ class RefitSource:
             tcfg = replace(tcfg, nearest_bank=int(bank))
         model = self.model
         model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
-        auto_drift = tcfg.fit_drift == "auto"
-        fit_feats = self.fit_feats if auto_drift else self.head_feats(tcfg.fit_drift)
-        thresholds = fit_score(model, tcfg, fit_feats, self.val_feats, self.device)
+        thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device)
         extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
         if head not in (None, "per-location"):
-            cfg, thresholds, extra["location_choice"] = self._location(model, replace(tcfg, head=head), cfg, thresholds, fit_feats)
+            cfg, thresholds, extra["location_choice"] = self._location(model, replace(tcfg, head=head), cfg, thresholds)
             if cfg.score == "nearest":
                 changed["score"] = (self.ckpt.model_config.score, "nearest")
                 extra["refit"]["changed"]["score"] = list(changed["score"])
-        if auto_drift:
+        if tcfg.fit_drift == "auto":
             thresholds, extra["drift_choice"] = self._drift(model, tcfg, thresholds)
+        elif tcfg.fit_drift != "none":  # the head chosen on the normals, fitted on their drifted views too
+            thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=self.drifted(tcfg.fit_drift))
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
 
-    def _location(self, model, tcfg, cfg, thresholds, fit_feats) -> tuple:
+    def _location(self, model, tcfg, cfg, thresholds) -> tuple:
         """``--head nearest`` or ``auto``, as training decides it (``loop.choose_location``), on the same
         held-out normals: (model config, thresholds, the decision)."""
         from types import SimpleNamespace
@@ -199,10 +199,10 @@ class RefitSource:
         from .loop import choose_location, held_out_synthetic, use_nearest_head
 
         synthetic = held_out_synthetic(model, tcfg, self.train_set, self.val_idx, self.device) if tcfg.head == "auto" else None
-        data = SimpleNamespace(feats=fit_feats, val_feats=self.val_feats)
+        data = SimpleNamespace(feats=self.fit_feats, val_feats=self.val_feats)
         choice = choose_location(model, tcfg, data, self.device, synthetic)
         if choice is None:
             raise AdtrError(f"--head auto: {len(self.val_idx)} held-out normals, too few to choose from (keep the head, or --head nearest)")
         if choice["head"] == "nearest":
-            cfg, thresholds = use_nearest_head(model, tcfg, fit_feats, self.val_feats, self.device)
+            cfg, thresholds = use_nearest_head(model, tcfg, self.fit_feats, self.val_feats, self.device)
         return cfg, thresholds, choice
