@@ -5,6 +5,8 @@ entry points cannot drift apart again.
 * ``AdtrError``: one red line ``error: ...`` on stderr, its exit code (2);
 * Ctrl-C (``KeyboardInterrupt``, ``typer.Abort``): ``aborted``, exit 130 (the shell's 128 + SIGINT);
 * click usage errors: click's own message and code; ``--help`` and ``typer.Exit``: their code.
+
+``register(app)`` adds the toolkit's own command, ``version``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from .errors import AdtrError
+from .version import __version__
 
 
 def run_app(app: typer.Typer, argv: Optional[List[str]] = None) -> int:
@@ -37,3 +40,10 @@ def run_app(app: typer.Typer, argv: Optional[List[str]] = None) -> int:
     if code == 130:
         typer.echo("aborted", err=True)
     return code if isinstance(code, int) else 0
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def version():
+        """Print the toolkit version."""
+        typer.echo(__version__)

@@ -33,7 +33,7 @@ FLOORS = {
     "commands": ("cli", "demo", "commands", "finetune"),
 }
 RANK = {room: i for i, rooms in enumerate(FLOORS.values()) for room in rooms}
-COMMAND_MODULES = ("cli", "cli_inspect")  # area modules that only register commands
+COMMAND_MODULES = ("cli",)  # area modules that only register commands
 
 
 def modules(root: Path = ROOT) -> dict[str, Path]:

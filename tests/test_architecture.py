@@ -62,6 +62,56 @@ def test_help_runs_without_loading_the_heavy_libraries():
     assert "adtr_edge.cli" in loaded and not loaded & {"torch", "onnx", "onnxruntime", "tensorrt"}
 
 
+# What ``adtr-edge --help`` lists, in its order (the names users type; moving a command to its area
+# keeps them).
+COMMANDS = ("train", "refit-head", "eval", "export", "export-triton", "inspect", "generate-data", "check-data",
+            "build-engine", "quantize", "quantize-matched", "stream", "swap", "demo", "bench", "finetune", "version", "review")
+
+
+def _command_names(app) -> list:
+    from typer.main import get_command_name
+
+    return ([c.name or get_command_name(c.callback.__name__) for c in app.registered_commands]
+            + [g.name for g in app.registered_groups])
+
+
+def test_every_command_registers_once_through_its_area():
+    """One route: each area module's ``register(app)`` adds its commands; ``adtr_edge.cli`` only lists the areas."""
+    import ast
+    import importlib
+
+    import typer
+
+    from adtr_edge import cli
+
+    by_area = {}
+    for name in cli.AREA_MODULES:
+        area_app = typer.Typer()
+        importlib.import_module(name).register(area_app)
+        by_area[name] = _command_names(area_app)
+        assert by_area[name], f"{name} registers no command"
+    names = [n for area in by_area.values() for n in area]
+    assert len(names) == len(set(names)), names  # no command twice, none in two areas
+    assert sorted(_command_names(cli.app)) == sorted(names)  # the app holds the areas' commands and nothing else
+    # A module that adds commands (app.command, add_typer) is a listed area, and cli.py adds none itself.
+    adding = set()
+    for module, path in import_graph.modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("command", "add_typer"):
+                adding.add(module)
+    assert adding == set(cli.AREA_MODULES), adding ^ set(cli.AREA_MODULES)
+
+
+def test_help_lists_the_commands(capsys):
+    import re
+
+    from adtr_edge.cli import main
+
+    assert main(["--help"]) == 0
+    panel = capsys.readouterr().out.split("Commands")[1]
+    assert tuple(re.findall(r"^│ (\S+) ", panel, flags=re.M)) == COMMANDS
+
+
 def test_public_top_level():
     import adtr_edge
     from adtr_edge import AdtrError, Detection, Detector, ModelFolder, read_model_folder

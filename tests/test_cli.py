@@ -52,7 +52,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_map_pool_turns_on_the_clipped_form_unless_told_otherwise():
-    from adtr_edge.cli import _pool_clip
+    from adtr_edge.train.cli import _pool_clip
     from adtr_edge.config import MAP_POOL_CLIP
 
     assert _pool_clip(5, None) == MAP_POOL_CLIP == 0.99

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from adtr_edge.errors import AdtrError
 from adtr_edge.export import op_support
-from adtr_edge.export.cli_inspect import register
+from adtr_edge.export.cli import register
 from adtr_edge.export.inspect import NO_METADATA, format_report, inspect_onnx, inspect_path
 from adtr_edge.fileio import sha256_file
 from adtr_edge.metadata import METADATA_KEY, build_metadata
