@@ -41,7 +41,8 @@ from adtr_edge.metrics import auroc, pixel_auroc
 from adtr_edge.model import build_model
 from adtr_edge.preprocessing import preprocess_spec
 from adtr_edge.train.features import cached_raw_features
-from adtr_edge.train.loop import score_features, split_normals, train_model
+from adtr_edge.train.head_fit import score_features
+from adtr_edge.train.loop import split_normals, train_model
 from adtr_edge.train.sources import build_anomaly_pool
 
 

@@ -27,7 +27,7 @@ from adtr_edge.bench.evaluation import checkpoint_features, masks_at
 from adtr_edge.fileio import write_json_atomic
 from adtr_edge.preprocessing import preprocess_spec
 from adtr_edge.significance import METRICS, paired_bootstrap
-from adtr_edge.train.loop import score_features
+from adtr_edge.train.head_fit import score_features
 
 
 def shipped_outputs(checkpoint: Path, data: Path, cache: Path, split: str) -> tuple:

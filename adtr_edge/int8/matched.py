@@ -68,7 +68,8 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
     from ..export.onnx_export import export_checkpoint  # noqa: PLC0415
     from ..preprocessing import preprocess_spec  # noqa: PLC0415
     from ..train.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
-    from ..train.loop import fit_score, split_normals  # noqa: PLC0415
+    from ..train.head_fit import fit_score  # noqa: PLC0415
+    from ..train.loop import split_normals  # noqa: PLC0415
     from .quantize import DEFAULT_GRAPHS, parse_target, quantize_export  # noqa: PLC0415
 
     out, target = Path(out), parse_target(target)

@@ -36,7 +36,7 @@ def ships(false_alarms: dict, advantage: list, margin: float = MARGIN) -> bool:
 
 
 def false_alarm_rate(model, feats: torch.Tensor, threshold: float, device) -> float:
-    from .loop import score_features
+    from .head_fit import score_features
 
     scores, _ = score_features(model, feats, device)
     return float((np.asarray(scores) >= threshold).mean())
@@ -79,7 +79,7 @@ def choose_drift(model, train_cfg, fit_feats: torch.Tensor, drift_fit: torch.Ten
     """``fit_drift="auto"`` on a model whose head is fitted on the normals alone: (the head to ship, its
     thresholds, the decision). ``drift_fit``/``drift_val``: standardised features of the fit and held-out
     normals' drifted views. Without a synthetic set (too few held-out normals) the head stays as it is."""
-    from .loop import fit_score
+    from .head_fit import fit_score
 
     if synthetic is None or not len(drift_val):
         return model.head, thresholds, None

@@ -29,6 +29,7 @@ from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
+from .head_fit import fit_score, use_nearest_head
 from .features import augment_views, cached_raw_features, channel_stats, drift_features, extract_raw_features, grid_masks
 from .location_choice import HEADS
 from .residual_stats import location_covariance
@@ -119,21 +120,6 @@ def choose_loss(cfg: TrainConfig, pool: AnomalyPool | None) -> str:
     if pool is None:
         return "normal"
     return "pixel" if pool.pixel_labelled else "image"
-
-
-@torch.no_grad()
-def score_features(model, features: torch.Tensor, device, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores and model-size maps for standardised features (eval mode)."""
-    model.eval()
-    scores, maps = [], []
-    for s in range(0, len(features), batch_size):
-        f = features[s:s + batch_size].to(device)
-        amap, score = model.head(f, model.transformer(f))
-        scores.append(score.float().cpu().numpy())
-        maps.append(amap[:, 0].float().cpu().numpy())
-    if not scores:
-        return np.zeros(0, np.float32), np.zeros((0,) + tuple(model.cfg.input_size), np.float32)
-    return np.concatenate(scores), np.concatenate(maps)
 
 
 def split_normals(train_set, cfg: TrainConfig, held_out: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
@@ -467,45 +453,3 @@ def choose_location(model, train_cfg: TrainConfig, data: RunData, device, synthe
     choice["why"] = why(choice)
     log(f"score head: {choice['why']}")
     return choice
-
-
-def use_nearest_head(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device) -> tuple:
-    """Give ``model`` the location-free head (``train_cfg.nearest_bank`` cells) in place of its own, fitted
-    on the fit normals and recalibrated on the held-out ones: (its model config, thresholds)."""
-    from ..model.head import AnomalyHead
-    from .location_choice import nearest_config
-
-    cfg = nearest_config(model.cfg, train_cfg.nearest_bank)
-    model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(device)
-    return cfg, fit_score(model, train_cfg, feats, val_feats, device)
-
-
-def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: torch.Tensor, device,
-              fit_residual: torch.Tensor | None = None, drift: torch.Tensor | None = None):
-    """How a trained transformer's output becomes a decision: fit the ``mahalanobis`` head's residual
-    statistics (on the fit normals, or the held-out ones with ``score_fit="val"``), then calibrate the
-    threshold on the held-out normals. Training, ``quantize-matched`` and head refits all end here.
-    ``fit_residual``: the fit normals' residuals if the caller already has them. ``drift``: features of
-    drifted views of the fit normals, which the head is fitted on too (the threshold is not)."""
-    if model.cfg.score == "mahalanobis":
-        from .residual_stats import fit_head_for, residuals
-
-        use_val = train_cfg.score_fit == "val" and len(val_feats) >= 2
-        fit_feats, residual = (val_feats, None) if use_val else (feats, fit_residual)
-        if drift is not None and len(drift) and not use_val:
-            residual = None if residual is None else torch.cat([residual, residuals(model, drift, device)])
-            fit_feats = torch.cat([fit_feats, drift.to(fit_feats.device)])
-        fit_head_for(model, train_cfg, fit_feats, device, residual=residual)
-    elif model.cfg.score == "nearest":
-        from .memory_bank import fit_bank
-
-        fit_bank(model, feats, device, seed=train_cfg.seed, residual=fit_residual, drift=drift)
-    return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
-
-
-def calibrate_on(model, features: torch.Tensor, device, quantile: float):
-    """Threshold from held-out normal features: a high quantile of their scores."""
-    from ..metrics import calibrate_threshold
-
-    normal_scores, _ = score_features(model, features, device)
-    return calibrate_threshold(normal_scores, None, quantile=quantile)

@@ -3,7 +3,7 @@
 The transformer is untouched. The head (its per-location statistics, the regional image score, the
 map's pooled part) is fitted again on the same fit normals (``split_normals`` with the checkpoint's
 seed) and the threshold recalibrated on the same held-out normals, exactly as training ends
-(``loop.fit_score``). What it is for: a head setting that normal images cannot choose, such as the
+(``head_fit.fit_score``). What it is for: a head setting that normal images cannot choose, such as the
 pooled map part for large faint defects (docs/benchmarks.md 1.3), tried on a user's own
 labelled images in about a minute instead of a retraining, then ``adtr-edge eval NEW DATA --against OLD``.
 """
@@ -21,7 +21,8 @@ from ..preprocessing import preprocess_spec
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .device import resolve_device
 from .features import cached_raw_features
-from .loop import fit_score, split_normals
+from .head_fit import fit_score
+from .loop import split_normals
 
 # What a refit may change: fields of the model config (the head's shape) and of the train config
 # (how its statistics are fitted). Everything else belongs to the trained transformer.
@@ -196,7 +197,8 @@ class RefitSource:
         held-out normals: (model config, thresholds, the decision)."""
         from types import SimpleNamespace
 
-        from .loop import choose_location, held_out_synthetic, use_nearest_head
+        from .head_fit import use_nearest_head
+        from .loop import choose_location, held_out_synthetic
 
         synthetic = held_out_synthetic(model, tcfg, self.train_set, self.val_idx, self.device) if tcfg.head == "auto" else None
         data = SimpleNamespace(feats=self.fit_feats, val_feats=self.val_feats)
