@@ -96,7 +96,7 @@ def test_a_continued_coreset_starts_where_the_bank_covers_worst():
     assert greedy_coreset(x, 2, covered=covered).tolist() == [3, 1]
 
 
-def test_drifted_views_take_a_quarter_of_the_bank_and_the_clean_part_is_the_plain_coreset_prefix():
+def test_drifted_views_take_their_share_of_the_bank_and_the_clean_part_is_the_plain_coreset_prefix():
     from types import SimpleNamespace
 
     from adtr_edge.train.memory_bank import DRIFT_SHARE, fit_bank
