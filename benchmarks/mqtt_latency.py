@@ -87,6 +87,8 @@ def measure(model: Path, broker: Broker, alarms: int, fps: float, frames_too: bo
     with sub.lock:
         for topic, payload, t_rx in sub.messages:
             e = json.loads(payload)
+            if "frame" not in e:  # the status topic (online / the last will) carries no frame
+                continue
             got.setdefault((e["event"], e["frame"]), t_rx)  # first copy: what a de-duplicating receiver acts on
     frame_to_rx, sink_to_rx = [], []
     for key, (t_frame, t_sink) in clock.seen.items():
