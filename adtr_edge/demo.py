@@ -35,7 +35,7 @@ def run_demo(out: Path, *, epochs: int = 15, frames: int = 120, force: bool = Fa
     from .config import PRESETS, ModelConfig, TrainConfig
     from .data.datasets import load_dataset
     from .data.generate import generate_sample_dataset, generate_video
-    from .evaluate import evaluate_checkpoint
+    from .evaluation.evaluate import evaluate_checkpoint
     from .export.onnx_export import export_checkpoint
     from .runtime.pipeline import run_stream
     from .train.loop import train_model

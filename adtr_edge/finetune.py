@@ -100,7 +100,7 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
     """Fine-tune ``checkpoint`` on the reviews in ``review_dir`` into ``out`` past the gate; returns
     the gate's report (also written to ``out/finetune.json``). Raises ``FinetuneRefused`` (the model
     kept in ``out.refused``) or ``AdtrError`` for bad input, with nothing written."""
-    from .evaluate import compare_scored, score_checkpoint
+    from .evaluation.evaluate import compare_scored, score_checkpoint
     from .folder import CHECKPOINT, read_model_folder
     from .runtime.review import ReviewFolder
     from .train.checkpoint import read_checkpoint_meta

@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adtr_edge.baselines import BASELINES
+from adtr_edge.evaluation.baselines import BASELINES
 from adtr_edge.bench.evaluation import masks_at, scored_from, split_features, summarise
 from adtr_edge.config import PRESETS, ModelConfig, TrainConfig, apply_preset, preset_backbone
 from adtr_edge.data.anomalies import SYNTHETIC_KINDS
 from adtr_edge.data.datasets import ImageSet, load_dataset
-from adtr_edge.evaluate import Scored, report_for
+from adtr_edge.evaluation.evaluate import Scored, report_for
 from adtr_edge.fileio import write_json_atomic, write_text_atomic
-from adtr_edge.metrics import auroc, pixel_auroc
+from adtr_edge.evaluation.metrics import auroc, pixel_auroc
 from adtr_edge.model import build_model
 from adtr_edge.preprocessing import preprocess_spec
 from adtr_edge.train.features import cached_raw_features
@@ -235,7 +235,7 @@ def main() -> None:
                "rows": rows, "curves": curves}
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "results.md", to_markdown(results))
-    from adtr_edge.plots import accuracy_vs_time_plot
+    from adtr_edge.evaluation.plots import accuracy_vs_time_plot
 
     if any(curves.values()):
         accuracy_vs_time_plot({k: [(p["seconds"], p["image_auroc"]) for p in v] for k, v in curves.items()},

@@ -4,7 +4,7 @@
         [--forms torch,fp16,...] [--split all|val|test]
 
 Rows (``--forms``, default all): PyTorch FP32 (the checkpoint), FP16 emulated in PyTorch
-(``adtr_edge.evaluate.fp16_emulated``), the float16 graphs run by ONNX Runtime, ONNX FP32 (ONNX
+(``adtr_edge.evaluation.evaluate.fp16_emulated``), the float16 graphs run by ONNX Runtime, ONNX FP32 (ONNX
 Runtime, CPU), and the INT8 forms: the TensorRT form (symmetric Q/DQ) with only the backbone
 quantised and with both graphs, its quantisation-matched pair, and the ``--target cpu`` form
 unmatched and matched. Calibration and head refits use normal *training* images (never test
@@ -28,7 +28,7 @@ from adtr_edge.bench.timing import interleaved
 from adtr_edge.data.datasets import load_dataset, validation_split
 from adtr_edge.int8.matched import quantize_matched
 from adtr_edge.int8.quantize import quantize_export
-from adtr_edge.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor
+from adtr_edge.evaluation.evaluate import backend_predictor, fp16_emulated, report_for, score_imageset, torch_predictor
 from adtr_edge.export.onnx_export import export_checkpoint
 from adtr_edge.fileio import write_json_atomic
 from adtr_edge.preprocessing import preprocess_spec

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adtr_edge.baselines import gaussian
+from adtr_edge.evaluation.baselines import gaussian
 from adtr_edge.data.datasets import load_dataset, validation_split
-from adtr_edge.metrics import aupro, auroc, pixel_auroc
+from adtr_edge.evaluation.metrics import aupro, auroc, pixel_auroc
 from adtr_edge.preprocessing import preprocess_spec, resize_mask
 from adtr_edge.train.checkpoint import load_checkpoint
 from adtr_edge.train.features import cached_raw_features

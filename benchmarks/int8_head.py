@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
 
     if args.data:
         from adtr_edge.data.datasets import validation_split
-        from adtr_edge.evaluate import backend_predictor, report_for, score_imageset
+        from adtr_edge.evaluation.evaluate import backend_predictor, report_for, score_imageset
         from adtr_edge.preprocessing import PreprocessSpec
 
         test = load_dataset(args.data, "test")

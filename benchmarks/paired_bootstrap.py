@@ -5,7 +5,7 @@
 
 For each checkpoint: ADTR as shipped (its transformer and head) and the baseline (``--against``,
 default the per-location Gaussian) on the *same* standardised features of the same images, then
-``adtr_edge.significance.paired_bootstrap``: stratified resamples of the images, each metric's
+``adtr_edge.evaluation.significance.paired_bootstrap``: stratified resamples of the images, each metric's
 confidence interval and the interval of the difference ADTR - baseline. Several checkpoints (for
 example the same recipe trained with other seeds) add the spread that training itself adds.
 ``--against-checkpoint CKPT`` pairs each checkpoint with another trained one instead (two training
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adtr_edge.baselines import BASELINES
+from adtr_edge.evaluation.baselines import BASELINES
 from adtr_edge.bench.evaluation import checkpoint_features, masks_at
 from adtr_edge.fileio import write_json_atomic
 from adtr_edge.preprocessing import preprocess_spec
-from adtr_edge.significance import METRICS, paired_bootstrap
+from adtr_edge.evaluation.significance import METRICS, paired_bootstrap
 from adtr_edge.train.head_fit import score_features
 
 

@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from adtr_edge.plots import figure, style_panel, write_figure
-from adtr_edge.significance import METRIC_NAMES
+from adtr_edge.evaluation.plots import figure, style_panel, write_figure
+from adtr_edge.evaluation.significance import METRIC_NAMES
 
 METRICS = tuple(METRIC_NAMES.items())
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from adtr_edge.data.datasets import ImageSet, guard_not_trained_on, load_dataset, validation_split
 from adtr_edge.errors import AdtrError
-from adtr_edge.evaluate import report_for, score_imageset, torch_predictor
+from adtr_edge.evaluation.evaluate import report_for, score_imageset, torch_predictor
 from adtr_edge.finetune import FinetuneRefused, finetune
 from adtr_edge.preprocessing import preprocess_spec, read_image, read_mask
 from adtr_edge.runtime.review import ReviewFolder
@@ -229,7 +229,7 @@ def curve(rows: list, dataset: str, mode: str, metric: str) -> list:
 
 def plot(rows: list, png: Path) -> int:
     """Each metric against k, one line per mode (mean of the draws, the band from lowest to highest)."""
-    from adtr_edge.plots import figure, style_panel, write_figure
+    from adtr_edge.evaluation.plots import figure, style_panel, write_figure
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     metrics = [m for m in METRICS if any(r.get(m) is not None for r in rows)]

@@ -19,13 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "adtr_edge"
 
 # Floors, low to high. A module may import its own floor and any floor below it. Commands sit on
-# top: a ``cli`` module registers commands of its area and may call anything below.
+# top: a ``cli`` module registers commands of its area and may call anything below. A room is a
+# top-level module or package; a dotted room (``evaluation.metrics``) is one module of a package
+# whose modules sit on different floors: the evaluation package holds contracts that the training
+# and the runtime read (metrics, the bootstrap, overlays) and the evaluation of a checkpoint, which
+# reads the training side. The package's own __init__ imports nothing.
 FLOORS = {
     "base": ("errors", "fileio", "progress", "version", "config_file", "__init__"),
-    "contracts": ("preprocessing", "postprocessing", "metadata", "config", "metrics", "significance", "folder", "visualize", "cuda"),
+    "contracts": ("preprocessing", "postprocessing", "metadata", "config", "folder", "cuda",
+                  "evaluation", "evaluation.metrics", "evaluation.significance", "evaluation.visualize"),
     "data": ("data",),
     "model": ("model",),
-    "train": ("train", "evaluate", "plots", "baselines", "robustness"),
+    "train": ("train", "evaluation.evaluate", "evaluation.plots", "evaluation.baselines", "evaluation.robustness"),
     "graphs": ("export",),
     "engines": ("engine", "int8"),
     "runtime": ("runtime",),
@@ -82,6 +87,9 @@ def room(module: str) -> str:
     parts = module.split(".")[1:] or ["__init__"]
     if parts[-1] in COMMAND_MODULES or parts[0] in FLOORS["commands"]:
         return "commands"
+    for n in range(len(parts), 1, -1):  # the longest dotted room that names it
+        if ".".join(parts[:n]) in RANK:
+            return ".".join(parts[:n])
     return parts[0]
 
 

@@ -143,3 +143,16 @@ def test_no_module_over_500_lines():
     """docs/ARCHITECTURE.md's target: no module over ~500 lines (bench.py was 907 before issue 14)."""
     big = [(m, n) for m, n in import_graph.largest(import_graph.modules(), n=3) if n > 500]
     assert not big, big
+
+
+def test_the_evaluation_package_sits_on_two_floors():
+    """evaluation/ holds contracts (metrics, the bootstrap, overlays) and the evaluation of a
+    checkpoint: each module is its own room, so the runtime may read an overlay and the training a
+    metric, while a contract that imported the training side would point up."""
+    assert import_graph.floor("adtr_edge.evaluation.metrics") == import_graph.floor("adtr_edge.metadata")
+    assert import_graph.floor("adtr_edge.evaluation.evaluate") == import_graph.floor("adtr_edge.train.loop")
+    graph = {"adtr_edge.evaluation.metrics": {"adtr_edge.train.loop"},
+             "adtr_edge.runtime.events": {"adtr_edge.evaluation.visualize"},
+             "adtr_edge.train.head_select": {"adtr_edge.evaluation.metrics"},
+             "adtr_edge.evaluation.evaluate": {"adtr_edge.train.checkpoint", "adtr_edge.evaluation.metrics"}}
+    assert import_graph.upward(graph) == [("adtr_edge.evaluation.metrics", "adtr_edge.train.loop")]

@@ -1,6 +1,6 @@
 import torch
 
-from adtr_edge.baselines import gaussian, mean_template, nearest_neighbour
+from adtr_edge.evaluation.baselines import gaussian, mean_template, nearest_neighbour
 
 
 def test_mean_template_by_hand():

@@ -55,7 +55,7 @@ def test_the_two_parts_are_the_benchmarks_validation_split_and_the_rest_reports(
 
 def test_the_current_candidate_scores_what_eval_gives_the_original_checkpoint(choice, trained_checkpoint, sample_dataset):
     """Reconstructing once and swapping heads is the same scoring as eval's full forward pass."""
-    from adtr_edge.evaluate import score_checkpoint
+    from adtr_edge.evaluation.evaluate import score_checkpoint
 
     test = load_dataset(sample_dataset, "test")
     val, _ = validation_split(test, 0.5)

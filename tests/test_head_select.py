@@ -153,7 +153,7 @@ def test_with_a_regional_term_the_candidates_are_judged_by_the_shipped_image_sco
         assert b["image_auroc"] > a["image_auroc"] + 0.05  # +0.22 and +0.08 when written
         assert (a["pixel_auroc"], a["aupro"]) == (b["pixel_auroc"], b["aupro"])  # the maps are the same
     # ... and the shipped figure is the z-max of the map's score and the regional term, by hand
-    from adtr_edge.metrics import auroc
+    from adtr_edge.evaluation.metrics import auroc
     from adtr_edge.train.residual_stats import reconstruct, residuals
 
     head = next(hd for lam, hd in H.candidate_heads(model, residuals(model, fit, torch.device("cpu")), ckpt.train_config.score_target, (0.05,)))

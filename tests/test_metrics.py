@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adtr_edge import metrics as M
+from adtr_edge.evaluation import metrics as M
 from adtr_edge.errors import AdtrError
 from adtr_edge.postprocessing import normalize_score
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adtr_edge import metrics as M
-from adtr_edge import visualize as V
+from adtr_edge.evaluation import metrics as M
+from adtr_edge.evaluation import visualize as V
 from adtr_edge.metadata import ANOMALY_MAP, FEATURES, IMAGES, SCORE, ModelMeta
 
 

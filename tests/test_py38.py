@@ -41,7 +41,7 @@ if all(importlib.util.find_spec(m) for m in ("starlette", "uvicorn", "prometheus
     ENTRY_MODULES += ("adtr_edge.runtime.web.frontend",)
 # Event delivery (runtime/delivery: spool, MQTT, webhook) runs on the device too; paho loads lazily.
 ENTRY_MODULES += ("adtr_edge.runtime.delivery.factory", "adtr_edge.runtime.delivery.mqtt", "adtr_edge.runtime.delivery.webhook")
-TRAINING_SIDE = ("adtr_edge.model", "adtr_edge.train", "adtr_edge.evaluate", "adtr_edge.plots", "adtr_edge.baselines")
+TRAINING_SIDE = ("adtr_edge.model", "adtr_edge.train", "adtr_edge.evaluation.evaluate", "adtr_edge.evaluation.plots", "adtr_edge.evaluation.baselines")
 # adtr-edge registers the training area's commands (train, refit-head, eval) from its cli module, which
 # imports the training side only inside the commands; the package's __init__ is its docstring.
 TRAINING_COMMANDS = ("adtr_edge.train", "adtr_edge.train.cli")

@@ -91,7 +91,7 @@ def test_mahalanobis_head_matches_explicit_distance():
 
 def test_mahalanobis_of_a_mean_reconstruction_is_the_gaussian_baseline():
     """A decoder that outputs the per-location mean scores exactly like PaDiM: the floor of this head."""
-    from adtr_edge.baselines import gaussian
+    from adtr_edge.evaluation.baselines import gaussian
 
     torch.manual_seed(1)
     train = torch.randn(60, 5, 2, 2) * torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0]).view(1, 5, 1, 1)
@@ -211,7 +211,7 @@ def test_training_logs_collapse_figures_on_generated_data(trained_checkpoint):
 
 def test_eval_reports_collapse_figures_and_they_separate_controls(trained_checkpoint, sample_dataset):
     from adtr_edge.data.datasets import load_dataset
-    from adtr_edge.evaluate import collapse_report
+    from adtr_edge.evaluation.evaluate import collapse_report
     from adtr_edge.preprocessing import preprocess_spec
     from adtr_edge.train.checkpoint import load_checkpoint
 
@@ -254,7 +254,7 @@ def test_map_blur_keeps_a_constant_map_and_spreads_a_peak():
 
 
 def test_fp16_emulation_rounds_but_stays_close(trained_checkpoint):
-    from adtr_edge.evaluate import fp16_emulated
+    from adtr_edge.evaluation.evaluate import fp16_emulated
     from adtr_edge.train.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(trained_checkpoint)

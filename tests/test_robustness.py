@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adtr_edge.data.datasets import load_dataset
-from adtr_edge.robustness import PERTURBATIONS, PerturbedSet, conditions, figures, robustness_report
+from adtr_edge.evaluation.robustness import PERTURBATIONS, PerturbedSet, conditions, figures, robustness_report
 
 
 def _frame() -> np.ndarray:

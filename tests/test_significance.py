@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from adtr_edge.errors import AdtrError
-from adtr_edge.metrics import aupro, auroc, pixel_auroc
-from adtr_edge.significance import _PixelHistograms, _stratified_weights, paired_bootstrap, paired_draws
+from adtr_edge.evaluation.metrics import aupro, auroc, pixel_auroc
+from adtr_edge.evaluation.significance import _PixelHistograms, _stratified_weights, paired_bootstrap, paired_draws
 
 
 def _case(n=40, size=32, signal=1.5, seed=0):
@@ -85,7 +85,7 @@ def test_one_class_is_refused():
 
 
 def test_compare_scored_refuses_models_scored_at_another_size():
-    from adtr_edge.evaluate import Scored, compare_scored
+    from adtr_edge.evaluation.evaluate import Scored, compare_scored
 
     maps, masks, labels, scores = _case()
     paths = [f"img{i}.png" for i in range(len(labels))]

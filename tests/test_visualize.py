@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adtr_edge import visualize as V
+from adtr_edge.evaluation import visualize as V
 from adtr_edge.errors import AdtrError
 from adtr_edge.postprocessing import Thresholds
 

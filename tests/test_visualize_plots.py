@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from adtr_edge import plots  # noqa: E402
+from adtr_edge.evaluation import plots  # noqa: E402
 from adtr_edge.errors import AdtrError  # noqa: E402
 from adtr_edge.postprocessing import Thresholds  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 from tests.runtime_fakes import make_frame
 from tests.web_helpers import wait_for
 
-from adtr_edge import visualize
+from adtr_edge.evaluation import visualize
 from adtr_edge.postprocessing import Thresholds
 from adtr_edge.runtime.detector import Detection
 from adtr_edge.runtime.events import AlarmEvent, FrameResult

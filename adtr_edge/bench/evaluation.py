@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import ImageSet, load_dataset, validation_split
-from ..evaluate import Scored
+from ..evaluation.evaluate import Scored
 from ..preprocessing import preprocess_spec, resize_mask
 from ..train.features import cached_raw_features
 from ..train.loop import split_normals

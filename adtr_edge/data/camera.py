@@ -1,7 +1,7 @@
 """What a camera on a line does to an image over weeks: it is knocked (shifted, turned), its light
 changes, its focus drifts, its stream is compressed harder.
 
-Two users of the same operations: the robustness report (``adtr_edge.robustness``) applies each at
+Two users of the same operations: the robustness report (``adtr_edge.evaluation.robustness``) applies each at
 fixed strengths to a test set, and the score head may be fitted on *drifted views* of the normals
 (``DRIFTS``, ``drifted``) so that a softened or relit normal part is not an anomaly.
 """

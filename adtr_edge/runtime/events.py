@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from .. import visualize
+from ..evaluation import visualize
 from .detector import Detection
 from .sources import Frame
 

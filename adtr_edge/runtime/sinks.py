@@ -22,7 +22,7 @@ from typing import Callable, TextIO
 import cv2
 import numpy as np
 
-from .. import visualize
+from ..evaluation import visualize
 from ..errors import AdtrError
 from ..fileio import write_bytes_atomic
 from .events import AlarmEvent, FrameResult, SourceEvent

@@ -137,7 +137,7 @@ def choose_map_pool(checkpoint: str | Path, data: str | Path, out: str | Path, *
     confidence = 1.0 - 0.05 / max(1, len(candidates) - 1)
     chosen, advantage, ahead = current, [0.0, 0.0, 0.0], None
     if best != current:
-        from ..significance import paired_draws
+        from ..evaluation.significance import paired_draws
 
         known = {r["map_pool"]: {m: r[m] for m in METRICS} for r in rows}
         exact, draws = paired_draws({"best": methods[best], "current": methods[current]}, choice.labels, choice.masks,
@@ -162,7 +162,7 @@ def choose_map_pool(checkpoint: str | Path, data: str | Path, out: str | Path, *
 def _held_out(source: RefitSource, test, rest_idx: list, chosen_head, original_head, feature_cache, resamples: int) -> dict:
     """The chosen head against the original on the part of the test split no choice looked at: both
     heads' figures and their paired differences with 95% intervals (as ``eval --against``)."""
-    from ..significance import paired_bootstrap
+    from ..evaluation.significance import paired_bootstrap
 
     rest = _reconstructed_part(source, test, rest_idx, feature_cache, "held-out features")
     n = rest.counts

@@ -204,7 +204,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Evaluate a checkpoint or a deployable folder: image AUROC, pixel AUROC, AUPRO, F1-max (overall and per defect) and pictures."""
         from ..data.datasets import load_dataset, validation_split
-        from ..evaluate import finish_report
+        from ..evaluation.evaluate import finish_report
 
         if bootstrap < 0 or 0 < bootstrap < 10:
             raise AdtrError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least 10 resamples")
@@ -260,10 +260,10 @@ def _choose_map_pool(checkpoint: Path, data: Path, out: Path, fraction: float, *
 
 def _robustness(path: Path, data: Path, test, out: Path, *, device: str, backend: str, thresholds, spec, feature_cache) -> None:
     """eval --perturb: the robustness report of a checkpoint (with the baselines) or a model folder (its backend)."""
-    from ..evaluate import backend_predictor, score_imageset
+    from ..evaluation.evaluate import backend_predictor, score_imageset
     from ..fileio import write_json_atomic, write_text_atomic
     from ..folder import CHECKPOINT, read_model_folder
-    from ..robustness import checkpoint_scorer, report_table, robustness_report
+    from ..evaluation.robustness import checkpoint_scorer, report_table, robustness_report
 
     typer.echo("robustness: the test set under each perturbation (AUROC / false-alarm rate on normals at the threshold)")
     folder = read_model_folder(path, purpose="eval")
@@ -285,7 +285,7 @@ def _robustness(path: Path, data: Path, test, out: Path, *, device: str, backend
 def _score_model(path: Path, test, *, device: str, backend: str, progress: bool):
     """(scored, preprocessing, thresholds, report extras) of a checkpoint (PyTorch) or a model folder
     (its runtime backend, as ``stream`` would run it)."""
-    from ..evaluate import backend_predictor, score_checkpoint, score_imageset
+    from ..evaluation.evaluate import backend_predictor, score_checkpoint, score_imageset
     from ..folder import CHECKPOINT, read_model_folder
 
     folder = read_model_folder(path, purpose="eval")
@@ -309,7 +309,7 @@ def _collapse_text(figures: dict) -> str:
 
 
 def _print_metrics(report: dict) -> None:
-    from ..significance import METRIC_NAMES
+    from ..evaluation.significance import METRIC_NAMES
 
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"

@@ -61,7 +61,7 @@ def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: tor
 
 def calibrate_on(model, features: torch.Tensor, device, quantile: float):
     """Threshold from held-out normal features: a high quantile of their scores."""
-    from ..metrics import calibrate_threshold
+    from ..evaluation.metrics import calibrate_threshold
 
     normal_scores, _ = score_features(model, features, device)
     return calibrate_threshold(normal_scores, None, quantile=quantile)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..metrics import aupro, auroc, pixel_auroc
+from ..evaluation.metrics import aupro, auroc, pixel_auroc
 from .residual_stats import reconstruct, region_term_scores, residuals, set_map_stats, whitening
 
 CANDIDATES = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 1.0)
@@ -131,7 +131,7 @@ def paired_advantage(a: dict, b: dict, a_found: dict, b_found: dict, synthetic: 
     on the mean of image AUROC, pixel AUROC and AUPRO, over paired bootstrap resamples of the
     synthetic set (``a``/``b``: {"scores", "maps"}; ``*_found``: their exact figures). Every choice
     made on the synthetic set (the shrinkage, the per-location or nearest head) is judged by it."""
-    from ..significance import paired_draws
+    from ..evaluation.significance import paired_draws
 
     exact, draws = paired_draws({"a": a, "b": b}, synthetic.labels, synthetic.masks, resamples=resamples, seed=seed,
                                 known={"a": a_found, "b": b_found})

@@ -17,7 +17,7 @@ import time
 import cv2
 import numpy as np
 
-from ... import visualize
+from ...evaluation import visualize
 from .state import LiveState
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ resampled images, and reports each metric's confidence interval and that of the 
 Image AUROC is recomputed exactly on every resample. Pixel AUROC and AUPRO would mean sorting
 every pixel of every resample, so each image's map is reduced once to histograms over shared bins
 (quantiles of all pixel scores): a resample is then a weighted sum of per-image histograms. With
-the default 2048 bins the binned figures agree with ``adtr_edge.metrics`` to about 1e-3 (the
+the default 2048 bins the binned figures agree with ``adtr_edge.evaluation.metrics`` to about 1e-3 (the
 point estimates reported are the exact ones).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import AdtrError
+from ..errors import AdtrError
 from .metrics import aupro, auroc, mask_regions, maps_and_masks, pixel_auroc
 
 METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}  # key -> how reports name it

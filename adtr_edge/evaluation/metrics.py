@@ -22,8 +22,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .errors import AdtrError
-from .postprocessing import Thresholds
+from ..errors import AdtrError
+from ..postprocessing import Thresholds
 
 # ---------------------------------------------------------------------------------- validation
 

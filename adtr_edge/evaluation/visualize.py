@@ -13,9 +13,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .errors import AdtrError
-from .postprocessing import Thresholds, map_to_frame, normalize_map
-from .preprocessing import to_bgr
+from ..errors import AdtrError
+from ..postprocessing import Thresholds, map_to_frame, normalize_map
+from ..preprocessing import to_bgr
 
 CONTOUR_BGR = (0, 0, 255)  # red
 TEXT_BGR = (255, 255, 255)

@@ -12,13 +12,13 @@ from typing import Callable
 
 import numpy as np
 
-from .data.datasets import ImageSet, guard_not_trained_on, load_batch
-from .errors import AdtrError
-from .fileio import write_json_atomic
+from ..data.datasets import ImageSet, guard_not_trained_on, load_batch
+from ..errors import AdtrError
+from ..fileio import write_json_atomic
 from .metrics import auroc, evaluate, roc_curve
-from .postprocessing import Thresholds, label
-from .preprocessing import PreprocessSpec
-from .progress import Task, progress_bar
+from ..postprocessing import Thresholds, label
+from ..preprocessing import PreprocessSpec
+from ..progress import Task, progress_bar
 
 # uint8 NHWC BGR batch -> (maps (N, H, W) float32, scores (N,) float32)
 Predictor = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
@@ -108,7 +108,7 @@ def score_imageset(predict: Predictor, images: ImageSet, spec: PreprocessSpec, *
 def report_for(scored: Scored, thresholds: Thresholds | None, fpr_limit: float = 0.3, resamples: int = 0,
                reference: tuple[str, Scored] | None = None) -> dict:
     """All metrics of ``scored``; ``resamples`` > 0 adds their 95% bootstrap intervals
-    (``adtr_edge.significance``: how far a test set of this size pins each figure down), and
+    (``adtr_edge.evaluation.significance``: how far a test set of this size pins each figure down), and
     ``reference`` (its name, its scores on the same images) the paired differences from it under
     ``against``: one bootstrap gives both."""
     pixel = scored.masks.any()
@@ -147,7 +147,7 @@ def write_pictures(scored: Scored, images: ImageSet, spec: PreprocessSpec, thres
                    out_dir: Path, name: str = "model") -> dict:
     """ROC curve, score histogram and a grid of heat-map overlays; returns {picture: path}."""
     from . import plots
-    from .preprocessing import resize
+    from ..preprocessing import resize
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -171,7 +171,7 @@ def write_pictures(scored: Scored, images: ImageSet, spec: PreprocessSpec, thres
 
 def collapse_report(model, test: ImageSet, device, spec: PreprocessSpec) -> dict:
     """Input following and defect pass-through on the test set's normal images (see train.diagnostics)."""
-    from .train.diagnostics import collapse_on_images
+    from ..train.diagnostics import collapse_on_images
 
     good = [i for i in range(len(test)) if int(test.labels[i]) == 0]
     return collapse_on_images(model, [test.image(i) for i in good], spec, device)
@@ -193,7 +193,7 @@ def finish_report(scored: Scored, images: ImageSet, spec: PreprocessSpec, thresh
 
 def compare_scored(target: Scored, reference: Scored, resamples: int = 1000, target_figures: dict | None = None) -> dict:
     """``target`` against ``reference`` on the same images: each metric's difference with its 95%
-    paired-bootstrap interval (``adtr_edge.significance``), e.g. an INT8 folder against its FP32 export,
+    paired-bootstrap interval (``adtr_edge.evaluation.significance``), e.g. an INT8 folder against its FP32 export,
     and the target's own intervals from the same resamples (``target_intervals``);
     ``target_figures``: the target's exact metrics if already computed."""
     from .significance import paired_bootstrap
@@ -213,10 +213,10 @@ def score_checkpoint(checkpoint: str | Path, test: ImageSet, *, device: str = "a
                      progress: bool = True) -> tuple[Scored, PreprocessSpec, Thresholds | None, dict]:
     """A checkpoint's scores on ``test`` (refused if it trained on any of them), with its preprocessing,
     thresholds and the report's checkpoint-only parts (collapse figures)."""
-    from .preprocessing import preprocess_spec
-    from .train.checkpoint import load_checkpoint
-    from .train.device import resolve_device
-    from .train.head_select import head_summary
+    from ..preprocessing import preprocess_spec
+    from ..train.checkpoint import load_checkpoint
+    from ..train.device import resolve_device
+    from ..train.head_select import head_summary
 
     model, ckpt = load_checkpoint(checkpoint, device="cpu")
     guard_not_trained_on(test, ckpt.extra.get("train_paths", []))

@@ -14,9 +14,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import AdtrError
-from .fileio import atomic_path
-from .postprocessing import Thresholds
+from ..errors import AdtrError
+from ..fileio import atomic_path
+from ..postprocessing import Thresholds
 
 
 def figure(width_in: float, height_in: float):

@@ -39,7 +39,7 @@ def gaussian(train: torch.Tensor, test: torch.Tensor, shrinkage: float = 0.01, c
 
 def nearest_neighbour(train: torch.Tensor, test: torch.Tensor, max_bank: int = 50_000, seed: int = 0,
                       chunk: int = 1024) -> torch.Tensor:
-    from .train.memory_bank import cells, nearest_distance
+    from ..train.memory_bank import cells, nearest_distance
 
     bank = cells(train)
     if bank.shape[0] > max_bank:

@@ -10,7 +10,7 @@ threshold (will the line stop?). Geometric perturbations move the masks with the
 operations themselves live in ``data.camera``.
 
 For a checkpoint, the training-free baselines on the same backbone features are scored the same
-way (``adtr_edge.baselines``, fitted on the fit normals, thresholded at the same quantile of the
+way (``adtr_edge.evaluation.baselines``, fitted on the fit normals, thresholded at the same quantile of the
 held-out normals' scores as the model), so a user sees whether a weakness is the model's or the
 features'.
 """
@@ -23,8 +23,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .data.camera import blur, gain, jpeg, rotate, shift
-from .data.datasets import ImageSet
+from ..data.camera import blur, gain, jpeg, rotate, shift
+from ..data.datasets import ImageSet
 from .metrics import auroc
 
 
@@ -121,13 +121,13 @@ def checkpoint_scorer(checkpoint, data, *, device: str = "cpu", feature_cache=No
     import torch
 
     from .baselines import gaussian, mean_template
-    from .data.datasets import load_batch, load_dataset
-    from .preprocessing import preprocess_spec
-    from .train.checkpoint import load_checkpoint
-    from .train.device import resolve_device
-    from .train.features import cached_raw_features
-    from .train.loop import split_normals
-    from .train.memory_bank import cells, greedy_coreset, nearest_distance
+    from ..data.datasets import load_batch, load_dataset
+    from ..preprocessing import preprocess_spec
+    from ..train.checkpoint import load_checkpoint
+    from ..train.device import resolve_device
+    from ..train.features import cached_raw_features
+    from ..train.loop import split_normals
+    from ..train.memory_bank import cells, greedy_coreset, nearest_distance
 
     model, ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device)
