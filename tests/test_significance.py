@@ -95,3 +95,21 @@ def test_compare_scored_refuses_models_scored_at_another_size():
         compare_scored(a, small, resamples=20)
     same = compare_scored(a, a, resamples=20)
     assert same["aupro"]["difference"] == [0.0, 0.0, 0.0] and same["reference"]["image_auroc"] == auroc(scores, labels)
+
+
+def test_defects_painted_in_part_give_finite_pixel_intervals(recwarn):
+    """Reviews where some defects are painted and some only labelled: a draw of only the unpainted
+    ones would have no anomalous pixel, so they are a stratum of their own."""
+    maps, masks, labels, scores = _case(n=24)
+    unpainted = np.flatnonzero(labels == 1)[:10]
+    masks[unpainted] = False  # ten of twelve defects carry no mask
+    a, b = {"scores": scores, "maps": maps}, {"scores": scores * 0.5, "maps": maps * 0.5 + 0.1}
+    result = paired_bootstrap(a, b, labels, masks, resamples=200, seed=1)
+    for metric in ("pixel_auroc", "aupro"):
+        iv = result.a[metric]
+        assert np.isfinite([iv.low, iv.high]).all() and iv.low <= iv.high
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    strata = labels.copy()
+    strata[unpainted] = 2
+    w = _stratified_weights(strata, 30, seed=0)
+    assert np.all(w[:, unpainted].sum(axis=1) == 10) and np.all(w[:, labels == 0].sum(axis=1) == 12)

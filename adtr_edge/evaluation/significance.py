@@ -103,11 +103,14 @@ class _PixelHistograms:
 
 
 def _stratified_weights(labels: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, N) multiplicities: each class resampled with replacement to its own size."""
+    """(resamples, N) multiplicities: each stratum (0 normal, 1 anomalous, 2 anomalous without a
+    mask where pixel metrics are drawn) resampled with replacement to its own size."""
     rng = np.random.default_rng(seed)
     w = np.zeros((resamples, labels.size))
-    for cls in (0, 1):
+    for cls in (0, 1, 2):
         members = np.flatnonzero(labels == cls)
+        if not members.size:
+            continue
         draws = rng.integers(0, members.size, size=(resamples, members.size))
         for r in range(resamples):
             w[r] += np.bincount(members[draws[r]], minlength=labels.size)
@@ -135,7 +138,10 @@ def _exact_and_draws(methods: dict, labels, masks, resamples: int, confidence: f
             exact[name]["aupro"] = given["aupro"] if "aupro" in given else aupro(method["maps"], masks)
             hist[name] = _PixelHistograms(method["maps"], masks, bins)
     draws = {k: {m: np.empty(resamples) for m in metrics} for k in methods}
-    for r, w in enumerate(_stratified_weights(y, resamples, seed)):
+    strata = y.copy()
+    if pixel:  # a draw of only mask-less defects (reviews painted in part) would have no anomalous pixel to rank
+        strata[(y == 1) & ~np.asarray(masks).reshape(y.size, -1).any(axis=1)] = 2
+    for r, w in enumerate(_stratified_weights(strata, resamples, seed)):
         picked = np.repeat(np.arange(y.size), w.astype(np.int64))
         for k in methods:
             draws[k]["image_auroc"][r] = auroc(scores[k][picked], y[picked])
