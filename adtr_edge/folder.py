@@ -134,6 +134,21 @@ def _read_manifest_folder(p: Path, manifest_path: Path) -> ModelFolder:
     return ModelFolder(p, kind, manifest, meta)
 
 
+def recorded_sha256(folder: ModelFolder) -> Dict[str, str]:
+    """The sha256 the manifest records for each graph's file: an export's ONNX graphs, or an engine
+    folder's engines (the ONNX graph an engine was built from where the engine's own is not listed).
+    A missing entry is one error naming the manifest and the graph."""
+    if folder.kind == TENSORRT:
+        return {g: e.sha256 or e.onnx_sha256 or "" for g, e in engine_entries(folder).items()}
+    graphs, out = folder.manifest.get("graphs"), {}
+    for graph in GRAPHS:
+        entry = graphs.get(graph) if isinstance(graphs, dict) else None
+        if not isinstance(entry, dict) or not entry.get("sha256"):
+            raise AdtrError(f"{folder.path / MANIFEST}: graph '{graph}' has no sha256")
+        out[graph] = str(entry["sha256"])
+    return out
+
+
 def verify_graph_files(folder: ModelFolder) -> None:
     """Every ONNX graph file exists and has the sha256 the manifest recorded (a mixed-up or partly
     copied folder would otherwise run with the wrong weights or thresholds). Engine files are
@@ -142,9 +157,7 @@ def verify_graph_files(folder: ModelFolder) -> None:
         f = folder.graph_file(graph)
         if not f.is_file():
             raise AdtrError(f"{folder.path / MANIFEST}: graph file missing: {f}")
-        expected = folder.manifest["graphs"][graph].get("sha256")
-        if not expected:
-            raise AdtrError(f"{folder.path / MANIFEST}: graph '{graph}' has no sha256")
+        expected = recorded_sha256(folder)[graph]
         actual = sha256_file(f)
         if actual != expected:
             raise AdtrError(

@@ -73,3 +73,18 @@ def test_the_runtime_refuses_a_checkpoint_with_the_fix(tmp_path):
     (tmp_path / "checkpoint.json").write_text("{}")
     with pytest.raises(AdtrError, match="is a training checkpoint; the runtime runs an ONNX export of it"):
         loading.load_backend(tmp_path)
+
+
+def test_recorded_sha256_reads_an_export_and_names_a_missing_entry(tmp_path):
+    import json
+
+    from adtr_edge.errors import AdtrError
+    from adtr_edge.folder import MANIFEST, ModelFolder, ONNX, recorded_sha256
+
+    manifest = {"graphs": {"backbone": {"file": "backbone.onnx", "sha256": "ab" * 32}, "transformer": {"file": "transformer.onnx"}}}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    folder = ModelFolder(path=tmp_path, kind=ONNX, manifest=manifest, meta=None)
+    with pytest.raises(AdtrError, match=r"manifest.json: graph 'transformer' has no sha256"):
+        recorded_sha256(folder)
+    manifest["graphs"]["transformer"]["sha256"] = "cd" * 32
+    assert recorded_sha256(folder) == {"backbone": "ab" * 32, "transformer": "cd" * 32}

@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 
 from ..errors import AdtrError
 from ..fileio import staged_folder
-from ..folder import ONNX_KINDS, TENSORRT, ModelFolder, engine_entries, read_model_folder, verify_engine_files, verify_graph_files
+from ..folder import ONNX_KINDS, TENSORRT, ModelFolder, engine_entries, read_model_folder, recorded_sha256, verify_engine_files, verify_graph_files
 from ..metadata import ANOMALY_MAP, BACKBONE, FEATURES, GRAPHS, IMAGES, SCORE, TRANSFORMER, onnxruntime_config
 
 FLAVOURS = ("python", "onnxruntime_onnx", "tensorrt_plan")
@@ -91,12 +91,10 @@ def _check_options(opts: TritonOptions) -> None:
 def onnx_digests(folder: ModelFolder) -> Dict[str, str]:
     """The sha256 of each ONNX graph a folder runs: the graphs of an export, or the graphs an
     engine folder's engines were built from. The same on both sides of the wire, whatever the flavour."""
+    recorded = recorded_sha256(folder) if folder.is_onnx else None
     out = {}
     for graph in GRAPHS:
-        if folder.is_onnx:
-            digest = folder.manifest["graphs"][graph].get("sha256")
-        else:
-            digest = engine_entries(folder)[graph].onnx_sha256
+        digest = recorded[graph] if recorded is not None else engine_entries(folder)[graph].onnx_sha256
         if not digest:
             raise AdtrError(f"{folder.path}: the manifest records no ONNX sha256 for graph '{graph}'")
         out[graph] = str(digest)

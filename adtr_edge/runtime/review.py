@@ -65,11 +65,10 @@ def model_digest(model_dir: os.PathLike) -> Dict[str, Any]:
     (what the manifest records, so no graph is read again)."""
     import hashlib
 
-    from ..folder import read_model_folder
+    from ..folder import read_model_folder, recorded_sha256
 
     folder = read_model_folder(model_dir)
-    graphs = folder.manifest.get("graphs") or folder.manifest.get("engines") or {}
-    parts = sorted(f"{g}:{(e or {}).get('sha256') or (e or {}).get('onnx_sha256') or ''}" for g, e in graphs.items())
+    parts = sorted(f"{g}:{digest}" for g, digest in recorded_sha256(folder).items())
     return {"path": str(folder.path), "digest": hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]}
 
 
