@@ -351,7 +351,10 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
         train_cfg = replace(train_cfg, score_shrinkage=selection["shrinkage"])
         log(f"score head: shrinkage {selection['shrinkage']:g} (best on {selection['synthetic_defects']} synthetic defects: "
             f"{selection['best']:g}, {selection['advantage_points'][0]:+.2f} points over {selection['configured']:g})")
-    thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, fit_residual=fit_residual)
+    # Drifts named and no head to choose: fitted on their views at once (a choice compares heads fitted on the normals alone).
+    named = data.drift_feats if data.val_drift is None else None
+    at_once = named if train_cfg.head == "per-location" or model.cfg.score == "nearest" else None
+    thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, fit_residual=fit_residual, drift=at_once)
     location = choose_location(model, train_cfg, data, device, synthetic, log)
     if location is not None and location["head"] == "nearest":
         model_cfg, thresholds = use_nearest_head(model, train_cfg, data.feats, data.val_feats, device)
@@ -364,7 +367,7 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
         if drift is not None:
             drift["why"] = why_drift(drift)
             log(f"score head: {drift['why']}")
-    elif data.drift_feats is not None:  # drifts named: the head chosen on the normals is fitted on their views too
+    elif named is not None and at_once is None:  # the head chosen on the normals, fitted on their views too
         thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, drift=data.drift_feats)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),

@@ -179,17 +179,19 @@ class RefitSource:
             tcfg = replace(tcfg, nearest_bank=int(bank))
         model = self.model
         model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
-        thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device)
+        named = None if tcfg.fit_drift in ("none", "auto") else self.drifted(tcfg.fit_drift)
+        choosing = head not in (None, "per-location")  # the heads are compared as fitted on the normals alone
+        thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=None if choosing else named)
         extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
-        if head not in (None, "per-location"):
+        if choosing:
             cfg, thresholds, extra["location_choice"] = self._location(model, replace(tcfg, head=head), cfg, thresholds)
             if cfg.score == "nearest":
                 changed["score"] = (self.ckpt.model_config.score, "nearest")
                 extra["refit"]["changed"]["score"] = list(changed["score"])
         if tcfg.fit_drift == "auto":
             thresholds, extra["drift_choice"] = self._drift(model, tcfg, thresholds)
-        elif tcfg.fit_drift != "none":  # the head chosen on the normals, fitted on their drifted views too
-            thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=self.drifted(tcfg.fit_drift))
+        elif named is not None and choosing:  # the head chosen on the normals, fitted on their drifted views too
+            thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=named)
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
 
     def _location(self, model, tcfg, cfg, thresholds) -> tuple:
