@@ -77,3 +77,24 @@ def test_auto_decides_on_the_held_out_normals_and_says_why(trained_checkpoint, s
     assert "drifted views (light, focus, compression): false alarms on" in choice["why"]
     summary = head_summary(load_checkpoint(res.out)[1])
     assert summary["fit_drift"] == "auto" and summary["drift"] == {"fitted": choice["drift"], "why": choice["why"]}
+
+
+def test_a_knock_moves_the_part_by_its_strength_and_turns_it_about_the_centre():
+    from adtr_edge.data.camera import knock
+
+    img = np.zeros((200, 200), np.uint8)
+    img[90:110, 90:110] = 255  # a square at the centre: a turn about the centre leaves it there
+
+    def centre(a):
+        ys, xs = np.nonzero(a > 127)
+        return ys.mean(), xs.mean()
+
+    assert np.array_equal(knock(img, 0.0), img)
+    for s in (1.0, -1.0, 0.4):
+        cy, cx = centre(knock(img, s))
+        assert abs(cy - (99.5 + round(0.05 * s * 200))) < 0.6 and abs(cx - (99.5 + round(0.05 * s * 200))) < 0.6
+    bar = np.zeros((200, 200), np.uint8)
+    bar[98:102, 20:180] = 255  # a horizontal bar turned by 5 degrees: its ends move apart vertically
+    ys, xs = np.nonzero(knock(bar, 1.0) > 127)
+    left, right = ys[xs < 60].mean(), ys[xs > 160].mean()
+    assert abs(abs(left - right) - np.tan(np.radians(5)) * (xs[xs > 160].mean() - xs[xs < 60].mean())) < 2

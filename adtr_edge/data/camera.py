@@ -33,6 +33,18 @@ def rotate(img: np.ndarray, degrees: float, interp: int = cv2.INTER_LINEAR) -> n
     return cv2.warpAffine(img, m, (w, h), flags=interp, borderMode=cv2.BORDER_REFLECT_101)
 
 
+def knock(img: np.ndarray, strength: float) -> np.ndarray:
+    """A knocked camera: turned by ``5 * strength`` degrees about the centre and moved by ``0.05 *
+    strength`` of each side in whole pixels (down and right for a positive strength, up and left for a
+    negative one), in one resampling; the uncovered border mirrored as in ``rotate``. Strength 1 is the
+    robustness report's larger shift and larger turn at once."""
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), 5.0 * strength, 1.0)
+    m[0, 2] += round(0.05 * strength * w)
+    m[1, 2] += round(0.05 * strength * h)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
 def gain(img: np.ndarray, factor: float) -> np.ndarray:
     return np.clip(img.astype(np.float32) * factor, 0, 255).astype(np.uint8)
 
@@ -52,21 +64,25 @@ def jpeg(img: np.ndarray, quality: float) -> np.ndarray:
 
 # Drifted views for fitting a score head: each draws its strength uniformly from a range a line can
 # expect between two calibrations (exposure +-30%, focus softening up to 2.5 px at 256 px, stream
-# quality down to 15). One view of each fit normal per family; the strength is a function of the
-# image's path, so a view is the same every time (and cacheable) without a global random state.
+# quality down to 15, a knock of up to 5% of the side and 5 degrees). One view of each fit normal per
+# family; the strength is a function of the image's path, so a view is the same every time (and
+# cacheable) without a global random state.
 DRIFTS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], tuple[float, float]]] = {
     "light": (gain, (0.70, 1.35)),
     "focus": (blur, (0.5, 2.5)),
     "compression": (jpeg, (15.0, 60.0)),
+    "pose": (knock, (-1.0, 1.0)),
 }
+# What ``--fit-drift auto`` weighs: the drifts that change how a normal part looks where it sits.
+AUTO_DRIFTS = ("light", "focus", "compression")
 
 
 def check_drifts(names) -> tuple[str, ...]:
     """The drift families named (a comma-separated string or a sequence), checked; () for none, every
-    family for "auto" (fit on them where the held-out normals say so: ``train.drift_choice``)."""
+    ``AUTO_DRIFTS`` for "auto" (fit on them where the held-out normals say so: ``train.drift_choice``)."""
     if isinstance(names, str):
         if names.strip() == "auto":
-            return tuple(DRIFTS)
+            return AUTO_DRIFTS
         names = [n.strip() for n in names.split(",") if n.strip() and n.strip() != "none"]
     names = tuple(names)
     unknown = [n for n in names if n not in DRIFTS]

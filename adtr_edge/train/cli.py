@@ -75,8 +75,9 @@ def register(app: typer.Typer) -> None:
                                            "held-out normals clearly favour it (parts that move); per-location; nearest.", rich_help_panel=SCORE_HEAD),
         nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (a greedy coreset of the normals'; default 4096).", rich_help_panel=SCORE_HEAD),
         fit_drift: Optional[str] = typer.Option(None, rich_help_panel=SCORE_HEAD,
-                                                help="Also fit the head on drifted views of the fit normals, so that a change of light, focus or stream "
-                                                     "quality is not an alarm: comma-separated from light, focus, compression, or none."),
+                                                help="Also fit the head on drifted views of the fit normals, so that a change of light, focus, stream "
+                                                     "quality or camera pose is not an alarm: comma-separated from light, focus, compression, pose; "
+                                                     "auto (light, focus, compression where held-out normals say so); or none."),
         region_grid: Optional[int] = typer.Option(None, rich_help_panel=SCORE_HEAD,
                                                   help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
         map_pool: Optional[int] = typer.Option(None, rich_help_panel=SCORE_HEAD,
@@ -148,7 +149,7 @@ def register(app: typer.Typer) -> None:
                                            "on the same held-out normals with synthetic defects."),
         nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (default: the checkpoint's, 4096)."),
         fit_drift: Optional[str] = typer.Option(None, help="Also fit the head on drifted views of the fit normals: comma-separated from "
-                                                "light, focus, compression, or none (default: the checkpoint's)."),
+                                                "light, focus, compression, pose; auto; or none (default: the checkpoint's)."),
         region_grid: Optional[int] = typer.Option(None, help="The regional image score's grid G, 0 = the map alone (default: the checkpoint's)."),
         shrinkage: Optional[float] = typer.Option(None, help="The per-location covariance's shrinkage (default: the checkpoint's, as training chose it)."),
         feature_cache: Optional[Path] = typer.Option(None, help="Folder of cached backbone features (as in train)."),

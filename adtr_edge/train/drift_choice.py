@@ -23,7 +23,7 @@ import copy
 import numpy as np
 import torch
 
-from ..data.camera import DRIFTS
+from ..data.camera import AUTO_DRIFTS
 
 MARGIN = 1.0  # points of the mean of three metrics the drifted head may lose, at the interval's lower end
 CHOICES = ("none", "auto")  # besides a list of drift names
@@ -65,7 +65,7 @@ def compare_drift(model, drifted_model, synthetic, val_drift: torch.Tensor, thre
             "synthetic_defects": int(synthetic.labels.sum())}
 
 
-def why_drift(choice: dict, drifts=tuple(DRIFTS)) -> str:
+def why_drift(choice: dict, drifts=AUTO_DRIFTS) -> str:
     """One line for the log and ``eval``."""
     a, fa = choice["advantage_points"], choice["false_alarms"]
     verdict = "fitted on them" if choice["drift"] else "fitted on the normals alone"

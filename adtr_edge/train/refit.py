@@ -126,7 +126,7 @@ class RefitSource:
 
     def drifted(self, fit_drift: str):
         """The standardised features of the fit normals' drifted views, one per image and drift in
-        ``fit_drift`` (every drift for "auto"); None for none."""
+        ``fit_drift`` (``AUTO_DRIFTS`` for "auto"); None for none."""
         import torch
 
         from ..data.camera import check_drifts
@@ -141,13 +141,13 @@ class RefitSource:
         return torch.cat([self.drift_feats[d] for d in drifts]) if drifts else None
 
     def held_out_drift(self):
-        """The held-out normals' drifted views (every drift), standardised: what ``--fit-drift auto`` judges on."""
-        from ..data.camera import DRIFTS
+        """The held-out normals' drifted views (``AUTO_DRIFTS``), standardised: what ``--fit-drift auto`` judges on."""
+        from ..data.camera import AUTO_DRIFTS
         from .features import drift_features
 
         if "held-out" not in self.drift_feats:
             raw = drift_features(self.model.backbone, self.train_set, self.val_idx, preprocess_spec(self.ckpt.model_config),
-                                 self.ckpt.model_config, list(DRIFTS), cache_dir=self.feature_cache, device=self.device)
+                                 self.ckpt.model_config, list(AUTO_DRIFTS), cache_dir=self.feature_cache, device=self.device)
             self.drift_feats["held-out"] = self.model.backbone.standardize(raw.to(self.device))
         return self.drift_feats["held-out"]
 
