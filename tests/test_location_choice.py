@@ -169,3 +169,22 @@ def test_refit_head_switches_a_trained_checkpoint_to_the_nearest_head_or_lets_th
     assert main(["refit-head", *base, "--out", str(tmp_path / "bad"), "--head", "anywhere"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--head 'anywhere'" in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_refit_head_brings_a_nearest_checkpoint_back_to_the_per_location_head_it_was_chosen_over(nearest_checkpoint, sample_dataset,
+                                                                                               tmp_path):
+    from adtr_edge.train.checkpoint import load_checkpoint
+    from adtr_edge.train.refit import refit_head
+
+    kept = load_checkpoint(nearest_checkpoint)[1].extra["location_choice"]["per_location"]
+    assert kept["score"] == "mahalanobis" and kept["region_grid"] == tiny_model_config().region_grid
+    res = refit_head(nearest_checkpoint, sample_dataset, tmp_path / "pl", device="cpu", head="per-location")
+    assert res.changed["score"] == ("nearest", "mahalanobis")
+    model, ckpt = load_checkpoint(tmp_path / "pl")
+    assert ckpt.model_config.score == "mahalanobis" and ckpt.model_config.region_grid == kept["region_grid"]
+    assert ckpt.train_config.head == "per-location" and "location_choice" not in ckpt.extra
+    assert ckpt.thresholds.threshold != load_checkpoint(nearest_checkpoint)[1].thresholds.threshold
+    res = refit_head(nearest_checkpoint, sample_dataset, tmp_path / "auto", device="cpu", head="auto", nearest_bank=200)
+    choice = res.checkpoint.extra["location_choice"]
+    assert set(choice["candidates"]) == {"per-location", "nearest"}  # compared anew, not kept as it was
+    assert res.checkpoint.model_config.score == ("nearest" if choice["head"] == "nearest" else "mahalanobis")

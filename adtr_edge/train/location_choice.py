@@ -56,6 +56,30 @@ def nearest_config(cfg, bank: int, source: str = "features", pool: int = 0):
                    region_grid=0, map_pool=0, map_pool_clip=0.0)
 
 
+# The per-location head's own settings, which a nearest head turns off: recorded with the choice
+# (``choose_location``) so that ``refit-head --head per-location|auto`` can bring that head back.
+PER_LOCATION_FIELDS = ("score", "region_grid", "map_pool", "map_pool_weight", "map_pool_clip")
+
+
+def per_location_settings(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in PER_LOCATION_FIELDS}
+
+
+def per_location_config(cfg, choice: dict | None, preset: dict | None):
+    """A nearest head's config ``cfg`` with the per-location head back: the settings recorded with the
+    location choice, or (a checkpoint written before they were recorded) the preset's, else the
+    model config's defaults."""
+    from ..config import ModelConfig
+
+    kept = (choice or {}).get("per_location")
+    if kept is None:
+        model = (preset or {}).get("model", {})
+        kept = {k: model.get(k, getattr(ModelConfig, k)) for k in PER_LOCATION_FIELDS}
+        if kept["score"] == "nearest":
+            kept["score"] = "mahalanobis"
+    return replace(cfg, **kept)
+
+
 @torch.no_grad()
 def _scored(head, feats: torch.Tensor, rec: torch.Tensor, batch: int = 32) -> dict:
     maps, scores = [], []

@@ -434,7 +434,7 @@ def choose_location(model, train_cfg: TrainConfig, data: RunData, device, synthe
     """``head``: "nearest" swaps the head unasked; "auto" compares the fitted per-location head with a
     nearest-neighbour head on the synthetic set (``train.location_choice``); None where nothing applies."""
     from ..model.head import AnomalyHead
-    from .location_choice import compare_heads, location_gain, nearest_config, why
+    from .location_choice import compare_heads, location_gain, nearest_config, per_location_settings, why
     from .memory_bank import fit_bank
     from .residual_stats import reconstruct
 
@@ -454,5 +454,6 @@ def choose_location(model, train_cfg: TrainConfig, data: RunData, device, synthe
         choice["location_gain"] = location_gain(data.feats, data.val_feats, seed=train_cfg.seed)
         choice["seconds"] = round(time.perf_counter() - t0, 1)
     choice["why"] = why(choice)
+    choice["per_location"] = per_location_settings(model.cfg)
     log(f"score head: {choice['why']}")
     return choice

@@ -177,21 +177,34 @@ class RefitSource:
         cfg, tcfg, changed = head_settings(self.ckpt, **settings)
         if bank is not None:
             tcfg = replace(tcfg, nearest_bank=int(bank))
+        if head is not None:
+            tcfg = replace(tcfg, head=head)
+        if head is not None and cfg.score == "nearest":  # a head to fit or choose anew: from the per-location one
+            from ..config import PRESETS
+            from .location_choice import per_location_config
+
+            cfg = per_location_config(cfg, self.ckpt.extra.get("location_choice"), PRESETS.get(tcfg.preset))
+            if head == "per-location":
+                changed["score"] = ("nearest", cfg.score)
         model = self.model
         model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
         named = None if tcfg.fit_drift in ("none", "auto") else self.drifted(tcfg.fit_drift)
         choosing = head not in (None, "per-location")  # the heads are compared as fitted on the normals alone
         thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=None if choosing else named)
-        extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint), "changed": {k: list(v) for k, v in changed.items()}}}
+        extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint)}}
+        if head == "per-location":
+            extra.pop("location_choice", None)  # the user's choice now, not a measured one
         if choosing:
             cfg, thresholds, extra["location_choice"] = self._location(model, replace(tcfg, head=head), cfg, thresholds)
-            if cfg.score == "nearest":
-                changed["score"] = (self.ckpt.model_config.score, "nearest")
-                extra["refit"]["changed"]["score"] = list(changed["score"])
+            if cfg.score != self.ckpt.model_config.score:
+                changed["score"] = (self.ckpt.model_config.score, cfg.score)
+            else:
+                changed.pop("score", None)
         if tcfg.fit_drift == "auto":
             thresholds, extra["drift_choice"] = self._drift(model, tcfg, thresholds)
         elif named is not None and choosing:  # the head chosen on the normals, fitted on their drifted views too
             thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=named)
+        extra["refit"]["changed"] = {k: list(v) for k, v in changed.items()}
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
 
     def _location(self, model, tcfg, cfg, thresholds) -> tuple:
