@@ -167,3 +167,19 @@ def test_review_folder_defects_are_what_finetune_reads(reviews):
     test = load_dataset(reviews, "test")
     painted = [i for i, s in enumerate(test.samples) if s.mask_path is not None]
     assert painted and all(cv2.imread(str(test.samples[i].mask_path), cv2.IMREAD_GRAYSCALE).max() == 255 for i in painted)
+
+
+def test_finetune_says_when_the_head_cannot_learn_from_the_reviewed_defects(tmp_path, trained_checkpoint, sample_dataset, reviews):
+    """A nearest head on the backbone's features never reads the transformer that ADTR+ trains: the
+    operator is told before the training, for that model and not for one whose head reads it."""
+    from adtr_edge.train.refit import refit_head
+
+    nearest = refit_head(trained_checkpoint, sample_dataset, tmp_path / "nearest", device="cpu", head="nearest", nearest_bank=128).out
+    for model, told in ((nearest, True), (trained_checkpoint, False)):
+        lines = []
+        try:
+            finetune(model, reviews, tmp_path / f"ft-{told}", data=sample_dataset, epochs=1, resamples=50, device="cpu", log=lines.append)
+        except FinetuneRefused:
+            pass
+        notes = [s for s in lines if s.startswith("note:") and "does not read the transformer" in s]
+        assert len(notes) == (1 if told else 0), lines
