@@ -149,6 +149,12 @@ class ModelConfig:
             raise AdtrError(f"neighbor_mask {self.neighbor_mask} must be smaller than the grid {gh}x{gw}")
 
     @property
+    def score_reads_reconstruction(self) -> bool:
+        """False for a nearest head on the backbone's features: its scores never read the transformer
+        (the exported graph drops it, and ADTR+'s losses cannot change them)."""
+        return not (self.score == "nearest" and self.nearest_source == "features")
+
+    @property
     def grid(self) -> tuple[int, int]:
         return (self.input_size[0] // self.feature_stride, self.input_size[1] // self.feature_stride)
 

@@ -142,7 +142,7 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
     base = read_checkpoint_meta(checkpoint)
     cfg = replace(base.train_config, epochs=epochs, lr=lr, alpha=alpha, seed=seed, device=device, loss="auto", time_budget=0.0)
 
-    if base.model_config.score == "nearest" and base.model_config.nearest_source == "features":
+    if not base.model_config.score_reads_reconstruction:
         # ADTR+'s losses train the transformer, and this head never reads it: say so before minutes of training.
         log("note: this model's score head (nearest, on the backbone's features) does not read the transformer, so the "
             "reviewed defects cannot change its scores; the reviewed normals join its memory bank and the threshold is "

@@ -28,8 +28,15 @@ def shift(img: np.ndarray, fraction: float) -> np.ndarray:
 def rotate(img: np.ndarray, degrees: float, interp: int = cv2.INTER_LINEAR) -> np.ndarray:
     """About the centre; the uncovered border mirrored from the image, as a camera that moved still
     sees a scene there (replicated edge pixels draw flat streaks that no camera sees)."""
+    return _turn_and_move(img, degrees, 0, 0, interp)
+
+
+def _turn_and_move(img: np.ndarray, degrees: float, dx: int, dy: int, interp: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Turned about the centre, then moved by whole pixels, in one resampling; border mirrored."""
     h, w = img.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), degrees, 1.0)
+    m[0, 2] += dx
+    m[1, 2] += dy
     return cv2.warpAffine(img, m, (w, h), flags=interp, borderMode=cv2.BORDER_REFLECT_101)
 
 
@@ -39,10 +46,7 @@ def knock(img: np.ndarray, strength: float) -> np.ndarray:
     negative one), in one resampling; the uncovered border mirrored as in ``rotate``. Strength 1 is the
     robustness report's larger shift and larger turn at once."""
     h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), 5.0 * strength, 1.0)
-    m[0, 2] += round(0.05 * strength * w)
-    m[1, 2] += round(0.05 * strength * h)
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return _turn_and_move(img, 5.0 * strength, round(0.05 * strength * w), round(0.05 * strength * h))
 
 
 def gain(img: np.ndarray, factor: float) -> np.ndarray:

@@ -109,6 +109,7 @@ class AnomalyHead(nn.Module):
             self.register_buffer("bank", torch.zeros(cfg.nearest_bank, channels))
             self.register_buffer("bank_sq", torch.zeros(cfg.nearest_bank))
         self.nearest_source, self.nearest_pool = cfg.nearest_source, int(cfg.nearest_pool)
+        self.reads_reconstruction = cfg.score_reads_reconstruction
         self.region_grid, self.feature_grid = int(cfg.region_grid), tuple(cfg.grid)
         if self.region_grid:
             dim = channels * self.region_grid ** 2  # region_means' length
@@ -158,9 +159,7 @@ class AnomalyHead(nn.Module):
 
     def cell_input(self, features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """What the per-cell score reads: the residual, or (a ``nearest`` head on ``features``) the features."""
-        if self.score_kind == "nearest" and self.nearest_source == "features":
-            return features
-        return features - reconstruction
+        return features - reconstruction if self.reads_reconstruction else features
 
     def set_region_stats(self, mean: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor, rest: float) -> None:
         """The regional term: ``mean`` (D,), ``basis`` (D, r') orthonormal columns, ``scale`` (r',) =

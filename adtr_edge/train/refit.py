@@ -190,12 +190,14 @@ class RefitSource:
         model.cfg, model.head = cfg, AnomalyHead(cfg, model.backbone.channels).to(self.device)
         named = None if tcfg.fit_drift in ("none", "auto") else self.drifted(tcfg.fit_drift)
         choosing = head not in (None, "per-location")  # the heads are compared as fitted on the normals alone
-        thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=None if choosing else named)
+        # --head nearest replaces the per-location head unasked, so fitting that head first would be thrown away.
+        thresholds = None if head == "nearest" else fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device,
+                                                               drift=None if choosing else named)
         extra = {**self.ckpt.extra, "refit": {"from": str(self.checkpoint)}}
         if head == "per-location":
             extra.pop("location_choice", None)  # the user's choice now, not a measured one
         if choosing:
-            cfg, thresholds, extra["location_choice"] = self._location(model, replace(tcfg, head=head), cfg, thresholds)
+            cfg, thresholds, extra["location_choice"] = self._location(model, tcfg, cfg, thresholds)
             if cfg.score != self.ckpt.model_config.score:
                 changed["score"] = (self.ckpt.model_config.score, cfg.score)
             else:
