@@ -105,6 +105,10 @@ class ModelConfig:
     nearest_pool: int = 0
     mean: tuple[float, float, float] = BACKBONES[DEFAULT_BACKBONE]["mean"]  # of the backbone's ImageNet weights
     std: tuple[float, float, float] = BACKBONES[DEFAULT_BACKBONE]["std"]
+    # > 0: every frame's mean grey level (0-255) is scaled to this value in the graph before the
+    # backbone, clipped to 0-255, so that a camera's exposure or a lamp's drift does not move the
+    # features; ``train --normalize-exposure`` sets it to the fit normals' median. 0 = off.
+    exposure_reference: float = 0.0
 
     def __post_init__(self):
         h, w = self.input_size
@@ -122,6 +126,8 @@ class ModelConfig:
             raise AdtrError(f"score {self.score!r}: choose one of {list(SCORES)}")
         if self.neighbor_mask < 0 or (self.neighbor_mask and self.neighbor_mask % 2 == 0):
             raise AdtrError(f"neighbor_mask {self.neighbor_mask}: use 0 (off) or an odd window size such as 3 or 5")
+        if not 0.0 <= self.exposure_reference <= 255.0:
+            raise AdtrError(f"exposure_reference {self.exposure_reference}: a grey level in (0, 255], or 0 (off)")
         if self.map_blur < 0:
             raise AdtrError(f"map_blur {self.map_blur}: must be >= 0 (0 = off)")
         gh, gw = self.grid
@@ -188,6 +194,7 @@ class TrainConfig:
     step_at: float = 0.8  # fraction of epochs after which "step" decays the lr by 10x
     grad_clip: float = 1.0
     standardize_features: bool = True  # per-channel feature standardisation (training stats)
+    normalize_exposure: bool = False  # sets ModelConfig.exposure_reference to the fit normals' median grey level
     feature_jitter: float = 0.0  # UniAD-style noise on the encoder input: std = this x the token's RMS
     jitter_shape: str = "isotropic"  # "isotropic" (UniAD) | "covariance": shaped like each location's normal variation, same energy
     time_budget: float = 0.0  # seconds of training (features excluded); > 0 fits the schedule to it after epoch 1

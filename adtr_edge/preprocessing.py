@@ -7,8 +7,9 @@ Split in two halves:
   TensorRT have none and training must see exactly what the engine sees). The result is a
   ``uint8`` NHWC BGR batch: what OpenCV gives, so a camera frame needs no channel shuffle and the
   host-to-device copy is 4x smaller than float32.
-* in-graph half (``scale_shift``): cast to float, BGR->RGB, scale to [0,1], subtract mean and
-  divide by std. ``adtr_edge.model.adtr.InGraphPreprocess`` implements it in torch from
+* in-graph half (``scale_shift``): cast to float, with ``exposure_reference`` scale the frame so
+  that its mean grey level is that reference (clipped to 0-255), BGR->RGB, scale to [0,1], subtract
+  mean and divide by std. ``adtr_edge.model.adtr.InGraphPreprocess`` implements it in torch from
   these same numbers, so it is exported inside the backbone graph and no backend can get it wrong.
   ``normalize_numpy`` is the numpy reference used by tests.
 """
@@ -45,6 +46,7 @@ class PreprocessSpec:
     dtype: str = "uint8"
     interpolation: str = "cv2.INTER_LINEAR"  # no antialiasing
     input_name: str = "images"
+    exposure_reference: float = 0.0  # > 0: each frame's mean grey level scaled to this first (ModelConfig's)
     notes: str = field(default="host: BGR uint8 -> resize (cv2.INTER_LINEAR); graph: cast, BGR->RGB, /255, (x-mean)/std")
 
     @property
@@ -159,8 +161,26 @@ def normalize_numpy(batch_uint8_nhwc: np.ndarray, spec: PreprocessSpec) -> np.nd
     """Reference of the in-graph half: (N,H,W,3) uint8 BGR -> (N,3,H,W) float32 normalised RGB."""
     a, b = spec.scale_shift()
     rgb = batch_uint8_nhwc[..., ::-1].astype(np.float32)
+    if spec.exposure_reference > 0:
+        rgb = np.clip(rgb * exposure_gain(batch_uint8_nhwc, spec.exposure_reference)[:, None, None, None], 0.0, 255.0)
     out = rgb * a + b
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def exposure_gain(batch_uint8_nhwc: np.ndarray, reference: float) -> np.ndarray:
+    """(N,) the factor that brings each frame's mean grey level to ``reference`` (a black frame: as
+    if its mean were 1)."""
+    mean = batch_uint8_nhwc.reshape(len(batch_uint8_nhwc), -1).astype(np.float64).mean(axis=1)
+    return (reference / np.maximum(mean, 1.0)).astype(np.float32)
+
+
+def median_grey(images, spec: PreprocessSpec) -> float:
+    """The median over ``images`` (BGR frames of any size) of their mean grey level at the model's
+    input size: the exposure every frame is brought to with ``exposure_reference``."""
+    means = [float(resize(img, spec).mean()) for img in images]
+    if not means:
+        raise AdtrError("no images to measure the exposure of")
+    return float(np.median(means))
 
 
 def list_images(folder: str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
@@ -176,4 +196,5 @@ def list_images(folder: str | Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) ->
 def preprocess_spec(cfg) -> PreprocessSpec:
     """A model config's preprocessing facts (``adtr_edge.config.ModelConfig``: input size, mean, std):
     the single source for training, export and every runtime."""
-    return PreprocessSpec(height=cfg.input_size[0], width=cfg.input_size[1], mean=tuple(cfg.mean), std=tuple(cfg.std))
+    return PreprocessSpec(height=cfg.input_size[0], width=cfg.input_size[1], mean=tuple(cfg.mean), std=tuple(cfg.std),
+                          exposure_reference=float(getattr(cfg, "exposure_reference", 0.0)))

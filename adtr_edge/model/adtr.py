@@ -4,7 +4,7 @@ Rules that keep it exportable: static shapes except the batch, no Python loops o
 data-dependent control flow, no masks and no -inf constants (they turn into NaN in FP16).
 
     images (N,H,W,3) uint8 BGR
-      -> InGraphPreprocess        cast, BGR->RGB, (x/255 - mean)/std       } backbone graph
+      -> InGraphPreprocess        cast, [exposure], BGR->RGB, (x/255 - mean)/std } backbone graph
       -> frozen CNN stages -> resize each to one grid -> concat -> standardise }
     features (N,C,h,w)
       -> ReconstructionTransformer  1x1 proj, encoder, decoder with learned queries, 1x1 proj } transformer
@@ -37,9 +37,18 @@ class InGraphPreprocess(nn.Module):
         self.register_buffer("shift", torch.tensor(b).view(1, 3, 1, 1), persistent=False)
         # BGR -> RGB as a constant gather: one cheap op that every runtime supports.
         self.register_buffer("rgb_index", torch.tensor([2, 1, 0]), persistent=False)
+        self.exposure = float(spec.exposure_reference)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(torch.float32).permute(0, 3, 1, 2)
+        if self.exposure > 0:
+            # The mean grey level, one axis at a time on [0, 1] pixels: no partial sum exceeds an
+            # image side, so an FP16 engine cannot overflow (one mean over 196k pixels of 0-255 would).
+            # The halving and doubling between the means keep the simplifier from fusing them into one.
+            m = (x * (1.0 / 255.0)).mean(dim=3, keepdim=True)
+            m = (m * 0.5).mean(dim=2, keepdim=True)
+            m = (m * 2.0).mean(dim=1, keepdim=True)
+            x = torch.clamp(x * ((self.exposure / 255.0) / torch.clamp(m, min=1.0 / 255.0)), 0.0, 255.0)
         x = torch.index_select(x, 1, self.rgb_index)
         return x * self.scale + self.shift
 

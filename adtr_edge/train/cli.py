@@ -78,6 +78,9 @@ def register(app: typer.Typer) -> None:
                                                 help="Also fit the head on drifted views of the fit normals, so that a change of light, focus, stream "
                                                      "quality or camera pose is not an alarm: comma-separated from light, focus, compression, pose; "
                                                      "auto (light, focus, compression where held-out normals say so); or none."),
+        normalize_exposure: Optional[bool] = typer.Option(None, "--normalize-exposure/--no-normalize-exposure", rich_help_panel=MODEL,
+                                                          help="Bring every frame's mean grey level to the normals' median, in the graph, before "
+                                                               "the backbone: exposure and lamp drift stop moving the features (default: off)."),
         region_grid: Optional[int] = typer.Option(None, rich_help_panel=SCORE_HEAD,
                                                   help="Image score: add the residual averaged on G x G regions (default, fast: 4; 0 = the map alone). Needs --score mahalanobis."),
         map_pool: Optional[int] = typer.Option(None, rich_help_panel=SCORE_HEAD,
@@ -116,7 +119,7 @@ def register(app: typer.Typer) -> None:
                   "region_grid": region_grid, "map_pool": map_pool, "map_pool_clip": _pool_clip(map_pool, map_pool_clip)}
         t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "jitter_shape": jitter_shape, "threshold_quantile": threshold_quantile,
                   "time_budget": time_budget, "augment": augment, "score_select": score_select, "head": head, "nearest_bank": nearest_bank,
-                  "fit_drift": fit_drift, "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
+                  "fit_drift": fit_drift, "normalize_exposure": normalize_exposure, "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
         m_kw, t_kw = apply_preset(preset, m_over, t_over)
         model_cfg = ModelConfig.for_backbone(backbone or preset_backbone(preset), **m_kw)
         train_cfg = TrainConfig(**t_kw)

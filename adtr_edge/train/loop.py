@@ -23,7 +23,7 @@ from ..config import ModelConfig, TrainConfig
 from ..data.camera import check_drifts
 from ..errors import AdtrError, require
 from ..model import build_model
-from ..preprocessing import preprocess_spec
+from ..preprocessing import median_grey, preprocess_spec
 from ..model.losses import image_loss, normal_loss, pixel_loss, pseudo_huber
 from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
@@ -190,6 +190,10 @@ def train_model(
         model_cfg = base.model_config
         log(f"fine-tuning {init_from}")
     else:
+        if train_cfg.normalize_exposure and not model_cfg.exposure_reference:
+            reference = median_grey((train_set.image(i) for i in fit_idx), preprocess_spec(model_cfg))
+            model_cfg = replace(model_cfg, exposure_reference=round(reference, 2))
+            log(f"exposure: every frame is brought to a mean grey level of {model_cfg.exposure_reference:g} (the fit normals' median)")
         model = build_model(model_cfg, weights=weights)
     model = model.to(device)
     loss_kind = choose_loss(train_cfg, anomalies)
