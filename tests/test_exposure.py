@@ -97,6 +97,10 @@ def test_training_sets_the_reference_and_the_onnx_graph_carries_it(tmp_path, sam
             init = {i.name: i for i in graph.graph.initializer}
             axes = list(onnx.numpy_helper.to_array(init[n.input[1]])) if len(n.input) > 1 and n.input[1] in init else None
         assert axes is not None and len(axes) == 1, n
+    from adtr_edge.export.op_support import VERSIONS, restriction_problems, unsupported
+
+    for version in VERSIONS:  # every TensorRT parser the engine builder targets imports the new ops
+        assert unsupported(graph, version) == [] and restriction_problems(graph, version) == [], version
     x = _frames(3, 2, 30, 200)
     x = np.stack([np.resize(f, (64, 64, 3)) for f in x])
     sess = ort.InferenceSession(str(tmp_path / "onnx" / "backbone.onnx"), providers=["CPUExecutionProvider"])
