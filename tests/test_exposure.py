@@ -65,7 +65,7 @@ def test_median_grey_is_measured_at_the_model_size():
         median_grey([], spec)
 
 
-def test_training_sets_the_reference_and_the_onnx_graph_carries_it(tmp_path, sample_dataset):
+def test_training_sets_the_reference_and_the_onnx_graph_carries_it(tmp_path, sample_dataset, capsys):
     ort = pytest.importorskip("onnxruntime")
     import onnx
 
@@ -110,3 +110,12 @@ def test_training_sets_the_reference_and_the_onnx_graph_carries_it(tmp_path, sam
     darker = np.round(x * 0.75).astype(np.uint8)
     moved = np.abs(sess.run(None, {"images": darker})[0] - feats).mean()
     assert moved < 0.05 * np.abs(feats).mean()
+
+    # eval says the model normalises exposure, from a checkpoint and from its export alike
+    from adtr_edge.cli import main as cli_main
+
+    for model_path in (tmp_path / "ckpt", tmp_path / "onnx"):
+        capsys.readouterr()
+        assert cli_main(["eval", str(model_path), str(sample_dataset), "--out", str(tmp_path / f"eval-{model_path.name}"),
+                         "--no-pictures", "--bootstrap", "0", "--device", "cpu", "--no-progress"]) == 0
+        assert f"exposure: every frame brought to a mean grey level of {expected:g}" in capsys.readouterr().out

@@ -230,6 +230,9 @@ def register(app: typer.Typer) -> None:
             choice = (report.get("score_head") or {}).get(decided)
             if choice:
                 typer.echo(f"score head: {choice['why']}")
+        if getattr(spec, "exposure_reference", 0.0):
+            typer.echo(f"exposure: every frame brought to a mean grey level of {spec.exposure_reference:g} before the backbone "
+                       "(train --normalize-exposure)")
         typer.echo(f"report: {out / 'report.json'}")
         if perturb:
             _robustness(model, data, test, out, device=device, backend=backend, thresholds=thresholds, spec=spec,
