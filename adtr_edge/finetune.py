@@ -19,11 +19,7 @@ training.
    interval lies below zero, or, with too few images to bound it, its estimate is lower) or when
    image AUROC, the figure every line has, is lower at all; the gate cannot run when the held-out
    images cannot rank (no normal or no defect among them).
-3. With ``promote="all"`` (``--promote all``), once the gate passes, step 1 runs again from MODEL on
-   every review, the held-out share's too, and that model is promoted (the gated one is kept in
-   NEW.gated): the gate has judged the recipe on reviews its model never saw, and the line's reviewed
-   defects are too rare to leave 30% of them out of the model that ships.
-4. A promoted model is renamed to NEW (and exported to ``export`` when asked); a refused one is
+3. A promoted model is renamed to NEW (and exported to ``export`` when asked); a refused one is
    kept aside as ``NEW.refused`` and ``FinetuneRefused`` is raised (the command exits 3).
 """
 
@@ -40,8 +36,6 @@ from typing import Callable, Optional, Tuple
 from .errors import AdtrError
 
 GATE_METRICS = ("image_auroc", "pixel_auroc", "aupro")
-# What a passed gate promotes: the model it measured, or that recipe trained again on every review.
-PROMOTE = ("gated", "all")
 
 
 class FinetuneRefused(AdtrError):
@@ -101,7 +95,7 @@ def _train_set(checkpoint: Path, data: Optional[Path], normals):
 
 
 def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, export=None, epochs: int = 3, lr: float = 1e-3,
-             alpha: float = 0.1, holdout: float = 0.3, seed: int = 0, resamples: int = 1000, device: str = "auto", promote: str = "gated",
+             alpha: float = 0.1, holdout: float = 0.3, seed: int = 0, resamples: int = 1000, device: str = "auto",
              progress: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
     """Fine-tune ``checkpoint`` on the reviews in ``review_dir`` into ``out`` past the gate; returns
     the gate's report (also written to ``out/finetune.json``). Raises ``FinetuneRefused`` (the model
@@ -119,11 +113,8 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
                         "from (adtr-edge train's --out)")
     if epochs < 1:
         raise AdtrError(f"--epochs must be >= 1, got {epochs}")
-    if promote not in PROMOTE:
-        raise AdtrError(f"--promote {promote}: one of {', '.join(PROMOTE)}")
     refused_dir = out.with_name(out.name + ".refused")
-    gated_dir = out.with_name(out.name + ".gated")
-    for p in (out, refused_dir) + ((gated_dir,) if promote == "all" else ()):
+    for p in (out, refused_dir):
         if p.exists():
             raise AdtrError(f"{p}: exists; choose a new --out (a model is never overwritten)")
     if not review_dir.is_dir():
@@ -146,7 +137,8 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
     if 0 not in labels or 1 not in labels:
         raise AdtrError(f"the gate needs held-out normals and defects to rank; the held-out reviews have {labels.count(0)} normals "
                         f"and {labels.count(1)} defects; review more, lower --holdout's luck with more reviews, or give --against-data")
-    _, held_out_normals = _train_set(checkpoint, data, [])  # fails now, not after minutes, when DATA is missing
+    normals = _imageset(review_dir, [r for r in tune if r["verdict"] == "normal"])
+    train_set, held_out_normals = _train_set(checkpoint, data, normals)
     base = read_checkpoint_meta(checkpoint)
     cfg = replace(base.train_config, epochs=epochs, lr=lr, alpha=alpha, seed=seed, device=device, loss="auto", time_budget=0.0)
 
@@ -156,38 +148,27 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
             "reviewed defects cannot change its scores; the reviewed normals join its memory bank and the threshold is "
             "recalibrated")
     staging = out.with_name(f".tmp-{out.name}")
-    final = out.with_name(f".tmp-{out.name}-all")
+    if staging.exists():
+        shutil.rmtree(staging)
+    painted = [r for r in tune_defects if r.get("mask")]
+    unpainted = [r for r in tune_defects if not r.get("mask")]
+    groups = [(g, k) for g, k in ((painted, "labelled-pixel"), (unpainted, "labelled-image")) if g]
     first = staging.with_name(staging.name + "-first")
-    for p in (staging, final, first):
-        if p.exists():
-            shutil.rmtree(p)
-
-    def train_on(defects: list, normal_records: list, target: Path) -> list:
-        """ADTR+ passes from MODEL on these reviewed defects and normals into ``target``: the pixel loss
-        on the painted defects, then the image-label loss on the unpainted ones (the training loop
-        takes one kind of anomaly per run); the passes' record."""
-        normals_set = _imageset(review_dir, normal_records)
-        train_set, held_out_normals = _train_set(checkpoint, data, normals_set)
-        painted = [r for r in defects if r.get("mask")]
-        unpainted = [r for r in defects if not r.get("mask")]
-        groups = [(g, k) for g, k in ((painted, "labelled-pixel"), (unpainted, "labelled-image")) if g]
-        passes, start = [], checkpoint
+    passes = []
+    start = checkpoint
+    try:
         for i, (group, kind) in enumerate(groups):
             s = _imageset(review_dir, group)
             masks = [s.mask(i) for i in range(len(s))] if kind == "labelled-pixel" else None
             pool = AnomalyPool([s.image(i) for i in range(len(s))], masks, kind)
-            step = target if i == len(groups) - 1 else first
+            target = staging if i == len(groups) - 1 else first
             log(f"fine-tuning {start} on {len(group)} reviewed defects ({'painted' if masks else 'image labels'}) "
-                f"and {len(train_set)} normals ({len(normals_set)} reviewed), {epochs} epochs")
-            result = train_model(train_set, base.model_config, cfg, step, anomalies=pool, init_from=start, progress=progress, log=log,
+                f"and {len(train_set)} normals ({len(normals)} reviewed), {epochs} epochs")
+            result = train_model(train_set, base.model_config, cfg, target, anomalies=pool, init_from=start, progress=progress, log=log,
                                  held_out_normals=held_out_normals)
             passes.append({"defects": len(group), "kind": kind, "seconds": round(result.seconds, 2)})
-            start = step
+            start = target
         shutil.rmtree(first, ignore_errors=True)
-        return passes
-
-    try:
-        passes = train_on(tune_defects, [r for r in tune if r["verdict"] == "normal"], staging)
         log(f"gate: both models on {len(gate_set)} held-out images ({labels.count(1)} defects, {labels.count(0)} normals)")
         new_scored = score_checkpoint(staging, gate_set, device=device, progress=progress)[0]
         old_scored = score_checkpoint(checkpoint, gate_set, device=device, progress=progress)[0]
@@ -205,7 +186,7 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
               "against_data": str(against_data) if against_data else None, "passes": passes, "gate_images": len(gate_set),
               "reference": vs["reference"], "difference": metrics, "resamples": resamples,
               "promoted": not worse, "worse": sorted(set(worse)),
-              "settings": {"epochs": epochs, "lr": lr, "alpha": alpha, "holdout": holdout, "seed": seed, "promote": promote},
+              "settings": {"epochs": epochs, "lr": lr, "alpha": alpha, "holdout": holdout, "seed": seed},
               "threshold_normals": len(held_out_normals) if held_out_normals else None}
     (staging / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
     if worse:
@@ -213,22 +194,6 @@ def finetune(checkpoint, review_dir, out, *, data=None, against_data=None, expor
         report["kept_in"] = str(refused_dir)
         raise FinetuneRefused(f"not promoted: {', '.join(sorted(set(worse)))} worse on the held-out images ({gate_text(report)}); "
                               f"the model is kept in {refused_dir}")
-    if promote == "all":
-        # The gate has judged the recipe on reviews its model never saw; the model that ships learns
-        # from those too (the held-out share's defects are the line's rarest data). Its own figures
-        # on them would be training figures, so the gate's stay the report.
-        log(f"gate passed; fine-tuning again on all {len(records)} reviews (--promote all)")
-        try:
-            report["passes_all"] = train_on([r for r in records if r["verdict"] == "defect"],
-                                            [r for r in records if r["verdict"] == "normal"], final)
-        except BaseException:
-            shutil.rmtree(final, ignore_errors=True)
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        (final / "finetune.json").write_text(json.dumps(report, indent=2) + "\n")
-        staging.rename(gated_dir)
-        report["gated_model"] = str(gated_dir)
-        staging = final
     staging.rename(out)
     report["out"] = str(out)
     if export is not None:
@@ -267,13 +232,11 @@ def register(app) -> None:
         seed: int = typer.Option(0, "--seed", help="Random seed (training and the split)."),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Resamples of the gate's paired intervals."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-        promote: str = typer.Option("gated", "--promote", help="gated: promote the model the gate measured; all: once it passes, "
-                                    "fine-tune again on every review, held-out ones too, and promote that (twice the time; the gated model is kept in OUT.gated)."),
     ) -> None:
         """Fine-tune MODEL on the line's reviews (ADTR+ losses) and promote it only if the gate finds it no worse."""
         if bootstrap < 10:
             raise AdtrError(f"--bootstrap {bootstrap}: the gate needs at least 10 resamples")
         report = finetune(model, review, out, data=data, against_data=against_data, export=export, epochs=epochs, lr=lr,
-                          alpha=alpha, holdout=holdout, seed=seed, resamples=bootstrap, device=device, promote=promote, log=typer.echo)
+                          alpha=alpha, holdout=holdout, seed=seed, resamples=bootstrap, device=device, log=typer.echo)
         typer.echo(f"gate on {report['gate_images']} held-out images, points [95% paired interval]: {gate_text(report)}")
         typer.echo(f"promoted: {report['out']}" + (f" (exported to {report['export']})" if report.get("export") else ""))

@@ -17,7 +17,7 @@ every benchmark cuts it; every review is drawn from the validation part only:
 
 They are written into a fresh review folder with ``adtr_edge.runtime.review.ReviewFolder`` (what the
 web view writes) and fine-tuned with ``adtr_edge.finetune.finetune`` (what ``adtr-edge finetune``
-runs) at the command's defaults (``--promote`` passed through). The gate gets ``--against-data`` the validation images that were not
+runs) at the command's defaults. The gate gets ``--against-data`` the validation images that were not
 reviewed (a folder of links): with a handful of reviews the 30% held out cannot rank on their own.
 A model the gate refuses is still scored (``promoted`` says what the gate decided).
 
@@ -184,7 +184,7 @@ def sweep(args) -> int:
         link_dataset(test.subset([i for i in val_idx if i not in reviewed]), gate)
         t0 = time.perf_counter()
         try:
-            report = finetune(model, reviews, new, data=args.train_data, against_data=gate, device="cpu", promote=args.promote, log=print)
+            report = finetune(model, reviews, new, data=args.train_data, against_data=gate, device="cpu", log=print)
             scored_dir = new
         except FinetuneRefused:
             scored_dir = new.with_name(new.name + ".refused")
@@ -193,11 +193,11 @@ def sweep(args) -> int:
         t1 = time.perf_counter()
         _, rep = score_model(scored_dir, held)
         row = {**header, "mode": mode, "k": k, "draw": draw, **figures(rep),
-               "finetune_seconds": round(wall, 1), "train_seconds": round(sum(p["seconds"] for p in report["passes"] + report.get("passes_all", [])), 1),
+               "finetune_seconds": round(wall, 1), "train_seconds": round(sum(p["seconds"] for p in report["passes"]), 1),
                "score_seconds": round(time.perf_counter() - t1, 1),
                "promoted": report["promoted"], "gate_worse": report["worse"], "gate_images": report["gate_images"],
                "gate_difference": report["difference"], "reviews": report["reviews"], "tuning": report["tuning"],
-               "held_out_reviews": report["held_out"], "passes": report["passes"], "passes_all": report.get("passes_all"), "settings": report["settings"],
+               "held_out_reviews": report["held_out"], "passes": report["passes"], "settings": report["settings"],
                "reviewed_defects": [test[i].path.name for i in defects],
                "reviewed_false_alarms": [test[i].path.name for i in normals],
                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -306,8 +306,6 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=3, help="draws of the reviewed defects per k (seeds 0..draws-1)")
     ap.add_argument("--modes", default="masks,labels", help="masks (painted regions), labels (image labels only)")
     ap.add_argument("--runs", default=None, help="MODE:K:DRAW,... in this order instead of every mode x draw x k")
-    ap.add_argument("--promote", default="gated", choices=("gated", "all"),
-                    help="finetune's --promote: the gated model, or once it passes the recipe again on every review")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--keep", action="store_true", help="keep each run's review folder and model")
     ap.add_argument("--plot", nargs="+", default=None, metavar="JSONL", help="plot these results (to --png)")

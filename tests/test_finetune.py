@@ -153,13 +153,7 @@ def test_finetune_bad_input_is_one_line_and_writes_nothing(tmp_path, trained_che
         with pytest.raises(AdtrError, match=None) as e:
             finetune(*args, data=sample_dataset, device="cpu")
         assert message in str(e.value) and "\n" not in str(e.value)
-    (tmp_path / "o6.gated").mkdir()
-    for kwargs, message in (({"promote": "best"}, "--promote best: one of gated, all"),
-                            ({"promote": "all"}, "o6.gated: exists; choose a new --out")):
-        with pytest.raises(AdtrError) as e:
-            finetune(trained_checkpoint, only_normals, tmp_path / "o6", data=sample_dataset, device="cpu", **kwargs)
-        assert message in str(e.value) and "\n" not in str(e.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "normals", "o6.gated", "taken"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "normals", "taken"]
     from adtr_edge.cli import main as cli_main
 
     assert cli_main(["finetune", str(trained_checkpoint), "--review", str(empty), "--out", str(tmp_path / "o5"),
@@ -189,48 +183,3 @@ def test_finetune_says_when_the_head_cannot_learn_from_the_reviewed_defects(tmp_
             pass
         notes = [s for s in lines if s.startswith("note:") and "does not read the transformer" in s]
         assert len(notes) == (1 if told else 0), lines
-
-
-def test_promote_all_trains_again_on_every_review_once_the_gate_passes(tmp_path, trained_checkpoint, sample_dataset, reviews,
-                                                                      monkeypatch):
-    """``promote="all"``: the gate judges the model tuned on the tuning share; the promoted one is
-    trained again from MODEL on every review (the held-out defects too), the gated one kept beside it.
-    The gate's verdict is made to pass (its differences turned to gains) so the path always runs;
-    the gate itself is tested above."""
-    import adtr_edge.evaluation.evaluate as evaluate
-    import adtr_edge.train.loop as loop
-
-    real_compare, real_train = evaluate.compare_scored, loop.train_model
-    trained_on = []
-
-    def passing_compare(*args, **kwargs):
-        vs = real_compare(*args, **kwargs)
-        for m in vs:
-            if isinstance(vs[m], dict) and vs[m].get("difference") and vs[m]["difference"][0] is not None:
-                vs[m]["difference"] = [abs(x) for x in vs[m]["difference"]]
-        return vs
-
-    def counting_train(*args, anomalies=None, **kwargs):
-        trained_on.append((len(anomalies.images), anomalies.kind, len(args[0])))
-        return real_train(*args, anomalies=anomalies, **kwargs)
-
-    monkeypatch.setattr(evaluate, "compare_scored", passing_compare)
-    monkeypatch.setattr(loop, "train_model", counting_train)
-    seed = _seed_with_both_kinds(reviews, 0.4)
-    out = tmp_path / "all"
-    report = finetune(trained_checkpoint, reviews, out, data=sample_dataset, epochs=1, holdout=0.4, seed=seed, resamples=50,
-                      device="cpu", promote="all")
-    records = ReviewFolder(reviews).records()
-    tune, held = split_reviews(records, 0.4, seed)
-    defects = lambda rs, painted: sum(r["verdict"] == "defect" and bool(r.get("mask")) == painted for r in rs)  # noqa: E731
-    normals = lambda rs: sum(r["verdict"] == "normal" for r in rs)  # noqa: E731
-    n_train = len(load_dataset(sample_dataset, "train"))
-    gated = [(defects(tune, True), "labelled-pixel", n_train + normals(tune)), (defects(tune, False), "labelled-image", n_train + normals(tune))]
-    final = [(defects(records, True), "labelled-pixel", n_train + normals(records)),
-             (defects(records, False), "labelled-image", n_train + normals(records))]
-    assert trained_on == [g for g in gated if g[0]] + [f for f in final if f[0]]
-    assert report["promoted"] and report["out"] == str(out) and report["gated_model"] == str(tmp_path / "all.gated")
-    assert sum(p["defects"] for p in report["passes_all"]) == defects(records, True) + defects(records, False)
-    written = json.loads((out / "finetune.json").read_text())
-    assert written["settings"]["promote"] == "all" and written["passes_all"] == report["passes_all"]
-    assert (tmp_path / "all.gated" / "finetune.json").is_file() and not list(tmp_path.glob(".tmp-*"))
