@@ -57,6 +57,8 @@ class PreprocessSpec:
         d = asdict(self)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        if not self.exposure_reference:  # as written before the field: calibration-cache keys and metadata unchanged
+            d.pop("exposure_reference")
         return d
 
     @classmethod

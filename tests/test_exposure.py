@@ -34,7 +34,9 @@ def test_in_graph_exposure_matches_the_numpy_reference_and_undoes_a_gain():
     np.testing.assert_allclose(InGraphPreprocess(spec)(torch.from_numpy(darker)).numpy(), ours, atol=0.02)
     # Off by default: the output follows the exposure.
     plain = preprocess_spec(ModelConfig(input_size=(32, 48)))
-    assert plain.exposure_reference == 0.0
+    # Off, the spec's record is what it was before the field (calibration-cache keys depend on it).
+    assert plain.exposure_reference == 0.0 and "exposure_reference" not in plain.to_dict()
+    assert type(spec).from_dict(spec.to_dict()) == spec
     off = InGraphPreprocess(plain)
     assert np.abs(off(torch.from_numpy(darker)).numpy() - off(torch.from_numpy(x)).numpy()).mean() > 0.1
 
