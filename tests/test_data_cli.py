@@ -22,4 +22,12 @@ def test_generate_then_check(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["train"]["n_images"] == 4
+    # The normals' exposure spread, as train --normalize-exposure would see it (full-size images).
+    from adtr_edge.data.datasets import load_dataset
+
+    train = load_dataset(tmp_path / "cloth", "train")
+    means = sorted(float(train.image(i).mean()) for i in range(len(train)))
+    spread = report["train"]["normal_mean_grey"]
+    assert means[0] <= spread["p5"] <= spread["p50"] <= spread["p95"] <= means[-1]
+    assert abs(spread["p50"] - (means[1] + means[2]) / 2) < 0.06
     assert report["test"]["counts"] == {"crack": 1, "good": 2, "missing": 1, "scratch": 1, "spot": 1}

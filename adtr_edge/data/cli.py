@@ -35,9 +35,10 @@ def register(app: typer.Typer) -> None:
     def check_data(
         root: Path = typer.Argument(..., help="MVTec-AD category folder or a folder of normal images."),
     ) -> None:
-        """Decode every image and mask, check train/test are disjoint, and print counts and fingerprints."""
+        """Decode every image and mask, check train/test are disjoint, and print counts, fingerprints and
+        how much the normals' exposure varies (see train --normalize-exposure)."""
         train = load_dataset(root, "train").validate()
-        report = {"train": train.summary()}
+        report = {"train": {**train.summary(), **train.exposure_spread()}}
         if is_mvtec_root(root):
             test = load_dataset(root, "test").validate()
             guard_disjoint(train, test)

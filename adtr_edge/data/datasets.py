@@ -153,6 +153,18 @@ class ImageSet:
             raise AdtrError(problems[0] + more)
         return self
 
+    def exposure_spread(self, workers: int | None = None) -> dict:
+        """The 5th, 50th and 95th percentile of the normal images' mean grey level (0-255): how much
+        their exposure varies, which is what ``train --normalize-exposure`` takes out."""
+        normal = [i for i, label in enumerate(self.labels) if label == 0]
+        if not normal:
+            return {}
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            means = list(pool.map(lambda i: float(self.image(i).mean()), normal))
+        p5, p50, p95 = np.percentile(means, [5, 50, 95])
+        return {"normal_mean_grey": {"p5": round(float(p5), 1), "p50": round(float(p50), 1), "p95": round(float(p95), 1)}}
+
     def summary(self) -> dict:
         """Counts and a fingerprint of the files, recorded with a model to say what it saw."""
         root = self.root if self.root is not None else _common_root(self.paths)
