@@ -199,4 +199,4 @@ def preprocess_spec(cfg) -> PreprocessSpec:
     """A model config's preprocessing facts (``adtr_edge.config.ModelConfig``: input size, mean, std):
     the single source for training, export and every runtime."""
     return PreprocessSpec(height=cfg.input_size[0], width=cfg.input_size[1], mean=tuple(cfg.mean), std=tuple(cfg.std),
-                          exposure_reference=float(getattr(cfg, "exposure_reference", 0.0)))
+                          exposure_reference=float(cfg.exposure_reference))

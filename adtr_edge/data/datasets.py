@@ -49,6 +49,7 @@ class ImageSet:
     def __init__(self, samples: Iterable[Sample], root: str | os.PathLike | None = None):
         self._samples: tuple[Sample, ...] = tuple(samples)
         self.root: Path | None = Path(root) if root is not None else None
+        self._grey: dict[int, float] = {}  # image index -> mean grey level, kept by validate()
 
     # --- list behaviour -------------------------------------------------------------------
     @property
@@ -134,23 +135,29 @@ class ImageSet:
         return ImageSet(self._samples + other._samples, root=root)
 
     # --- checks and provenance ------------------------------------------------------------
+    def _each(self, fn, indices, workers: int | None = None) -> list:
+        """``fn(i)`` for each index, on threads: OpenCV releases the GIL while decoding, so threads give
+        a real speed-up to anything that reads the images."""
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            return list(pool.map(fn, indices))
+
     def validate(self, workers: int | None = None) -> "ImageSet":
-        """Decode every image and mask once; raise on the first corrupt file or size mismatch."""
+        """Decode every image and mask once; raise on the first corrupt file or size mismatch. Each
+        image's mean grey level is kept, so ``exposure_spread`` needs no second decode."""
+        grey: dict[int, float] = {}
 
         def check(i: int) -> str | None:
             try:
-                self.load(i)
+                grey[i] = float(self.load(i)[0].mean())
             except AdtrError as e:
                 return str(e)
             return None
 
-        workers = workers or min(8, os.cpu_count() or 1)
-        # OpenCV releases the GIL while decoding, so threads give a real speed-up here.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            problems = [p for p in pool.map(check, range(len(self))) if p]
+        problems = [p for p in self._each(check, range(len(self)), workers) if p]
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise AdtrError(problems[0] + more)
+        self._grey = grey
         return self
 
     def exposure_spread(self, workers: int | None = None) -> dict:
@@ -159,9 +166,9 @@ class ImageSet:
         normal = [i for i, label in enumerate(self.labels) if label == 0]
         if not normal:
             return {}
-        workers = workers or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            means = list(pool.map(lambda i: float(self.image(i).mean()), normal))
+        known = self._grey
+        means = [known[i] for i in normal] if all(i in known for i in normal) else \
+            self._each(lambda i: float(self.image(i).mean()), normal, workers)
         p5, p50, p95 = np.percentile(means, [5, 50, 95])
         return {"normal_mean_grey": {"p5": round(float(p5), 1), "p50": round(float(p50), 1), "p95": round(float(p95), 1)}}
 

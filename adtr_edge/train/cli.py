@@ -230,7 +230,7 @@ def register(app: typer.Typer) -> None:
             choice = (report.get("score_head") or {}).get(decided)
             if choice:
                 typer.echo(f"score head: {choice['why']}")
-        if getattr(spec, "exposure_reference", 0.0):
+        if spec.exposure_reference:
             typer.echo(f"exposure: every frame brought to a mean grey level of {spec.exposure_reference:g} before the backbone "
                        "(train --normalize-exposure)")
         typer.echo(f"report: {out / 'report.json'}")

@@ -81,7 +81,7 @@ def feature_cache_key(cfg, weights_source: str | None, paths: Sequence[Path]) ->
     doc = {"backbone": cfg.backbone, "stages": list(cfg.stages), "input_size": list(cfg.input_size),
            "feature_stride": cfg.feature_stride, "mean": list(cfg.mean), "std": list(cfg.std),
            "weights": weights_source, "files": files}
-    if getattr(cfg, "exposure_reference", 0.0):  # only then: keys of caches written before the field stay valid
+    if cfg.exposure_reference:  # only then: keys of caches written before the field stay valid
         doc["exposure_reference"] = cfg.exposure_reference
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
