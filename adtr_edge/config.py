@@ -213,6 +213,9 @@ class TrainConfig:
     # the score head is also fitted on, so that relit, softened or compressed normals stay normal. The
     # threshold is still calibrated on the held-out normals as they are.
     fit_drift: str = "none"
+    # Camera drifts whose views of the held-out normals join them in calibrating the threshold, so that
+    # the line does not stop when they happen (at the cost of the faintest defects): "none" or names.
+    threshold_drift: str = "none"
     seed: int = 0
     val_fraction: float = 0.1  # normal training images held out to calibrate the threshold
     threshold_quantile: float = 0.99

@@ -81,18 +81,25 @@ DRIFTS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], tuple[float, 
 AUTO_DRIFTS = ("light", "focus", "compression")
 
 
-def check_drifts(names) -> tuple[str, ...]:
+def check_drifts(names, option: str = "--fit-drift", auto: bool = True) -> tuple[str, ...]:
     """The drift families named (a comma-separated string or a sequence), checked; () for none, every
-    ``AUTO_DRIFTS`` for "auto" (fit on them where the held-out normals say so: ``train.drift_choice``)."""
+    ``AUTO_DRIFTS`` for "auto" where ``auto`` allows it (fit on them where the held-out normals say so:
+    ``train.drift_choice``). ``option`` names the setting in the error."""
     if isinstance(names, str):
-        if names.strip() == "auto":
+        if names.strip() == "auto" and auto:
             return AUTO_DRIFTS
         names = [n.strip() for n in names.split(",") if n.strip() and n.strip() != "none"]
     names = tuple(names)
     unknown = [n for n in names if n not in DRIFTS]
     if unknown:
-        raise AdtrError(f"--fit-drift {','.join(unknown)}: not a drift (choose from {', '.join(DRIFTS)}, or auto, or none)")
+        raise AdtrError(f"{option} {','.join(unknown)}: not a drift (choose from {', '.join(DRIFTS)}"
+                        f"{', or auto' if auto else ''}, or none)")
     return names
+
+
+def threshold_drifts(names) -> tuple[str, ...]:
+    """``threshold_drift`` checked: the drift families whose views of the held-out normals calibrate the threshold too."""
+    return check_drifts(names, "--threshold-drift", auto=False)
 
 
 def drift_strength(name: str, key: str) -> float:

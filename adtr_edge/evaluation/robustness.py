@@ -75,10 +75,13 @@ def conditions() -> list[tuple[str, Perturbation | None, float | None]]:
 
 
 def figures(scores: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict:
-    """{"image_auroc", "false_alarm_rate"} of one condition; the rate is over the normal images."""
-    normal = labels == 0
-    rate = float((scores[normal] > threshold).mean()) if threshold is not None and normal.any() else None
-    return {"image_auroc": auroc(scores, labels) if len(set(labels.tolist())) == 2 else None, "false_alarm_rate": rate}
+    """{"image_auroc", "false_alarm_rate", "detection_rate"} of one condition: the rates of normal and of
+    defective images above the threshold (a threshold that alarms on nothing also misses everything)."""
+    def above(which):
+        return float((scores[which] > threshold).mean()) if threshold is not None and which.any() else None
+
+    return {"image_auroc": auroc(scores, labels) if len(set(labels.tolist())) == 2 else None,
+            "false_alarm_rate": above(labels == 0), "detection_rate": above(labels == 1)}
 
 
 def robustness_report(score: Callable[[ImageSet], dict], images: ImageSet, thresholds: dict,
@@ -91,7 +94,8 @@ def robustness_report(score: Callable[[ImageSet], dict], images: ImageSet, thres
     for label, p, s in conditions():
         scored = score(images if p is None else PerturbedSet(images, p, s))
         rows.append({"condition": label, **{m: figures(np.asarray(v), labels, thresholds.get(m)) for m, v in scored.items()}})
-        log(label + ": " + ", ".join(f"{m} AUROC {_fmt(f['image_auroc'])} false alarms {_fmt(f['false_alarm_rate'])}"
+        log(label + ": " + ", ".join(f"{m} AUROC {_fmt(f['image_auroc'])} false alarms {_fmt(f['false_alarm_rate'])} "
+                                     f"flagged {_fmt(f['detection_rate'])}"
                                      for m, f in rows[-1].items() if m != "condition"))
     return {"conditions": rows, "thresholds": thresholds, "normal_images": int((labels == 0).sum()),
             "defect_images": int((labels == 1).sum())}
@@ -102,13 +106,14 @@ def _fmt(v) -> str:
 
 
 def report_table(report: dict) -> str:
-    """The report as a Markdown table: one row per condition, AUROC / false-alarm rate per method."""
+    """The report as a Markdown table: one row per condition, AUROC / false-alarm rate / detection rate per method."""
     methods = [k for k in report["conditions"][0] if k != "condition"]
-    lines = ["| condition | " + " | ".join(f"{m}: AUROC / false alarms" for m in methods) + " |",
+    lines = ["| condition | " + " | ".join(f"{m}: AUROC / false alarms / defects flagged" for m in methods) + " |",
              "|---|" + "---|" * len(methods)]
     for row in report["conditions"]:
         lines.append(f"| {row['condition']} | " + " | ".join(
-            f"{_fmt(row[m]['image_auroc'])} / {_fmt(row[m]['false_alarm_rate'])}" for m in methods) + " |")
+            f"{_fmt(row[m]['image_auroc'])} / {_fmt(row[m]['false_alarm_rate'])} / {_fmt(row[m].get('detection_rate'))}"
+            for m in methods) + " |")
     return "\n".join(lines)
 
 
@@ -116,16 +121,18 @@ def checkpoint_scorer(checkpoint, data, *, device: str = "cpu", feature_cache=No
                       baselines: bool = True) -> tuple[Callable[[ImageSet], dict], dict]:
     """(score, thresholds) for ``robustness_report``: the checkpoint as shipped and, with ``baselines``,
     the per-location Gaussian, a nearest neighbour over a 4096-cell coreset of every location's normal
-    cells, and the mean template on the same standardised backbone features, each thresholded at the
-    checkpoint's quantile of its own scores on the held-out normals."""
+    cells, and the mean template on the same standardised backbone features, each thresholded as the
+    checkpoint was: at its quantile of its own scores on the held-out normals (and on their views of
+    the checkpoint's ``threshold_drift``)."""
     import torch
 
     from .baselines import gaussian, mean_template
+    from ..data.camera import threshold_drifts
     from ..data.datasets import load_batch, load_dataset
     from ..preprocessing import preprocess_spec
     from ..train.checkpoint import load_checkpoint
     from ..train.device import resolve_device
-    from ..train.features import cached_raw_features
+    from ..train.features import cached_raw_features, drift_features
     from ..train.loop import split_normals
     from ..train.memory_bank import cells, greedy_coreset, nearest_distance
 
@@ -143,8 +150,13 @@ def checkpoint_scorer(checkpoint, data, *, device: str = "cpu", feature_cache=No
     fit = val = bank = None
     if methods:
         train = load_dataset(data, "train")
+        fit_idx, val_idx = split_normals(train, tcfg)
         fit, val = (model.backbone.standardize(cached_raw_features(model.backbone, train, idx, spec, cfg, cache_dir=feature_cache,
-                                                                   device=dev)).cpu() for idx in split_normals(train, tcfg))
+                                                                   device=dev)).cpu() for idx in (fit_idx, val_idx))
+        calibrating = threshold_drifts(tcfg.threshold_drift)
+        if calibrating and len(val):
+            raw = drift_features(model.backbone, train, val_idx, spec, cfg, calibrating, cache_dir=feature_cache, device=dev)
+            val = torch.cat([val, model.backbone.standardize(raw.to(dev)).cpu()])
         bank = cells(fit)[greedy_coreset(cells(fit), 4096, seed=tcfg.seed)]
 
     def baseline_scores(feats: torch.Tensor) -> dict:

@@ -78,6 +78,10 @@ def register(app: typer.Typer) -> None:
                                                 help="Also fit the head on drifted views of the fit normals, so that a change of light, focus, stream "
                                                      "quality or camera pose is not an alarm: comma-separated from light, focus, compression, pose; "
                                                      "auto (light, focus, compression where held-out normals say so); or none."),
+        threshold_drift: Optional[str] = typer.Option(None, rich_help_panel=SCORE_HEAD,
+                                                      help="Calibrate the threshold on drifted views of the held-out normals too, so that these "
+                                                           "drifts do not stop the line (the faintest defects may pass): comma-separated from "
+                                                           "light, focus, compression, pose; or none (default)."),
         normalize_exposure: Optional[bool] = typer.Option(None, "--normalize-exposure/--no-normalize-exposure", rich_help_panel=MODEL,
                                                           help="Bring every frame's mean grey level to the normals' median, in the graph, before "
                                                                "the backbone: exposure and lamp drift stop moving the features (default: off)."),
@@ -119,7 +123,7 @@ def register(app: typer.Typer) -> None:
                   "region_grid": region_grid, "map_pool": map_pool, "map_pool_clip": _pool_clip(map_pool, map_pool_clip)}
         t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "jitter_shape": jitter_shape, "threshold_quantile": threshold_quantile,
                   "time_budget": time_budget, "augment": augment, "score_select": score_select, "head": head, "nearest_bank": nearest_bank,
-                  "fit_drift": fit_drift, "normalize_exposure": normalize_exposure, "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
+                  "fit_drift": fit_drift, "threshold_drift": threshold_drift, "normalize_exposure": normalize_exposure, "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
         m_kw, t_kw = apply_preset(preset, m_over, t_over)
         model_cfg = ModelConfig.for_backbone(backbone or preset_backbone(preset), **m_kw)
         train_cfg = TrainConfig(**t_kw)
@@ -153,6 +157,8 @@ def register(app: typer.Typer) -> None:
         nearest_bank: Optional[int] = typer.Option(None, help="Cells in the nearest head's memory bank (default: the checkpoint's, 4096)."),
         fit_drift: Optional[str] = typer.Option(None, help="Also fit the head on drifted views of the fit normals: comma-separated from "
                                                 "light, focus, compression, pose; auto; or none (default: the checkpoint's)."),
+        threshold_drift: Optional[str] = typer.Option(None, help="Calibrate the threshold on drifted views of the held-out normals too: "
+                                                      "comma-separated from light, focus, compression, pose; or none (default: the checkpoint's)."),
         region_grid: Optional[int] = typer.Option(None, help="The regional image score's grid G, 0 = the map alone (default: the checkpoint's)."),
         shrinkage: Optional[float] = typer.Option(None, help="The per-location covariance's shrinkage (default: the checkpoint's, as training chose it)."),
         feature_cache: Optional[Path] = typer.Option(None, help="Folder of cached backbone features (as in train)."),
@@ -177,7 +183,7 @@ def register(app: typer.Typer) -> None:
             raise AdtrError(f"--head {head!r}: choose one of {list(HEADS)}")
         res = refit_head(checkpoint, data, out, feature_cache=feature_cache, device=device, force=force, map_pool=pool,
                          map_pool_clip=map_pool_clip, region_grid=region_grid, score_shrinkage=shrinkage, head=head,
-                         nearest_bank=nearest_bank, fit_drift=fit_drift)
+                         nearest_bank=nearest_bank, fit_drift=fit_drift, threshold_drift=threshold_drift)
         location = res.checkpoint.extra.get("location_choice") if head not in (None, "per-location") else None
         if location:
             typer.echo(f"score head: {location['why']}")

@@ -59,6 +59,15 @@ def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: tor
     return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
 
 
+def calibrate_with_drift(model, train_cfg: TrainConfig, val_feats: torch.Tensor, drifted: torch.Tensor | None, device, thresholds):
+    """``threshold_drift``: the threshold from the held-out normals and their drifted views together
+    (``thresholds`` as they are where there are no views). The views raise it by what the drift does
+    to a normal part's score, so a relit or compressed normal does not stop the line."""
+    if drifted is None or not len(drifted) or not len(val_feats):
+        return thresholds
+    return calibrate_on(model, torch.cat([val_feats, drifted.to(val_feats.device)]), device, train_cfg.threshold_quantile)
+
+
 def calibrate_on(model, features: torch.Tensor, device, quantile: float):
     """Threshold from held-out normal features: a high quantile of their scores."""
     from ..evaluation.metrics import calibrate_threshold

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, TrainConfig
-from ..data.camera import check_drifts
+from ..data.camera import check_drifts, threshold_drifts
 from ..errors import AdtrError, require
 from ..model import build_model
 from ..preprocessing import median_grey, preprocess_spec
@@ -29,7 +29,7 @@ from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
-from .head_fit import fit_score, use_nearest_head
+from .head_fit import calibrate_with_drift, fit_score, use_nearest_head
 from .features import augment_views, cached_raw_features, channel_stats, drift_features, extract_raw_features, grid_masks
 from .location_choice import HEADS
 from .residual_stats import location_covariance
@@ -154,6 +154,7 @@ class RunData:
     train_feats: torch.Tensor | None = None  # what the transformer trains on: feats + augmented views (None: feats)
     drift_feats: torch.Tensor | None = None  # drifted views of the fit normals, for the score head (fit_drift)
     val_drift: torch.Tensor | None = None  # the held-out normals' drifted views, for fit_drift="auto"
+    threshold_drift: torch.Tensor | None = None  # the held-out normals' views that calibrate the threshold too
     jitter_factors: torch.Tensor | None = None  # covariance-shaped jitter's per-location factors, on the device (None: isotropic)
 
 
@@ -240,6 +241,10 @@ def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_se
     if drifts and train_cfg.fit_drift == "auto":  # the held-out normals' drifted views judge the choice
         data.val_drift = (drift_features(model.backbone, train_set, val_idx, spec, model_cfg, drifts, cache_dir=feature_cache,
                                          device=device, progress=bar) - fmean) / fstd
+    calibrating = threshold_drifts(train_cfg.threshold_drift)
+    if calibrating:
+        data.threshold_drift = (drift_features(model.backbone, train_set, val_idx, spec, model_cfg, calibrating, cache_dir=feature_cache,
+                                               device=device, progress=bar) - fmean) / fstd
     if anomalies is not None and loss_kind != "normal":
         require(len(anomalies.images) > 0, f"anomaly source {anomalies.kind}: no images")
         raw_pool = extract_raw_features(model.backbone, lambda i: anomalies.images[i], list(range(len(anomalies.images))), spec,
@@ -373,6 +378,7 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
             log(f"score head: {drift['why']}")
     elif named is not None and at_once is None:  # the head chosen on the normals, fitted on their views too
         thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, drift=data.drift_feats)
+    thresholds = calibrate_with_drift(model, train_cfg, data.val_feats, data.threshold_drift, device, thresholds)
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
@@ -400,6 +406,7 @@ def check_train_choices(train_cfg: TrainConfig) -> None:
     require(train_cfg.head in HEADS, f"--head {train_cfg.head!r}: choose one of {list(HEADS)}")
     require(train_cfg.nearest_bank >= 1, f"--nearest-bank {train_cfg.nearest_bank}: a memory bank needs at least one cell")
     check_drifts(train_cfg.fit_drift)
+    threshold_drifts(train_cfg.threshold_drift)
 
 
 def held_out_synthetic(model, train_cfg: TrainConfig, train_set, val_idx, device, log: Callable[[str], None] = lambda s: None):

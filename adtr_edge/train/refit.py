@@ -27,7 +27,7 @@ from .loop import split_normals
 # What a refit may change: fields of the model config (the head's shape) and of the train config
 # (how its statistics are fitted). Everything else belongs to the trained transformer.
 HEAD_MODEL_FIELDS = ("region_grid", "map_pool", "map_pool_weight", "map_pool_clip")
-HEAD_TRAIN_FIELDS = ("score_shrinkage", "score_target", "region_shrinkage", "fit_drift")
+HEAD_TRAIN_FIELDS = ("score_shrinkage", "score_target", "region_shrinkage", "fit_drift", "threshold_drift")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,12 @@ def refit_head(checkpoint: str | Path, data: str | Path, out: str | Path, *, fea
     ``data`` must hold the training images the checkpoint was trained on (checked by their
     fingerprint), so that the fit and held-out normals are the same ones. ``out`` appears only when
     complete; an existing ``out`` is replaced only with ``force``."""
+    from ..data.camera import check_drifts, threshold_drifts
+
     checkpoint, out = Path(checkpoint), Path(out)
     check_out(checkpoint, out, force)
+    check_drifts(settings.get("fit_drift") or "none")
+    threshold_drifts(settings.get("threshold_drift") or "none")
     source = RefitSource.load(checkpoint, data, feature_cache=feature_cache, device=device)
     model, new, changed = source.refit(**settings)
     with staged_folder(out) as tmp:
@@ -140,16 +144,21 @@ class RefitSource:
                 self.drift_feats[d] = self.model.backbone.standardize(raw.to(self.device))
         return torch.cat([self.drift_feats[d] for d in drifts]) if drifts else None
 
-    def held_out_drift(self):
-        """The held-out normals' drifted views (``AUTO_DRIFTS``), standardised: what ``--fit-drift auto`` judges on."""
+    def held_out_drift(self, drifts=None):
+        """The held-out normals' drifted views, standardised: of ``drifts`` (default ``AUTO_DRIFTS``, what
+        ``--fit-drift auto`` judges on; ``--threshold-drift`` names its own); None for none."""
+        import torch
+
         from ..data.camera import AUTO_DRIFTS
         from .features import drift_features
 
-        if "held-out" not in self.drift_feats:
-            raw = drift_features(self.model.backbone, self.train_set, self.val_idx, preprocess_spec(self.ckpt.model_config),
-                                 self.ckpt.model_config, list(AUTO_DRIFTS), cache_dir=self.feature_cache, device=self.device)
-            self.drift_feats["held-out"] = self.model.backbone.standardize(raw.to(self.device))
-        return self.drift_feats["held-out"]
+        drifts = AUTO_DRIFTS if drifts is None else tuple(drifts)
+        for d in drifts:
+            if ("held-out", d) not in self.drift_feats:
+                raw = drift_features(self.model.backbone, self.train_set, self.val_idx, preprocess_spec(self.ckpt.model_config),
+                                     self.ckpt.model_config, [d], cache_dir=self.feature_cache, device=self.device)
+                self.drift_feats[("held-out", d)] = self.model.backbone.standardize(raw.to(self.device))
+        return torch.cat([self.drift_feats[("held-out", d)] for d in drifts]) if drifts else None
 
     def _drift(self, model, tcfg, thresholds) -> tuple:
         """``--fit-drift auto`` on the head just fitted on the normals alone (``train.drift_choice``)."""
@@ -206,6 +215,11 @@ class RefitSource:
             thresholds, extra["drift_choice"] = self._drift(model, tcfg, thresholds)
         elif named is not None and choosing:  # the head chosen on the normals, fitted on their drifted views too
             thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=named)
+        from ..data.camera import threshold_drifts
+        from .head_fit import calibrate_with_drift
+
+        thresholds = calibrate_with_drift(model, tcfg, self.val_feats, self.held_out_drift(threshold_drifts(tcfg.threshold_drift)),
+                                          self.device, thresholds)
         extra["refit"]["changed"] = {k: list(v) for k, v in changed.items()}
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
 
