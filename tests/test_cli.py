@@ -24,6 +24,11 @@ def test_train_eval_export_through_the_cli(tmp_path, sample_dataset, capsys):
         assert ci[metric][0] <= report[metric] + 1e-3 and report[metric] - 1e-3 <= ci[metric][1]
     printed = capsys.readouterr().out
     assert f"[{ci['pixel_auroc'][0]:.4f}, {ci['pixel_auroc'][1]:.4f}]" in printed
+    at = report["at_threshold"]  # what the threshold does on these images, beside the ranking
+    n_def, n_norm = at["tp"] + at["fn"], at["fp"] + at["tn"]
+    assert n_def == report["n_anomalous"] and n_def + n_norm == report["n_images"]
+    assert (f"at the threshold {at['threshold']:.4g}: flags {at['tp'] / n_def:.1%} ({at['tp']} of {n_def}) of the defective "
+            f"images and {at['fp'] / n_norm:.1%} ({at['fp']} of {n_norm}) of the normal ones") in printed
     # 2 held-out normals are too few to choose the head on (train.head_select): the configured one is kept, and said so
     assert "score head: shrinkage 0.05 kept (2 held-out normals; choosing needs 5)" in printed
     assert report["score_head"] == {"score": "mahalanobis", "shrinkage": 0.05, "target": "identity", "fit": "fit", "selection": None,

@@ -83,3 +83,12 @@ def test_the_baselines_are_thresholded_on_the_same_views(trained_checkpoint, sam
     assert t1["ADTR"] == pytest.approx(drift.thresholds.threshold)
     assert set(t0) == set(t1) == {"ADTR", "gaussian", "1-nn", "mean-template"}
     assert any(t0[k] != pytest.approx(t1[k]) for k in ("gaussian", "1-nn", "mean-template"))
+
+
+def test_eval_says_the_threshold_saw_drifted_views(trained_checkpoint, sample_dataset, tmp_path, capsys):
+    from adtr_edge.cli import main
+
+    drift = refit_head(trained_checkpoint, sample_dataset, tmp_path / "drift", device="cpu", threshold_drift="compression")
+    assert main(["eval", str(drift.out), str(sample_dataset), "--out", str(tmp_path / "ev"), "--no-progress", "--no-pictures",
+                 "--device", "cpu", "--bootstrap", "0"]) == 0
+    assert "threshold: calibrated on the held-out normals and their drifted views (compression; train --threshold-drift)" in capsys.readouterr().out

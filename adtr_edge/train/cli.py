@@ -236,6 +236,10 @@ def register(app: typer.Typer) -> None:
             choice = (report.get("score_head") or {}).get(decided)
             if choice:
                 typer.echo(f"score head: {choice['why']}")
+        drifts = (report.get("score_head") or {}).get("threshold_drift")
+        if drifts:
+            typer.echo(f"threshold: calibrated on the held-out normals and their drifted views ({drifts.replace(',', ', ')}; "
+                       "train --threshold-drift)")
         if spec.exposure_reference:
             typer.echo(f"exposure: every frame brought to a mean grey level of {spec.exposure_reference:g} before the backbone "
                        "(train --normalize-exposure)")
@@ -340,6 +344,14 @@ def _print_metrics(report: dict) -> None:
         diffs = [f"{name} {100 * vs[key]['difference'][0]:+.2f} [{100 * vs[key]['difference'][1]:+.2f}, {100 * vs[key]['difference'][2]:+.2f}]"
                  for key, name in METRIC_NAMES.items() if key in vs]
         typer.echo(f"against {vs['model']}, points [95% paired interval]: " + "  ".join(diffs))
+    at = report.get("at_threshold")
+    if at and at.get("threshold") is not None:  # what the line will do: AUROC ranks, the threshold decides
+        def share(k, n):
+            return f"{k / n:.1%} ({k} of {n})" if n else "n/a"
+
+        typer.echo(f"at the threshold {at['threshold']:.4g}: flags {share(at['tp'], at['tp'] + at['fn'])} of the defective images "
+                   f"and {share(at['fp'], at['fp'] + at['tn'])} of the normal ones"
+                   + (f" (F1-max's threshold: {report['f1_threshold']:.4g})" if report.get("f1_threshold") is not None else ""))
     for defect, m in sorted(report.get("per_defect", {}).items()):
         typer.echo(f"  {defect:<14} image {fmt(m.get('image_auroc'))}  pixel {fmt(m.get('pixel_auroc'))}  AUPRO {fmt(m.get('aupro'))}  n={m.get('n')}")
     if report.get("collapse"):

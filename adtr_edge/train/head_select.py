@@ -203,4 +203,6 @@ def head_summary(ckpt) -> dict:
                if cfg.score == "nearest" else {}),
             # fitted on drifted views of the normals too (train.drift_choice), as set or as decided
             **({"fit_drift": t.fit_drift} if t.fit_drift != "none" else {}),
-            **({"drift": {"fitted": drift["drift"], "why": drift["why"]}} if drift else {})}
+            **({"drift": {"fitted": drift["drift"], "why": drift["why"]}} if drift else {}),
+            # the threshold calibrated on drifted views of the held-out normals too
+            **({"threshold_drift": t.threshold_drift} if t.threshold_drift != "none" else {})}
