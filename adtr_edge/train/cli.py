@@ -123,7 +123,8 @@ def register(app: typer.Typer) -> None:
                   "region_grid": region_grid, "map_pool": map_pool, "map_pool_clip": _pool_clip(map_pool, map_pool_clip)}
         t_over = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "feature_jitter": jitter, "jitter_shape": jitter_shape, "threshold_quantile": threshold_quantile,
                   "time_budget": time_budget, "augment": augment, "score_select": score_select, "head": head, "nearest_bank": nearest_bank,
-                  "fit_drift": fit_drift, "threshold_drift": threshold_drift, "normalize_exposure": normalize_exposure, "device": device, "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
+                  "fit_drift": fit_drift, "threshold_drift": threshold_drift, "normalize_exposure": normalize_exposure, "device": device,
+                  "bf16": bf16, "seed": seed, "loss": loss, "alpha": alpha}
         m_kw, t_kw = apply_preset(preset, m_over, t_over)
         model_cfg = ModelConfig.for_backbone(backbone or preset_backbone(preset), **m_kw)
         train_cfg = TrainConfig(**t_kw)
