@@ -91,4 +91,27 @@ def test_eval_says_the_threshold_saw_drifted_views(trained_checkpoint, sample_da
     drift = refit_head(trained_checkpoint, sample_dataset, tmp_path / "drift", device="cpu", threshold_drift="compression")
     assert main(["eval", str(drift.out), str(sample_dataset), "--out", str(tmp_path / "ev"), "--no-progress", "--no-pictures",
                  "--device", "cpu", "--bootstrap", "0"]) == 0
-    assert "threshold: calibrated on the held-out normals and their drifted views (compression; train --threshold-drift)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert ("threshold: calibrated on the held-out normals and their drifted views (train --threshold-drift): threshold "
+            f"{drift.thresholds.threshold:.4g} from the held-out normals and their drifted views (compression)") in printed
+
+
+def test_the_cost_is_the_share_of_synthetic_defects_each_threshold_flags(trained_checkpoint, sample_dataset):
+    from adtr_edge.data.datasets import load_dataset
+    from adtr_edge.postprocessing import Thresholds
+    from adtr_edge.preprocessing import preprocess_spec
+    from adtr_edge.train.head_fit import score_features, threshold_drift_cost, why_threshold
+    from adtr_edge.train.head_select import synthetic_set
+
+    model, ckpt = load_checkpoint(trained_checkpoint)
+    normals = load_dataset(sample_dataset, "train")
+    synthetic = synthetic_set(model.backbone, [normals.image(i) for i in range(6)], preprocess_spec(ckpt.model_config), "cpu", seed=0)
+    scores, _ = score_features(model, synthetic.feats, "cpu")
+    defects = np.sort(scores[np.asarray(synthetic.labels) == 1])
+    low, high = (Thresholds(float(defects[q * len(defects) // 4]), float(scores.min()), float(scores.max())) for q in (1, 3))
+    record = threshold_drift_cost(model, ("light",), low, high, synthetic, "cpu")
+    assert record["synthetic_defects"] == len(defects)
+    assert record["flagged_clean"] == pytest.approx(np.mean(defects >= low.threshold), abs=1e-4)
+    assert record["flagged"] == pytest.approx(np.mean(defects >= high.threshold), abs=1e-4) and record["flagged"] < record["flagged_clean"]
+    assert f"it flags {record['flagged']:.0%} of {len(defects)} synthetic defects on them ({record['flagged_clean']:.0%} at" in why_threshold(record)
+    assert "synthetic_defects" not in threshold_drift_cost(model, ("light",), low, high, None, "cpu")

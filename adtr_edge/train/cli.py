@@ -190,6 +190,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"score head: {location['why']}")
         if res.checkpoint.extra.get("drift_choice") and fit_drift == "auto":
             typer.echo(f"score head: {res.checkpoint.extra['drift_choice']['why']}")
+        if res.checkpoint.extra.get("threshold_drift"):
+            typer.echo(f"score head: {res.checkpoint.extra['threshold_drift']['why']}")
         changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in res.changed.items()) or "nothing changed (refitted as trained)"
         typer.echo(f"wrote {res.out}: {changes}; threshold {res.thresholds.threshold:.4f}")
         typer.echo(f"compare on labelled images: adtr-edge eval {res.out} DATA --against {checkpoint}")
@@ -239,8 +241,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"score head: {choice['why']}")
         drifts = (report.get("score_head") or {}).get("threshold_drift")
         if drifts:
-            typer.echo(f"threshold: calibrated on the held-out normals and their drifted views ({drifts.replace(',', ', ')}; "
-                       "train --threshold-drift)")
+            typer.echo(f"threshold: calibrated on the held-out normals and their drifted views (train --threshold-drift): {drifts['why']}")
         if spec.exposure_reference:
             typer.echo(f"exposure: every frame brought to a mean grey level of {spec.exposure_reference:g} before the backbone "
                        "(train --normalize-exposure)")

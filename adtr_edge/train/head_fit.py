@@ -68,6 +68,32 @@ def calibrate_with_drift(model, train_cfg: TrainConfig, val_feats: torch.Tensor,
     return calibrate_on(model, torch.cat([val_feats, drifted.to(val_feats.device)]), device, train_cfg.threshold_quantile)
 
 
+def threshold_drift_cost(model, drifts, clean, drifted, synthetic, device) -> dict:
+    """What ``threshold_drift`` costs, before anyone deploys it: the share of the synthetic defects
+    pasted on the held-out normals that reach the threshold calibrated on the clean held-out normals
+    (``clean``) and the one calibrated on their drifted views too (``drifted``). None without a
+    synthetic set (too few held-out normals)."""
+    from ..postprocessing import label
+
+    record = {"drifts": list(drifts), "threshold_clean": round(float(clean.threshold), 6), "threshold": round(float(drifted.threshold), 6)}
+    if synthetic is not None:
+        scores, _ = score_features(model, synthetic.feats, device)
+        defects = scores[np.asarray(synthetic.labels) == 1]
+        record |= {"synthetic_defects": int(len(defects)), "flagged_clean": round(float(label(defects, clean).mean()), 4),
+                   "flagged": round(float(label(defects, drifted).mean()), 4)}
+    return record
+
+
+def why_threshold(record: dict) -> str:
+    """One line for the log and ``eval``."""
+    line = (f"threshold {record['threshold']:.4g} from the held-out normals and their drifted views ({', '.join(record['drifts'])}), "
+            f"{record['threshold_clean']:.4g} from the normals alone")
+    if "flagged" in record:
+        line += (f"; it flags {record['flagged']:.0%} of {record['synthetic_defects']} synthetic defects on them "
+                 f"({record['flagged_clean']:.0%} at {record['threshold_clean']:.4g})")
+    return line
+
+
 def calibrate_on(model, features: torch.Tensor, device, quantile: float):
     """Threshold from held-out normal features: a high quantile of their scores."""
     from ..evaluation.metrics import calibrate_threshold

@@ -205,4 +205,6 @@ def head_summary(ckpt) -> dict:
             **({"fit_drift": t.fit_drift} if t.fit_drift != "none" else {}),
             **({"drift": {"fitted": drift["drift"], "why": drift["why"]}} if drift else {}),
             # the threshold calibrated on drifted views of the held-out normals too
-            **({"threshold_drift": t.threshold_drift} if t.threshold_drift != "none" else {})}
+            **({"threshold_drift": {"drifts": t.threshold_drift, "why": (ckpt.extra or {}).get("threshold_drift", {}).get(
+                "why", f"threshold from the held-out normals and their drifted views ({t.threshold_drift})")}}
+               if t.threshold_drift != "none" else {})}

@@ -29,7 +29,7 @@ from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
-from .head_fit import calibrate_with_drift, fit_score, use_nearest_head
+from .head_fit import calibrate_with_drift, fit_score, threshold_drift_cost, use_nearest_head, why_threshold
 from .features import augment_views, cached_raw_features, channel_stats, drift_features, extract_raw_features, grid_masks
 from .location_choice import HEADS
 from .residual_stats import location_covariance
@@ -378,14 +378,24 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
             log(f"score head: {drift['why']}")
     elif named is not None and at_once is None:  # the head chosen on the normals, fitted on their views too
         thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, drift=data.drift_feats)
-    thresholds = calibrate_with_drift(model, train_cfg, data.val_feats, data.threshold_drift, device, thresholds)
+    calibrated = None
+    if data.threshold_drift is not None:
+        from .head_select import MIN_HELD_OUT, synthetic_set
+
+        clean, thresholds = thresholds, calibrate_with_drift(model, train_cfg, data.val_feats, data.threshold_drift, device, thresholds)
+        if synthetic is None and len(val_idx) >= MIN_HELD_OUT:  # no choice made one: the cost is still worth measuring
+            synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
+                                      seed=train_cfg.seed)
+        calibrated = threshold_drift_cost(model, threshold_drifts(train_cfg.threshold_drift), clean, thresholds, synthetic, device)
+        calibrated["why"] = why_threshold(calibrated)
+        log(f"score head: {calibrated['why']}")
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
              "anomalies": anomalies.kind if anomalies is not None else None, "epochs_run": len(history),
              **{k: history[-1].get(k) if history else None for k in ("input_following", "defect_pass_through")},
              "train_paths": [str(train_set.samples[i].path) for i in fit_idx], "score_selection": selection,
-             "location_choice": location, "drift_choice": drift}
+             "location_choice": location, "drift_choice": drift, **({"threshold_drift": calibrated} if calibrated else {})}
     ckpt = Checkpoint(model_cfg, train_cfg, thresholds, train_set.summary(), history, extra)
     save_checkpoint(out_dir, model.cpu(), ckpt)
     return TrainResult(model.eval(), ckpt, out_dir, seconds)
