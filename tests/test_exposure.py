@@ -121,3 +121,35 @@ def test_training_sets_the_reference_and_the_onnx_graph_carries_it(tmp_path, sam
         assert cli_main(["eval", str(model_path), str(sample_dataset), "--out", str(tmp_path / f"eval-{model_path.name}"),
                          "--no-pictures", "--bootstrap", "0", "--device", "cpu", "--no-progress"]) == 0
         assert f"exposure: every frame brought to a mean grey level of {expected:g}" in capsys.readouterr().out
+
+
+def test_the_hint_names_a_wide_spread_only():
+    from adtr_edge.data.datasets import EXPOSURE_HINT_RATIO, exposure_hint
+
+    assert exposure_hint({}) is None
+    assert exposure_hint({"normal_mean_grey": {"p5": 146.0, "p50": 158.0, "p95": 169.0}}) is None  # the generated weave
+    hint = exposure_hint({"normal_mean_grey": {"p5": 62.2, "p50": 108.8, "p95": 165.6}})  # magnetic tile
+    assert hint == ("note: your normals' exposure varies (mean grey level 62.2 to 165.6 from the 5th to the 95th percentile, x2.7); "
+                    "--normalize-exposure takes that out inside the graph (compare with eval --against)")
+    assert exposure_hint({"normal_mean_grey": {"p5": 100.0, "p50": 120.0, "p95": 100.0 * EXPOSURE_HINT_RATIO}}) is not None
+    assert exposure_hint({"normal_mean_grey": {"p5": 100.0, "p50": 120.0, "p95": 99.0 * EXPOSURE_HINT_RATIO}}) is None
+
+
+def test_train_suggests_the_option_where_the_normals_exposure_varies(tmp_path, sample_dataset, capsys):
+    import shutil
+
+    import cv2
+
+    from adtr_edge.cli import main
+
+    data = tmp_path / "uneven"
+    shutil.copytree(sample_dataset, data)
+    for i, path in enumerate(sorted((data / "train" / "good").iterdir())):
+        if i % 2:  # every other normal at a third of its exposure
+            cv2.imwrite(str(path), (cv2.imread(str(path)) / 3).astype(np.uint8))
+    args = ["--input-size", "64", "--encoder-layers", "1", "--decoder-layers", "1", "--d-model", "64", "--epochs", "1",
+            "--no-progress", "--device", "cpu", "--head", "per-location", "--score-select", "none"]
+    assert main(["train", str(data), "--out", str(tmp_path / "m"), *args]) == 0
+    assert "note: your normals' exposure varies" in capsys.readouterr().out
+    assert main(["train", str(sample_dataset), "--out", str(tmp_path / "even"), *args]) == 0
+    assert "exposure varies" not in capsys.readouterr().out

@@ -136,6 +136,12 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"training on {len(train_set)} images from {data} -> {out} (preset {preset}, {model_cfg.backbone}, "
                    f"{model_cfg.input_size[0]}x{model_cfg.input_size[1]}, {train_cfg.epochs} epochs"
                    + (f", anomalies: {pool.kind} x{len(pool.images)}" if pool else "") + ")")
+        if not train_cfg.normalize_exposure and init_from is None:
+            from ..data.datasets import exposure_hint
+
+            hint = exposure_hint(train_set.exposure_spread())
+            if hint:
+                typer.echo(hint)
         result = train_model(train_set, model_cfg, train_cfg, out, weights=str(weights) if weights else None, anomalies=pool,
                              init_from=init_from, resume=resume, progress=progress, log=typer.echo,
                              feature_cache=feature_cache)
