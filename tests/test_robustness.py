@@ -79,3 +79,19 @@ def test_eval_perturb_writes_the_table_for_the_model_and_its_baselines(trained_c
     table = (out / "robustness.md").read_text()
     assert table.count("\n") == 2 + len(conditions()) and "rotate 5 degrees" in table
     assert "robustness report:" in capsys.readouterr().out
+    assert not (out / "robustness.png").exists()  # --no-pictures
+
+
+def test_the_robustness_picture_draws_every_condition_and_refuses_an_empty_report(tmp_path):
+    from matplotlib.image import imread
+
+    from adtr_edge.errors import AdtrError
+    from adtr_edge.evaluation.plots import robustness_plot
+
+    cell = {"image_auroc": 0.9, "false_alarm_rate": 0.1, "detection_rate": 0.6}
+    report = {"conditions": [{"condition": c[0], "ADTR": cell, "gaussian": {**cell, "detection_rate": None}} for c in conditions()]}
+    png = robustness_plot(report, tmp_path / "r.png")
+    assert imread(png).shape[1] >= 600  # a real picture, wide enough for 13 conditions
+    with pytest.raises(AdtrError, match="no conditions"):
+        robustness_plot({"conditions": []}, tmp_path / "e.png")
+    assert not (tmp_path / "e.png").exists()

@@ -103,6 +103,37 @@ def score_histogram(normal_scores, anomalous_scores, threshold: float | None, pa
     return save_png(fig, path)
 
 
+def robustness_plot(report: dict, path: str | os.PathLike) -> Path:
+    """``eval --perturb`` as a picture: per condition, each method's false-alarm rate on the normal
+    images (top) and share of defective images flagged (bottom) at its threshold, as grouped bars.
+    A method without a threshold, or a set without normals or defects, leaves its bars out."""
+    rows = report.get("conditions") or []
+    if not rows:
+        raise AdtrError("robustness_plot: the report has no conditions")
+    methods = sorted((k for k in rows[0] if k != "condition"), key=lambda m: m != "ADTR")  # the model first
+    names = [r["condition"] for r in rows]
+    x = np.arange(len(names))
+    width = 0.8 / max(len(methods), 1)
+    fig = figure(max(8.0, 0.75 * len(names)), 6.5)
+    panels = (("false_alarm_rate", "normal images alarmed", "False alarms at each threshold"),
+              ("detection_rate", "defective images flagged", "Defects flagged at each threshold"))
+    for i, (key, ylabel, title) in enumerate(panels):
+        ax = fig.add_subplot(2, 1, i + 1)
+        for j, m in enumerate(methods):
+            values = [r[m].get(key) for r in rows]
+            ax.bar(x + (j - (len(methods) - 1) / 2) * width, [np.nan if v is None else 100 * v for v in values], width,
+                   label=m)
+        shown = [100 * r[m][key] for r in rows for m in methods if r[m].get(key) is not None]
+        ax.set_xticks(x)
+        ax.set_xticklabels(names if i else [], rotation=35, ha="right", fontsize=7)
+        ax.set(ylabel=f"% {ylabel}", title=title, ylim=(0, min(101.0, max(5.0, 1.15 * max(shown, default=0.0)))))
+        ax.grid(axis="y", alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7, ncol=len(methods), loc="upper left")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
 def overlay_grid(
     frames: Sequence[np.ndarray],
     maps: Sequence[np.ndarray],

@@ -254,7 +254,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"report: {out / 'report.json'}")
         if perturb:
             _robustness(model, data, test, out, device=device, backend=backend, thresholds=thresholds, spec=spec,
-                        feature_cache=feature_cache)
+                        feature_cache=feature_cache, pictures=pictures)
 
 
 def _choose_map_pool(checkpoint: Path, data: Path, out: Path, fraction: float, **kwargs) -> None:
@@ -283,7 +283,8 @@ def _choose_map_pool(checkpoint: Path, data: Path, out: Path, fraction: float, *
     typer.echo(f"wrote {res.out}; threshold {res.checkpoint.thresholds.threshold:.4f}")
 
 
-def _robustness(path: Path, data: Path, test, out: Path, *, device: str, backend: str, thresholds, spec, feature_cache) -> None:
+def _robustness(path: Path, data: Path, test, out: Path, *, device: str, backend: str, thresholds, spec, feature_cache,
+                pictures: bool = True) -> None:
     """eval --perturb: the robustness report of a checkpoint (with the baselines) or a model folder (its backend)."""
     from ..evaluation.evaluate import backend_predictor, score_imageset
     from ..fileio import write_json_atomic, write_text_atomic
@@ -305,6 +306,10 @@ def _robustness(path: Path, data: Path, test, out: Path, *, device: str, backend
     write_json_atomic(out / "robustness.json", report)
     write_text_atomic(out / "robustness.md", report_table(report) + "\n")
     typer.echo(f"robustness report: {out / 'robustness.md'}")
+    if pictures:
+        from ..evaluation.plots import robustness_plot
+
+        typer.echo(f"robustness picture: {robustness_plot(report, out / 'robustness.png')}")
 
 
 def _score_model(path: Path, test, *, device: str, backend: str, progress: bool):
