@@ -78,7 +78,9 @@ def test_eval_perturb_writes_the_table_for_the_model_and_its_baselines(trained_c
     assert clean["image_auroc"] == pytest.approx(main_report["image_auroc"], abs=1e-6)  # the same model, the same images
     table = (out / "robustness.md").read_text()
     assert table.count("\n") == 2 + len(conditions()) and "rotate 5 degrees" in table
-    assert "robustness report:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "robustness report:" in printed and "the gaussian baseline's under" in printed
+    assert all("false_alarms_against_model" in row["gaussian"] for row in report["conditions"])
     assert not (out / "robustness.png").exists()  # --no-pictures
 
 
@@ -95,3 +97,39 @@ def test_the_robustness_picture_draws_every_condition_and_refuses_an_empty_repor
     with pytest.raises(AdtrError, match="no conditions"):
         robustness_plot({"conditions": []}, tmp_path / "e.png")
     assert not (tmp_path / "e.png").exists()
+
+
+def test_exact_mcnemar_p_values():
+    from adtr_edge.evaluation.significance import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(1, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(6, 0) == pytest.approx(2 / 64) and mcnemar_exact(0, 6) == mcnemar_exact(6, 0)
+    assert mcnemar_exact(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+
+
+def test_false_alarms_are_paired_with_the_models_and_the_worse_conditions_named(sample_dataset):
+    from adtr_edge.evaluation.robustness import above_baseline
+
+    test = load_dataset(sample_dataset, "test")
+    labels = np.asarray(test.labels)
+    normal = np.flatnonzero(labels == 0)
+
+    def score(images):  # the model alarms on every normal once the images change; the baseline on the first only
+        changed = type(images).__name__ != "ImageSet"
+        model = np.where(labels == 0, 2.0 if changed else 0.0, 3.0)
+        baseline = np.where(labels == 0, 0.0, 3.0)
+        baseline[normal[0]] = 2.0
+        return {"ADTR": model, "gaussian": baseline}
+
+    report = robustness_report(score, test, {"ADTR": 1.0, "gaussian": 1.0})
+    clean, shifted = report["conditions"][0], report["conditions"][1]
+    n = len(normal)
+    assert clean["gaussian"]["false_alarms_against_model"] == {"model_only": 0, "baseline_only": 1, "p": 1.0}
+    pair = shifted["gaussian"]["false_alarms_against_model"]
+    assert pair["model_only"] == n - 1 and pair["baseline_only"] == 0
+    assert pair["p"] == pytest.approx(round(2 / 2 ** (n - 1), 4))
+    line = above_baseline(report)
+    assert line.startswith(f"false alarms above the gaussian baseline's under {len(conditions()) - 1} of {len(conditions())} conditions: ")
+    assert f"shift 0.02 of the side ({n} against 1 of {n}; McNemar p {pair['p']:.2f})" in line and "clean" not in line
+    assert above_baseline({"conditions": [clean], "normal_images": n}) == \
+        "false alarms: at or below the gaussian baseline's under every condition"

@@ -94,11 +94,48 @@ def robustness_report(score: Callable[[ImageSet], dict], images: ImageSet, thres
     for label, p, s in conditions():
         scored = score(images if p is None else PerturbedSet(images, p, s))
         rows.append({"condition": label, **{m: figures(np.asarray(v), labels, thresholds.get(m)) for m, v in scored.items()}})
+        _pair_false_alarms(rows[-1], scored, labels, thresholds)
         log(label + ": " + ", ".join(f"{m} AUROC {_fmt(f['image_auroc'])} false alarms {_fmt(f['false_alarm_rate'])} "
                                      f"flagged {_fmt(f['detection_rate'])}"
                                      for m, f in rows[-1].items() if m != "condition"))
     return {"conditions": rows, "thresholds": thresholds, "normal_images": int((labels == 0).sum()),
             "defect_images": int((labels == 1).sum())}
+
+
+def _pair_false_alarms(row: dict, scored: dict, labels: np.ndarray, thresholds: dict, model: str = "ADTR") -> None:
+    """Each baseline's false alarms paired with the model's on the same normal images: the normals
+    only the model alarms on, only the baseline alarms on, and the exact McNemar p-value of the
+    difference (a difference of one image out of a hundred is not evidence of anything)."""
+    from .significance import mcnemar_exact
+
+    normal = labels == 0
+    if model not in scored or thresholds.get(model) is None or not normal.any():
+        return
+    ours = np.asarray(scored[model])[normal] > thresholds[model]
+    for m, v in scored.items():
+        if m == model or thresholds.get(m) is None:
+            continue
+        theirs = np.asarray(v)[normal] > thresholds[m]
+        only_model, only_baseline = int((ours & ~theirs).sum()), int((theirs & ~ours).sum())
+        row[m]["false_alarms_against_model"] = {"model_only": only_model, "baseline_only": only_baseline,
+                                                 "p": round(mcnemar_exact(only_model, only_baseline), 4)}
+
+
+def above_baseline(report: dict, baseline: str = "gaussian", model: str = "ADTR") -> str:
+    """One line: the conditions under which the model raises more false alarms than ``baseline``,
+    with the counts and the exact McNemar p-value of each, or that there are none."""
+    n = report.get("normal_images") or 0
+    worse = []
+    for row in report["conditions"]:
+        a, b = row.get(model, {}), row.get(baseline, {})
+        if a.get("false_alarm_rate") is None or b.get("false_alarm_rate") is None or a["false_alarm_rate"] <= b["false_alarm_rate"]:
+            continue
+        pair = b.get("false_alarms_against_model")
+        worse.append(f"{row['condition']} ({round(a['false_alarm_rate'] * n)} against {round(b['false_alarm_rate'] * n)} of {n}"
+                     + (f"; McNemar p {pair['p']:.2f}" if pair else "") + ")")
+    if not worse:
+        return f"false alarms: at or below the {baseline} baseline's under every condition"
+    return f"false alarms above the {baseline} baseline's under {len(worse)} of {len(report['conditions'])} conditions: " + ", ".join(worse)
 
 
 def _fmt(v) -> str:

@@ -189,3 +189,16 @@ def paired_bootstrap(a: dict, b: dict, labels, masks=None, *, resamples: int = 1
         difference={m: interval(exact["a"][m] - exact["b"][m], draws["a"][m] - draws["b"][m]) for m in metrics},
         a_better={m: float((draws["a"][m] > draws["b"][m]).mean()) for m in metrics},
         resamples=resamples, confidence=confidence)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for paired yes/no outcomes: ``only_a`` items where A alone says
+    yes, ``only_b`` where B alone does. Under "A and B are alike" each such discordant item is a fair
+    coin, so the p-value is that of a binomial test on them (1.0 with none)."""
+    import math
+
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)

@@ -303,6 +303,10 @@ def _robustness(path: Path, data: Path, test, out: Path, *, device: str, backend
             predict = backend_predictor(runner)
             report = robustness_report(lambda images: {"ADTR": score_imageset(predict, images, spec, progress=False).scores}, test,
                                        {"ADTR": thresholds.threshold if thresholds else None}, log=typer.echo)
+    if "gaussian" in report["conditions"][0]:
+        from ..evaluation.robustness import above_baseline
+
+        typer.echo(above_baseline(report))
     write_json_atomic(out / "robustness.json", report)
     write_text_atomic(out / "robustness.md", report_table(report) + "\n")
     typer.echo(f"robustness report: {out / 'robustness.md'}")
