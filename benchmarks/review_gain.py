@@ -184,7 +184,8 @@ def sweep(args) -> int:
         link_dataset(test.subset([i for i in val_idx if i not in reviewed]), gate)
         t0 = time.perf_counter()
         try:
-            report = finetune(model, reviews, new, data=args.train_data, against_data=gate, device="cpu", log=print)
+            settings = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("alpha", args.alpha)) if v is not None}
+            report = finetune(model, reviews, new, data=args.train_data, against_data=gate, device="cpu", log=print, **settings)
             scored_dir = new
         except FinetuneRefused:
             scored_dir = new.with_name(new.name + ".refused")
@@ -307,6 +308,9 @@ def main() -> int:
     ap.add_argument("--modes", default="masks,labels", help="masks (painted regions), labels (image labels only)")
     ap.add_argument("--runs", default=None, help="MODE:K:DRAW,... in this order instead of every mode x draw x k")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--epochs", type=int, default=None, help="finetune's --epochs (default: the command's)")
+    ap.add_argument("--lr", type=float, default=None, help="finetune's --lr (default: the command's)")
+    ap.add_argument("--alpha", type=float, default=None, help="finetune's --alpha (default: the command's)")
     ap.add_argument("--keep", action="store_true", help="keep each run's review folder and model")
     ap.add_argument("--plot", nargs="+", default=None, metavar="JSONL", help="plot these results (to --png)")
     ap.add_argument("--png", default="review_gain.png")
