@@ -31,6 +31,18 @@ def tiny_model_config():
                        score="mahalanobis", region_grid=4, map_pool=5, map_pool_clip=0.99)
 
 
+def refit_beside_plain(checkpoint, data, tmp_path, **setting):
+    """``checkpoint`` refitted as trained and with ``setting`` (one head setting of ``refit_head``):
+    (plain result, set result, plain model, set model, set checkpoint record), to compare the two."""
+    from adtr_edge.train.checkpoint import load_checkpoint
+    from adtr_edge.train.refit import refit_head
+
+    plain = refit_head(checkpoint, data, tmp_path / "plain", device="cpu")
+    changed = refit_head(checkpoint, data, tmp_path / "set", device="cpu", **setting)
+    (m0, _), (m1, c1) = load_checkpoint(plain.out), load_checkpoint(changed.out)
+    return plain, changed, m0, m1, c1
+
+
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory) -> Path:
     from adtr_edge.data.generate import generate_sample_dataset

@@ -13,6 +13,8 @@ from adtr_edge.train.checkpoint import load_checkpoint
 from adtr_edge.train.drift_choice import ships
 from adtr_edge.train.refit import refit_head
 
+from .conftest import refit_beside_plain
+
 
 def _frame() -> np.ndarray:
     rng = np.random.default_rng(0)
@@ -40,10 +42,8 @@ def test_drift_names_are_checked_with_the_option_named():
 
 
 def test_a_refit_on_drifted_views_changes_the_head_but_not_the_threshold_data(trained_checkpoint, sample_dataset, tmp_path):
-    plain = refit_head(trained_checkpoint, sample_dataset, tmp_path / "plain", device="cpu")
-    drift = refit_head(trained_checkpoint, sample_dataset, tmp_path / "drift", device="cpu", fit_drift="light,focus")
+    _, drift, m0, m1, c1 = refit_beside_plain(trained_checkpoint, sample_dataset, tmp_path, fit_drift="light,focus")
     assert drift.changed == {"fit_drift": ("none", "light,focus")}
-    (m0, _), (m1, c1) = load_checkpoint(plain.out), load_checkpoint(drift.out)
     assert c1.train_config.fit_drift == "light,focus"
     t0, t1 = m0.transformer.state_dict(), m1.transformer.state_dict()
     assert all(torch.equal(t0[k], t1[k]) for k in t0)

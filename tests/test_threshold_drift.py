@@ -13,6 +13,8 @@ from adtr_edge.errors import AdtrError
 from adtr_edge.train.checkpoint import load_checkpoint
 from adtr_edge.train.refit import RefitSource, refit_head
 
+from .conftest import refit_beside_plain
+
 
 def test_threshold_drift_names_are_checked_and_auto_is_not_one():
     assert threshold_drifts("none") == () and threshold_drifts("compression, pose") == ("compression", "pose")
@@ -23,10 +25,8 @@ def test_threshold_drift_names_are_checked_and_auto_is_not_one():
 def test_the_threshold_is_the_quantile_over_the_held_out_normals_and_their_views(trained_checkpoint, sample_dataset, tmp_path):
     from adtr_edge.train.head_fit import score_features
 
-    plain = refit_head(trained_checkpoint, sample_dataset, tmp_path / "plain", device="cpu")
-    drift = refit_head(trained_checkpoint, sample_dataset, tmp_path / "drift", device="cpu", threshold_drift="focus,compression")
+    plain, drift, m0, m1, c1 = refit_beside_plain(trained_checkpoint, sample_dataset, tmp_path, threshold_drift="focus,compression")
     assert drift.changed == {"threshold_drift": ("none", "focus,compression")}
-    (m0, _), (m1, c1) = load_checkpoint(plain.out), load_checkpoint(drift.out)
     assert c1.train_config.threshold_drift == "focus,compression"
     h0, h1 = m0.state_dict(), m1.state_dict()
     assert all(torch.equal(h0[k], h1[k]) for k in h0)  # the head is fitted as before: only the threshold moves
@@ -76,8 +76,7 @@ def test_the_report_counts_defects_flagged_beside_false_alarms():
 def test_the_baselines_are_thresholded_on_the_same_views(trained_checkpoint, sample_dataset, tmp_path):
     from adtr_edge.evaluation.robustness import checkpoint_scorer
 
-    plain = refit_head(trained_checkpoint, sample_dataset, tmp_path / "plain", device="cpu")
-    drift = refit_head(trained_checkpoint, sample_dataset, tmp_path / "drift", device="cpu", threshold_drift="light,compression")
+    plain, drift, *_ = refit_beside_plain(trained_checkpoint, sample_dataset, tmp_path, threshold_drift="light,compression")
     _, t0 = checkpoint_scorer(plain.out, sample_dataset)
     _, t1 = checkpoint_scorer(drift.out, sample_dataset)
     assert t1["ADTR"] == pytest.approx(drift.thresholds.threshold)

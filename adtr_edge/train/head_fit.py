@@ -59,13 +59,26 @@ def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: tor
     return calibrate_on(model, val_feats if len(val_feats) else feats, device, train_cfg.threshold_quantile)
 
 
-def calibrate_with_drift(model, train_cfg: TrainConfig, val_feats: torch.Tensor, drifted: torch.Tensor | None, device, thresholds):
-    """``threshold_drift``: the threshold from the held-out normals and their drifted views together
-    (``thresholds`` as they are where there are no views). The views raise it by what the drift does
-    to a normal part's score, so a relit or compressed normal does not stop the line."""
-    if drifted is None or not len(drifted) or not len(val_feats):
-        return thresholds
-    return calibrate_on(model, torch.cat([val_feats, drifted.to(val_feats.device)]), device, train_cfg.threshold_quantile)
+def calibrate_with_drift(model, train_cfg: TrainConfig, val_feats: torch.Tensor, drifted: torch.Tensor, thresholds, device,
+                         train_set, val_idx, synthetic=None) -> tuple:
+    """``threshold_drift``, where training and head refits end: (the threshold from the held-out normals
+    and their ``drifted`` views together, the record of what it costs). The views raise it by what the
+    drift does to a normal part's score, so a relit or compressed normal does not stop the line.
+    ``thresholds``: the one from the held-out normals alone. The cost is measured on ``synthetic``,
+    made from the held-out normals (``train_set`` at ``val_idx``) when the caller has none and there
+    are enough of them."""
+    from ..data.camera import threshold_drifts
+    from ..preprocessing import preprocess_spec
+    from .head_select import MIN_HELD_OUT, synthetic_set
+
+    calibrated = thresholds if not len(drifted) or not len(val_feats) else \
+        calibrate_on(model, torch.cat([val_feats, drifted.to(val_feats.device)]), device, train_cfg.threshold_quantile)
+    if synthetic is None and len(val_idx) >= MIN_HELD_OUT:
+        synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
+                                  seed=train_cfg.seed)
+    record = threshold_drift_cost(model, threshold_drifts(train_cfg.threshold_drift), thresholds, calibrated, synthetic, device)
+    record["why"] = why_threshold(record)
+    return calibrated, record
 
 
 def threshold_drift_cost(model, drifts, clean, drifted, synthetic, device) -> dict:

@@ -29,7 +29,7 @@ from ..progress import Task, progress_bar
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .device import resolve_device
 from .diagnostics import collapse_figures, make_probe
-from .head_fit import calibrate_with_drift, fit_score, threshold_drift_cost, use_nearest_head, why_threshold
+from .head_fit import calibrate_with_drift, fit_score, use_nearest_head
 from .features import augment_views, cached_raw_features, channel_stats, drift_features, extract_raw_features, grid_masks
 from .location_choice import HEADS
 from .residual_stats import location_covariance
@@ -238,13 +238,16 @@ def prepare_data(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_se
         raw = drift_features(model.backbone, train_set, fit_idx, spec, model_cfg, drifts, cache_dir=feature_cache, device=device,
                              progress=bar)
         data.drift_feats = (raw - fmean) / fstd
-    if drifts and train_cfg.fit_drift == "auto":  # the held-out normals' drifted views judge the choice
-        data.val_drift = (drift_features(model.backbone, train_set, val_idx, spec, model_cfg, drifts, cache_dir=feature_cache,
-                                         device=device, progress=bar) - fmean) / fstd
+    # The held-out normals' drifted views: they judge fit_drift="auto" and calibrate threshold_drift's
+    # threshold; a view both need is computed once.
+    judging = drifts if train_cfg.fit_drift == "auto" else ()
     calibrating = threshold_drifts(train_cfg.threshold_drift)
+    held_out = {d: (drift_features(model.backbone, train_set, val_idx, spec, model_cfg, [d], cache_dir=feature_cache, device=device,
+                                   progress=bar) - fmean) / fstd for d in dict.fromkeys(judging + calibrating)}
+    if judging:
+        data.val_drift = torch.cat([held_out[d] for d in judging])
     if calibrating:
-        data.threshold_drift = (drift_features(model.backbone, train_set, val_idx, spec, model_cfg, calibrating, cache_dir=feature_cache,
-                                               device=device, progress=bar) - fmean) / fstd
+        data.threshold_drift = torch.cat([held_out[d] for d in calibrating])
     if anomalies is not None and loss_kind != "normal":
         require(len(anomalies.images) > 0, f"anomaly source {anomalies.kind}: no images")
         raw_pool = extract_raw_features(model.backbone, lambda i: anomalies.images[i], list(range(len(anomalies.images))), spec,
@@ -380,14 +383,8 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
         thresholds = fit_score(model, train_cfg, data.feats, data.val_feats, device, drift=data.drift_feats)
     calibrated = None
     if data.threshold_drift is not None:
-        from .head_select import MIN_HELD_OUT, synthetic_set
-
-        clean, thresholds = thresholds, calibrate_with_drift(model, train_cfg, data.val_feats, data.threshold_drift, device, thresholds)
-        if synthetic is None and len(val_idx) >= MIN_HELD_OUT:  # no choice made one: the cost is still worth measuring
-            synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
-                                      seed=train_cfg.seed)
-        calibrated = threshold_drift_cost(model, threshold_drifts(train_cfg.threshold_drift), clean, thresholds, synthetic, device)
-        calibrated["why"] = why_threshold(calibrated)
+        thresholds, calibrated = calibrate_with_drift(model, train_cfg, data.val_feats, data.threshold_drift, thresholds, device,
+                                                      train_set, val_idx, synthetic)
         log(f"score head: {calibrated['why']}")
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),

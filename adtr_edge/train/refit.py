@@ -216,20 +216,13 @@ class RefitSource:
         elif named is not None and choosing:  # the head chosen on the normals, fitted on their drifted views too
             thresholds = fit_score(model, tcfg, self.fit_feats, self.val_feats, self.device, drift=named)
         from ..data.camera import threshold_drifts
-        from .head_fit import calibrate_with_drift, threshold_drift_cost, why_threshold
-        from .head_select import MIN_HELD_OUT, synthetic_set
+        from .head_fit import calibrate_with_drift
 
         extra.pop("threshold_drift", None)  # the source's record, if any, describes its threshold, not this one
         drifts = threshold_drifts(tcfg.threshold_drift)
         if drifts:
-            clean = thresholds
-            thresholds = calibrate_with_drift(model, tcfg, self.val_feats, self.held_out_drift(drifts), self.device, thresholds)
-            synthetic = None
-            if len(self.val_idx) >= MIN_HELD_OUT:
-                synthetic = synthetic_set(model.backbone, [self.train_set.image(i) for i in self.val_idx], preprocess_spec(model.cfg),
-                                          self.device, seed=tcfg.seed)
-            extra["threshold_drift"] = threshold_drift_cost(model, drifts, clean, thresholds, synthetic, self.device)
-            extra["threshold_drift"]["why"] = why_threshold(extra["threshold_drift"])
+            thresholds, extra["threshold_drift"] = calibrate_with_drift(model, tcfg, self.val_feats, self.held_out_drift(drifts), thresholds,
+                                                                        self.device, self.train_set, self.val_idx)
         extra["refit"]["changed"] = {k: list(v) for k, v in changed.items()}
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
 
