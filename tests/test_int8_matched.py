@@ -63,3 +63,52 @@ def test_quantize_warns_only_for_an_unmatched_cpu_form(tmp_path, exported_model,
         lines = []
         warn_unmatched(out, log=lines.append)
         assert bool(lines) == warned and all("quantize-matched CHECKPOINT --target cpu" in line for line in lines)
+
+
+def test_a_matched_pair_calibrates_its_threshold_as_the_checkpoint_did(tmp_path, trained_checkpoint, sample_dataset):
+    """A checkpoint whose threshold was calibrated on drifted views of the held-out normals too
+    (``--threshold-drift``) keeps that calibration in its matched pair: the deployed pair's threshold
+    is the quantile of its own scores (through ONNX Runtime) over the held-out normals and their views."""
+    pytest.importorskip("onnxruntime")
+    from pathlib import Path
+
+    from adtr_edge.data.camera import drifted
+    from adtr_edge.data.datasets import load_dataset
+    from adtr_edge.int8.matched import quantize_matched
+    from adtr_edge.runtime.detector import Detector
+    from adtr_edge.train.checkpoint import load_checkpoint
+    from adtr_edge.train.loop import split_normals
+    from adtr_edge.train.refit import refit_head
+
+    source = refit_head(trained_checkpoint, sample_dataset, tmp_path / "drift", device="cpu", threshold_drift="compression",
+                        fit_drift="focus").out
+    out = quantize_matched(source, sample_dataset, sample_dataset / "train" / "good", tmp_path / "pair", calib_count=8,
+                           batch_size=4, log=lambda s: None)
+    _, ckpt = load_checkpoint(source)
+    train = load_dataset(sample_dataset, "train")
+    _, val_idx = split_normals(train, ckpt.train_config)
+    det = Detector.load(out, backend="onnxruntime")
+    clean = [det(train.image(i)).score for i in val_idx]
+    views = [det(drifted(train.image(i), "compression", Path(train.paths[i]).name)).score for i in val_idx]
+    want = np.quantile(np.asarray(clean + views, np.float64), ckpt.train_config.threshold_quantile)
+    assert det.thresholds.threshold == pytest.approx(want, rel=1e-3, abs=1e-3)
+    assert det.thresholds.threshold != pytest.approx(np.quantile(clean, ckpt.train_config.threshold_quantile), rel=1e-3, abs=1e-3)
+    meta = json.loads((out / "manifest.json").read_text())["meta"]
+    assert meta["postprocess"]["thresholds"]["threshold"] == pytest.approx(det.thresholds.threshold)
+
+
+def test_a_matched_head_is_fitted_on_the_drifts_the_checkpoints_head_was():
+    from types import SimpleNamespace
+
+    from adtr_edge.config import TrainConfig
+    from adtr_edge.data.camera import AUTO_DRIFTS
+    from adtr_edge.int8.matched import head_drifts
+
+    def ckpt(fit_drift, choice=None):
+        return SimpleNamespace(train_config=TrainConfig(fit_drift=fit_drift), extra={"drift_choice": choice})
+
+    assert head_drifts(ckpt("none")) == ()
+    assert head_drifts(ckpt("focus,pose")) == ("focus", "pose")
+    assert head_drifts(ckpt("auto", {"drift": True})) == AUTO_DRIFTS
+    assert head_drifts(ckpt("auto", {"drift": False})) == ()
+    assert head_drifts(ckpt("auto")) == ()  # too few held-out normals to choose: fitted on the normals alone

@@ -8,7 +8,10 @@ error part of normal (-0.9 points, docs/benchmarks.md section 4.1). The transfor
 
 ``quantize_matched`` makes the pair in one step:
   1. export the checkpoint and write its Q/DQ backbone (the same recipe as ``adtr-edge quantize``);
-  2. run the training normals through that backbone (ONNX Runtime), refit the head, recalibrate;
+  2. run the training normals through that backbone (ONNX Runtime), refit the head, recalibrate, as
+     the checkpoint was: with drifted views of the fit normals where its head was fitted on them
+     (``fit_drift``), and of the held-out normals where its threshold was calibrated on them
+     (``threshold_drift``), each view through the INT8 backbone too;
   3. export the refitted checkpoint and quantise its backbone again, which reproduces the same Q/DQ
      graph (same weights, same calibration images): checked digest for digest.
 The folder's metadata names the backbone graph its head was fitted on
@@ -45,13 +48,50 @@ def check_matched_backbone(meta_raw: dict, backbone_path: Path) -> None:
                         "make the pair again with 'adtr-edge quantize-matched CHECKPOINT'")
 
 
-def _qdq_features(session, imageset, indices, spec, batch: int = 16):
+def _session_features(session, images: list, spec, batch: int = 16):
+    """Standardised features of ``images`` (H, W, 3 uint8) through the backbone graph's ``session``."""
     import torch  # noqa: PLC0415
 
-    from ..data.datasets import load_batch  # noqa: PLC0415
+    from ..preprocessing import prepare_batch  # noqa: PLC0415
 
-    out = [session.run(None, {IMAGES: load_batch(imageset, indices[s:s + batch], spec)[0]})[0] for s in range(0, len(indices), batch)]
+    out = [session.run(None, {IMAGES: prepare_batch(images[s:s + batch], spec)})[0] for s in range(0, len(images), batch)]
     return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0)
+
+
+def _qdq_features(session, imageset, indices, spec, drifts=(), batch: int = 16):
+    """The images at ``indices`` through the session; with ``drifts``, one drifted view of each per drift
+    (``data.camera.drifted``, the strength fixed by the file name as training fixes it), stacked."""
+    import torch  # noqa: PLC0415
+
+    from ..data.camera import drifted  # noqa: PLC0415
+
+    if not drifts:
+        return _session_features(session, [imageset.image(int(i)) for i in indices], spec, batch)
+    return torch.cat([_session_features(session, [drifted(imageset.image(int(i)), d, Path(imageset.paths[int(i)]).name)
+                                                  for i in indices], spec, batch) for d in drifts])
+
+
+def head_drifts(ckpt) -> tuple:
+    """The drifts whose views of the fit normals the checkpoint's head was fitted on: those named by
+    ``fit_drift``, or for "auto" the ones it weighed, where it chose them (``extra.drift_choice``)."""
+    from ..data.camera import AUTO_DRIFTS, check_drifts  # noqa: PLC0415
+
+    fit_drift = ckpt.train_config.fit_drift
+    if fit_drift == "auto":
+        return AUTO_DRIFTS if (ckpt.extra.get("drift_choice") or {}).get("drift") else ()
+    return check_drifts(fit_drift)
+
+
+def _synthetic(session, imageset, indices, spec, seed: int):
+    """The synthetic defects ``threshold_drift``'s cost is measured on (``head_select.synthetic_images``
+    pasted on the held-out normals), through the INT8 backbone the head is fitted on."""
+    from ..preprocessing import resize_mask  # noqa: PLC0415
+    from ..train.head_select import MIN_HELD_OUT, SyntheticSet, STRENGTH, synthetic_images  # noqa: PLC0415
+
+    if len(indices) < MIN_HELD_OUT:
+        return None
+    pasted, masks, labels = synthetic_images([imageset.image(int(i)) for i in indices], strength=STRENGTH, seed=seed)
+    return SyntheticSet(_session_features(session, pasted, spec), np.stack([resize_mask(m, spec) for m in masks]), labels, STRENGTH)
 
 
 def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out: Path, *, calib_count: int = 64,
@@ -68,7 +108,8 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
     from ..export.onnx_export import export_checkpoint  # noqa: PLC0415
     from ..preprocessing import preprocess_spec  # noqa: PLC0415
     from ..train.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
-    from ..train.head_fit import fit_score  # noqa: PLC0415
+    from ..data.camera import threshold_drifts  # noqa: PLC0415
+    from ..train.head_fit import calibrate_with_drift, fit_score  # noqa: PLC0415
     from ..train.loop import split_normals  # noqa: PLC0415
     from .quantize import DEFAULT_GRAPHS, parse_target, quantize_export  # noqa: PLC0415
 
@@ -94,9 +135,19 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
         log(f"fitting the head on the INT8 backbone's features of {len(fit_idx)} training normals")
         fit8 = _qdq_features(session, train_set, fit_idx, spec)
         val8 = _qdq_features(session, train_set, val_idx, spec)
-        thresholds = fit_score(model, ckpt.train_config, fit8, val8, torch.device("cpu"))
-        matched = save_checkpoint(staging / "checkpoint", model, replace(ckpt, thresholds=thresholds,
-                                                                          extra={**ckpt.extra, MATCH_KEY: digest}))
+        tcfg, cpu, extra = ckpt.train_config, torch.device("cpu"), {**ckpt.extra, MATCH_KEY: digest}
+        fit_drifts, cal_drifts = head_drifts(ckpt), threshold_drifts(tcfg.threshold_drift)
+        if fit_drifts:
+            log(f"  and on their drifted views ({', '.join(fit_drifts)}), as the head was fitted")
+        drift8 = _qdq_features(session, train_set, fit_idx, spec, fit_drifts) if fit_drifts else None
+        thresholds = fit_score(model, tcfg, fit8, val8, cpu, drift=drift8)
+        if cal_drifts:  # the threshold as the checkpoint's was calibrated: on the held-out normals' drifted views too
+            held8 = _qdq_features(session, train_set, val_idx, spec, cal_drifts)
+            thresholds, extra["threshold_drift"] = calibrate_with_drift(
+                model, tcfg, val8, held8, thresholds, cpu, train_set, val_idx,
+                _synthetic(session, train_set, val_idx, spec, tcfg.seed))
+            log(f"  {extra['threshold_drift']['why']}")
+        matched = save_checkpoint(staging / "checkpoint", model, replace(ckpt, thresholds=thresholds, extra=extra))
         result = quantize_export(export_checkpoint(matched, staging / "export-matched").folder, calib_images, staging / "out",
                                  graphs or DEFAULT_GRAPHS[target], calib_count, batch_size, log=log, target=target,
                                  keep_float=keep_float, fuse_attention=fuse_attention)
