@@ -102,7 +102,7 @@ def test_a_matched_head_is_fitted_on_the_drifts_the_checkpoints_head_was():
 
     from adtr_edge.config import TrainConfig
     from adtr_edge.data.camera import AUTO_DRIFTS
-    from adtr_edge.int8.matched import head_drifts
+    from adtr_edge.train.drift_choice import head_drifts
 
     def ckpt(fit_drift, choice=None):
         return SimpleNamespace(train_config=TrainConfig(fit_drift=fit_drift), extra={"drift_choice": choice})

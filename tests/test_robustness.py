@@ -81,6 +81,12 @@ def test_eval_perturb_writes_the_table_for_the_model_and_its_baselines(trained_c
     printed = capsys.readouterr().out
     assert "robustness report:" in printed and "the gaussian baseline's under" in printed
     assert all("false_alarms_against_model" in row["gaussian"] for row in report["conditions"])
+    # The advice follows the conditions the report found above the Gaussian, for this checkpoint.
+    from adtr_edge.evaluation.robustness import drift_advice
+    from adtr_edge.train.checkpoint import read_checkpoint_meta
+
+    advice = drift_advice(report, read_checkpoint_meta(trained_checkpoint), str(trained_checkpoint), str(sample_dataset))
+    assert (advice in printed) if advice else ("to calm the" not in printed)
     assert not (out / "robustness.png").exists()  # --no-pictures
 
 
@@ -133,3 +139,54 @@ def test_false_alarms_are_paired_with_the_models_and_the_worse_conditions_named(
     assert f"shift 0.02 of the side ({n} against 1 of {n}; McNemar p {pair['p']:.2f})" in line and "clean" not in line
     assert above_baseline({"conditions": [clean], "normal_images": n}) == \
         "false alarms: at or below the gaussian baseline's under every condition"
+
+
+def _report_worse_under(*worse_families):
+    """A robustness report in which the model raises one false alarm more than the Gaussian under
+    every condition of the named drift families, and none anywhere else."""
+    from adtr_edge.evaluation.robustness import conditions
+
+    rows = []
+    for label, p, _ in conditions():
+        model_rate = 0.5 if p is not None and p.drift in worse_families else 0.0
+        rows.append({"condition": label, "ADTR": {"false_alarm_rate": model_rate}, "gaussian": {"false_alarm_rate": 0.25 * (model_rate > 0)}})
+    return {"conditions": rows, "normal_images": 4}
+
+
+def _ckpt(score="mahalanobis", fit_drift="none", threshold_drift="none", choice=None):
+    from types import SimpleNamespace
+
+    from adtr_edge.config import ModelConfig, TrainConfig
+    from adtr_edge.train.location_choice import nearest_config
+
+    cfg = nearest_config(ModelConfig(), 4096) if score == "nearest" else ModelConfig()
+    return SimpleNamespace(model_config=cfg, train_config=TrainConfig(fit_drift=fit_drift, threshold_drift=threshold_drift),
+                           extra={"drift_choice": choice})
+
+
+def test_the_kinds_of_false_alarm_above_the_gaussians_are_named_by_drift_family():
+    from adtr_edge.evaluation.robustness import worse_drifts
+
+    assert worse_drifts(_report_worse_under()) == []
+    assert worse_drifts(_report_worse_under("compression", "pose", "focus")) == ["pose", "focus", "compression"]
+
+
+def test_eval_advises_the_options_measured_for_each_kind_of_false_alarm():
+    from adtr_edge.evaluation.robustness import drift_advice
+
+    report = _report_worse_under("focus", "compression")
+    line = drift_advice(report, _ckpt(), "runs/m", "data")
+    assert line.startswith("to calm the focus, compression alarms: adtr-edge refit-head runs/m data "
+                           "--threshold-drift light,focus,compression --out NEW, then adtr-edge eval NEW data --perturb")
+    # The nearest head: a threshold alone flagged no defect on screw and the bolts, so the head learns the drifts too.
+    assert "--fit-drift light,focus,compression --threshold-drift light,focus,compression --out" in drift_advice(report, _ckpt("nearest"))
+    # A knocked camera: the head fitted on pose views, with the other drifts where both are needed.
+    assert "refit-head MODEL DATA --fit-drift pose --out" in drift_advice(_report_worse_under("pose"), _ckpt())
+    both = drift_advice(_report_worse_under("pose", "light"), _ckpt("nearest"))
+    assert "--fit-drift pose,light,focus,compression --threshold-drift light,focus,compression" in both
+    # Nothing to advise: no condition above the Gaussian, or the model already has those options.
+    assert drift_advice(_report_worse_under(), _ckpt()) is None
+    assert drift_advice(report, _ckpt(threshold_drift="light,focus,compression")) is None
+    assert drift_advice(report, _ckpt("nearest", "auto", "light,focus,compression", {"drift": True})) is None
+    # --fit-drift auto that chose the normals alone did not fit the head on the drifts.
+    assert "--fit-drift light,focus,compression --out" in drift_advice(report, _ckpt("nearest", "auto", "light,focus,compression", {"drift": False}))

@@ -71,17 +71,6 @@ def _qdq_features(session, imageset, indices, spec, drifts=(), batch: int = 16):
                                                   for i in indices], spec, batch) for d in drifts])
 
 
-def head_drifts(ckpt) -> tuple:
-    """The drifts whose views of the fit normals the checkpoint's head was fitted on: those named by
-    ``fit_drift``, or for "auto" the ones it weighed, where it chose them (``extra.drift_choice``)."""
-    from ..data.camera import AUTO_DRIFTS, check_drifts  # noqa: PLC0415
-
-    fit_drift = ckpt.train_config.fit_drift
-    if fit_drift == "auto":
-        return AUTO_DRIFTS if (ckpt.extra.get("drift_choice") or {}).get("drift") else ()
-    return check_drifts(fit_drift)
-
-
 def _synthetic(session, imageset, indices, spec, seed: int):
     """The synthetic defects ``threshold_drift``'s cost is measured on (``head_select.synthetic_images``
     pasted on the held-out normals), through the INT8 backbone the head is fitted on."""
@@ -109,6 +98,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
     from ..preprocessing import preprocess_spec  # noqa: PLC0415
     from ..train.checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
     from ..data.camera import threshold_drifts  # noqa: PLC0415
+    from ..train.drift_choice import head_drifts  # noqa: PLC0415
     from ..train.head_fit import calibrate_with_drift, fit_score  # noqa: PLC0415
     from ..train.loop import split_normals  # noqa: PLC0415
     from .quantize import DEFAULT_GRAPHS, parse_target, quantize_export  # noqa: PLC0415

@@ -307,6 +307,13 @@ def _robustness(path: Path, data: Path, test, out: Path, *, device: str, backend
         from ..evaluation.robustness import above_baseline
 
         typer.echo(above_baseline(report))
+        if folder.kind == CHECKPOINT:
+            from ..evaluation.robustness import drift_advice
+            from .checkpoint import read_checkpoint_meta
+
+            advice = drift_advice(report, read_checkpoint_meta(path), str(path), str(data))
+            if advice:
+                typer.echo(advice)
     write_json_atomic(out / "robustness.json", report)
     write_text_atomic(out / "robustness.md", report_table(report) + "\n")
     typer.echo(f"robustness report: {out / 'robustness.md'}")

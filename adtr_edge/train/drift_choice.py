@@ -87,3 +87,14 @@ def choose_drift(model, train_cfg, fit_feats: torch.Tensor, drift_fit: torch.Ten
     drifted_thresholds = fit_score(drifted, train_cfg, fit_feats, val_feats, device, drift=drift_fit)
     choice = compare_drift(model, drifted, synthetic, drift_val, thresholds, drifted_thresholds, device, seed=train_cfg.seed)
     return (drifted.head, drifted_thresholds, choice) if choice["drift"] else (model.head, thresholds, choice)
+
+
+def head_drifts(ckpt) -> tuple:
+    """The drifts whose views of the fit normals the checkpoint's head was fitted on: those named by
+    ``fit_drift``, or for "auto" the ones it weighed, where it chose them (``extra.drift_choice``)."""
+    from ..data.camera import check_drifts
+
+    fit_drift = ckpt.train_config.fit_drift
+    if fit_drift == "auto":
+        return AUTO_DRIFTS if (ckpt.extra.get("drift_choice") or {}).get("drift") else ()
+    return check_drifts(fit_drift)
