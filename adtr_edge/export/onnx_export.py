@@ -34,6 +34,7 @@ from ..version import __version__
 from ..errors import AdtrError, require
 from ..fileio import sha256_bytes, sha256_file, write_json_atomic
 from ..folder import KINDS, MANIFEST, ONNX
+from ..frame_quality import QUALITY_KEY
 from ..metadata import HEAD_MATCH_KEY, ANOMALY_MAP, BACKBONE, FEATURES, IMAGES, METADATA_KEY, SCORE, TRANSFORMER, build_metadata
 from ..preprocessing import preprocess_spec
 from ..train.checkpoint import load_checkpoint
@@ -181,7 +182,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
         model, ckpt, ckpt.thresholds, data_summary=ckpt.data_summary,
         extra={"opset": opset, "weights_source": ckpt.extra.get("weights_source"), "checkpoint_files": {"model.safetensors": sha256_file(Path(checkpoint) / "model.safetensors")},
                "score_head": head_summary(ckpt),
-               **({HEAD_MATCH_KEY: ckpt.extra[HEAD_MATCH_KEY]} if ckpt.extra.get(HEAD_MATCH_KEY) else {})},
+               **({HEAD_MATCH_KEY: ckpt.extra[HEAD_MATCH_KEY]} if ckpt.extra.get(HEAD_MATCH_KEY) else {}),
+               **({QUALITY_KEY: ckpt.extra[QUALITY_KEY]} if ckpt.extra.get(QUALITY_KEY) else {})},
     )
     manifest = {"format": KINDS[ONNX].format, "toolkit_version": __version__, "kind": ONNX, "graphs": {}, "meta": meta.raw}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from ..errors import AdtrError
 from ..fileio import write_json_atomic
 from .alarms import MAX_ALARM_HISTORY, AlarmTracker
 from .detector import Detector
+from ..frame_quality import QUALITY_KEY
 from .events import FrameResult, SourceEvent
 from .model_swap import ModelSwap, SwapRequest
 from .multisource import GATHER_S, Feed, Merge, Step
@@ -93,7 +94,10 @@ class Pipeline(ModelSwap):
         self.sinks = list(sinks)
         self.merge = Merge(pairs, batch=batch, max_frames=max_frames, capacity=queue_size, gather_s=gather_s,
                            max_step=getattr(getattr(detector, "backend", None), "max_batch", None))
-        self.states = {f.name: SourceState(f, min_consecutive) for f in self.merge.feeds}
+        # Each source's exposure and focus against the training normals' (frame_quality); models
+        # exported before the ranges were recorded have none, and their streams are not watched.
+        ranges = (getattr(getattr(detector, "meta", None), "raw", None) or {}).get(QUALITY_KEY)
+        self.states = {f.name: SourceState(f, min_consecutive, ranges) for f in self.merge.feeds}
         self.sources = {name: st.source for name, st in self.states.items()}
         self.min_consecutive = min_consecutive
         self.out_q: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -221,6 +225,12 @@ class Pipeline(ModelSwap):
                     e.extra["model"] = self.model["digest"]
                 results.append(FrameResult(frame, det, st.name, st.alarms.active, st.fps.current, events, self.model["digest"]))
                 self._newest[st.name] = frame.image
+                changes = st.quality.update(frame.image) if st.quality is not None else []
+                if changes:  # the camera changed (or came back): right after the frame that showed it
+                    self.out_q.put((results, []))
+                    results = []
+                    self.out_q.put(([], [SourceEvent(kind, st.name, key, reason, frame.timestamp, frame.index)
+                                         for kind, key, reason in changes]))
             if results or notices:  # notices: inputs skipped after the item's last frame
                 # The sink thread never dies (it contains sink failures), so this put always returns.
                 self.out_q.put((results, notices))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..frame_quality import QualityWatch
 from .alarms import AlarmTracker
 from .multisource import Feed
 from .stats import FpsMeter, LatencyStats
@@ -10,7 +11,7 @@ from .stats import FpsMeter, LatencyStats
 class SourceState:
     """What the pipeline keeps per source: its debounce, counters, frame rate and latency."""
 
-    def __init__(self, feed: Feed, min_consecutive: int):
+    def __init__(self, feed: Feed, min_consecutive: int, quality_ranges: dict | None = None):
         self.feed = feed
         self.name = feed.name
         self.source = feed.source
@@ -20,6 +21,9 @@ class SourceState:
         self.fps = FpsMeter()
         self.latency = LatencyStats()
         self.ended_by: str | None = None  # None while it runs
+        # Exposure and focus against the training normals' ranges (``frame_quality``); kept across
+        # model swaps: the camera is the same.
+        self.quality = QualityWatch(quality_ranges) if quality_ranges else None
 
     def counters(self) -> dict:
         c = self.source.counters()

@@ -386,13 +386,18 @@ def finish(model, model_cfg: ModelConfig, train_cfg: TrainConfig, train_set, dat
         thresholds, calibrated = calibrate_with_drift(model, train_cfg, data.val_feats, data.threshold_drift, thresholds, device,
                                                       train_set, val_idx, synthetic)
         log(f"score head: {calibrated['why']}")
+    from ..frame_quality import QUALITY_KEY, normal_ranges
+
+    spec = preprocess_spec(model.cfg)
+    quality = normal_ranges((train_set.image(i) for i in fit_idx), (spec.height, spec.width))  # what stream watches the camera against
     seconds = time.perf_counter() - t_start
     extra = {"val_images": len(val_idx), "fit_images": len(fit_idx), "loss_kind": loss_kind, "train_seconds": round(seconds, 2),
              "device": str(device), "weights_source": getattr(model.backbone, "weights_source", None),
              "anomalies": anomalies.kind if anomalies is not None else None, "epochs_run": len(history),
              **{k: history[-1].get(k) if history else None for k in ("input_following", "defect_pass_through")},
              "train_paths": [str(train_set.samples[i].path) for i in fit_idx], "score_selection": selection,
-             "location_choice": location, "drift_choice": drift, **({"threshold_drift": calibrated} if calibrated else {})}
+             "location_choice": location, "drift_choice": drift, **({"threshold_drift": calibrated} if calibrated else {}),
+             **({QUALITY_KEY: quality} if quality else {})}
     ckpt = Checkpoint(model_cfg, train_cfg, thresholds, train_set.summary(), history, extra)
     save_checkpoint(out_dir, model.cpu(), ckpt)
     return TrainResult(model.eval(), ckpt, out_dir, seconds)
