@@ -83,7 +83,24 @@ def test_a_stream_whose_camera_loses_focus_says_so_in_its_events(exported_model,
         img = read_image(path)
         cv2.imwrite(str(frames / f"{i:04d}.png"), cv2.GaussianBlur(img, (0, 0), 3.0) if blur else img)
     events = tmp_path / "events.jsonl"
-    summary = run_stream(exported_model, str(frames), events=events, print_summary=False)
+    from adtr_edge.runtime.web.frontend import Frontend
+    from adtr_edge.runtime.web.server import HttpServer
+    from adtr_edge.runtime.web.app import make_app
+    from prometheus_client.parser import text_string_to_metric_families
+    from tests.web_helpers import http
+
+    fe = Frontend(exported_model, announce=False)  # the metrics, scraped after the run as Prometheus would
+    server = HttpServer(make_app(fe, page=False), "127.0.0.1:0", "--metrics")
+    try:
+        summary = run_stream(exported_model, str(frames), events=events, print_summary=False, extra_sinks=[fe],
+                             handle_signals=False)
+        _, _, body = http("GET", server.url + "metrics")
+    finally:
+        server.close()
+    gauges = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(body.decode())
+              for s in f.samples if s.name == "adtr_camera_drift"}
+    src = summary["source"]
+    assert gauges == {(("measure", "grey"), ("source", src)): 0.0, (("measure", "sharpness"), ("source", src)): 1.0}
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     camera = [e for e in lines if e["event"].startswith("camera_")]
     assert [(e["event"], e["name"]) for e in camera] == [("camera_drift", "sharpness")]

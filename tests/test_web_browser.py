@@ -49,6 +49,7 @@ def test_page_shows_the_live_stream_and_the_slider_changes_labels(tmp_path):
             page.wait_for_function("Number(document.getElementById('chart').dataset.points || 0) >= 10", timeout=20000)
             health = page.inner_text("#health")
             assert "onnxruntime" in health and "reconnects" in health and "drops" in health
+            assert "camera\t–" in health  # a model without the normals' ranges: its camera is not watched
             assert page.inner_text("#model").startswith("model (onnx")
             assert page.eval_on_selector("#source", "s => s.value") == "rtsp://line-1/cam"
 

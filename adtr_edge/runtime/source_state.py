@@ -30,7 +30,9 @@ class SourceState:
         return {"frames": self.processed, "drops": c["drops"] + self.feed.drops, "corrupt": c["corrupt"],
                 "reconnects": c["reconnects"], "error": self.feed.error or c["error"], "live": self.source.live,
                 "alarm": self.alarms.active, "anomalous": self.anomalous, "alarms": self.alarms.count,
-                "fps": self.fps.current, "ended": self.ended_by}
+                "fps": self.fps.current, "ended": self.ended_by,
+                # each watched measure: True while the recent frames are outside the normals' range
+                "camera_drift": {k: v is not None for k, v in self.quality.out.items()} if self.quality is not None else {}}
 
     def summary(self, wall_s: float) -> dict:
         c = self.counters()

@@ -133,6 +133,12 @@ class _Collector:
             for label in labels:
                 fam.add_metric([label], float(bool(sources.get(label, {}).get(key))))
             yield fam
+        fam = GaugeMetricFamily("adtr_camera_drift", "1 while the median of the source's last frames is outside the training "
+                                "normals' range of this measure (grey: exposure, sharpness: focus).", labels=["source", "measure"])
+        for label in labels:
+            for measure, out in sorted((sources.get(label, {}).get("camera_drift") or {}).items()):
+                fam.add_metric([label, measure], float(out))
+        yield fam
         fam = GaugeMetricFamily("adtr_source_fps", "Smoothed current frame rate of each source (several share one model).",
                                 labels=["source"])
         for label in labels:
