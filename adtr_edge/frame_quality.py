@@ -65,12 +65,6 @@ class QualityWatch:
         self.recent: Dict[str, deque] = {k: deque(maxlen=self.window) for k in self.ranges}
         self.out: Dict[str, Optional[str]] = {k: None for k in self.ranges}  # "below" | "above" | None
 
-    @classmethod
-    def from_metadata(cls, raw: dict) -> Optional["QualityWatch"]:
-        """A watch for a model whose metadata has the ranges; None for models trained before them."""
-        ranges = (raw or {}).get(QUALITY_KEY)
-        return cls(ranges) if ranges and "size" in ranges else None
-
     def update(self, image: np.ndarray) -> List[Tuple[str, str, str]]:
         values = measure(image, self.size)
         changes = []

@@ -58,11 +58,6 @@ def test_a_darker_scene_is_reported_as_exposure():
     assert [(c[0], c[1]) for c in changes] == [("camera_drift", "grey")] and "darker" in changes[0][2]
 
 
-def test_a_model_without_ranges_is_not_watched():
-    assert QualityWatch.from_metadata({}) is None and QualityWatch.from_metadata(None) is None
-    assert QualityWatch.from_metadata({QUALITY_KEY: normal_ranges(_normals(), SIZE)}) is not None
-
-
 def test_training_records_the_ranges_and_the_export_carries_them(trained_checkpoint, exported_model):
     from adtr_edge.train.checkpoint import read_checkpoint_meta
 
