@@ -26,7 +26,7 @@ PACKAGE = "adtr_edge"
 # reads the training side. The package's own __init__ imports nothing.
 FLOORS = {
     "base": ("errors", "fileio", "progress", "version", "config_file", "__init__"),
-    "contracts": ("preprocessing", "postprocessing", "metadata", "config", "folder", "cuda",
+    "contracts": ("preprocessing", "postprocessing", "metadata", "config", "folder", "cuda", "frame_quality",
                   "evaluation", "evaluation.metrics", "evaluation.significance", "evaluation.visualize"),
     "data": ("data",),
     "model": ("model",),
