@@ -104,3 +104,7 @@ def test_a_stream_whose_camera_loses_focus_says_so_in_its_events(exported_model,
     at = lines.index(camera[0])
     assert lines[at - 1]["event"] == "frame" and lines[at - 1]["frame"] == camera[0]["frame"]  # right after its frame
     assert summary["frames"] == len(order) == len(frame_order)
+    from adtr_edge.runtime.summary import format_summary
+
+    assert summary["sources"][src]["camera"] == [{"event": "camera_drift", "measure": "sharpness", "frame": camera[0]["frame"]}]
+    assert f"camera      {src}: focus changed at frame {camera[0]['frame']}" in format_summary(summary)

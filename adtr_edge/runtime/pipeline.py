@@ -227,6 +227,7 @@ class Pipeline(ModelSwap):
                 self._newest[st.name] = frame.image
                 changes = st.quality.update(frame.image) if st.quality is not None else []
                 if changes:  # the camera changed (or came back): right after the frame that showed it
+                    st.camera_changes += [{"event": kind, "measure": key, "frame": frame.index} for kind, key, _ in changes]
                     self.out_q.put((results, []))
                     results = []
                     self.out_q.put(([], [SourceEvent(kind, st.name, key, reason, frame.timestamp, frame.index)

@@ -24,6 +24,7 @@ class SourceState:
         # Exposure and focus against the training normals' ranges (``frame_quality``); kept across
         # model swaps: the camera is the same.
         self.quality = QualityWatch(quality_ranges) if quality_ranges else None
+        self.camera_changes: list = []  # {"event", "measure", "frame"} of each camera_drift / camera_ok, for the summary
 
     def counters(self) -> dict:
         c = self.source.counters()
@@ -40,4 +41,4 @@ class SourceState:
                 "anomalous": self.anomalous, "drops": c["drops"], "corrupt": c["corrupt"], "reconnects": c["reconnects"],
                 "fps": round(self.processed / wall_s, 3) if wall_s > 0 else None, "latency_ms": self.latency.summary(),
                 "alarms": self.alarms.count, "alarm_list": list(self.alarms.history),
-                "ended_by": self.ended_by, "error": c["error"]}
+                "ended_by": self.ended_by, "error": c["error"], "camera": list(self.camera_changes)}

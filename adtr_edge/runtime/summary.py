@@ -28,6 +28,11 @@ def format_summary(s: dict) -> str:
         for name, p in per.items():
             lines.append(f"  {name:<12}frames {p['frames']}  anomalous {p['anomalous']}  drops {p['drops']}  "
                          f"reconnects {p['reconnects']}  alarms {p['alarms']}  ({p['ended_by']})")
+    for name, p in per.items():  # the camera watch (frame_quality): when a source's exposure or focus left the normals' range
+        for c in p.get("camera") or []:
+            what = {"grey": "exposure", "sharpness": "focus"}.get(c["measure"], c["measure"])
+            state = "changed" if c["event"] == "camera_drift" else "back as in training"
+            lines.append(f"camera      {name}: {what} {state} at frame {c['frame']}")
     lines.append("stage ms    " + "mean / p50 / p95")
     for name, st in s["stages_ms"].items():
         if st["count"]:
