@@ -58,10 +58,10 @@ class QualityWatch:
     frame makes: (kind "camera_drift" | "camera_ok", measure, reason), one when the median of the last
     ``window`` frames leaves a measure's range and one when it returns."""
 
-    def __init__(self, ranges: dict, window: Optional[int] = None):
+    def __init__(self, ranges: dict):
         self.ranges = {k: tuple(ranges[k]) for k in MEASURES if k in ranges}
         self.size = tuple(ranges["size"])
-        self.window = int(window or ranges.get("window") or WINDOW)
+        self.window = int(ranges.get("window") or WINDOW)
         self.recent: Dict[str, deque] = {k: deque(maxlen=self.window) for k in self.ranges}
         self.out: Dict[str, Optional[str]] = {k: None for k in self.ranges}  # "below" | "above" | None
 

@@ -9,6 +9,7 @@ fixed strengths to a test set, and the score head may be fitted on *drifted view
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -113,3 +114,9 @@ def drift_strength(name: str, key: str) -> float:
 def drifted(img: np.ndarray, name: str, key: str) -> np.ndarray:
     """``img`` through drift ``name`` at the strength its ``key`` fixes."""
     return DRIFTS[name][0](img, drift_strength(name, key))
+
+
+def drifted_image(imageset, i: int, name: str) -> np.ndarray:
+    """Image ``i`` of ``imageset`` through drift ``name``, at the strength its file name fixes: the
+    same view wherever the head is fitted or calibrated on it (PyTorch or INT8 features)."""
+    return drifted(imageset.image(i), name, Path(imageset.paths[i]).name)

@@ -122,15 +122,22 @@ def _pair_false_alarms(row: dict, scored: dict, labels: np.ndarray, thresholds: 
                                                  "p": round(mcnemar_exact(only_model, only_baseline), 4)}
 
 
+def _above(report: dict, baseline: str, model: str) -> list[dict]:
+    """The report's rows (conditions) under which the model raises more false alarms than ``baseline``."""
+    def rate(row, m):
+        return (row.get(m) or {}).get("false_alarm_rate")
+
+    return [row for row in report["conditions"]
+            if rate(row, model) is not None and rate(row, baseline) is not None and rate(row, model) > rate(row, baseline)]
+
+
 def above_baseline(report: dict, baseline: str = "gaussian", model: str = "ADTR") -> str:
     """One line: the conditions under which the model raises more false alarms than ``baseline``,
     with the counts and the exact McNemar p-value of each, or that there are none."""
     n = report.get("normal_images") or 0
     worse = []
-    for row in report["conditions"]:
-        a, b = row.get(model, {}), row.get(baseline, {})
-        if a.get("false_alarm_rate") is None or b.get("false_alarm_rate") is None or a["false_alarm_rate"] <= b["false_alarm_rate"]:
-            continue
+    for row in _above(report, baseline, model):
+        a, b = row[model], row[baseline]
         pair = b.get("false_alarms_against_model")
         worse.append(f"{row['condition']} ({round(a['false_alarm_rate'] * n)} against {round(b['false_alarm_rate'] * n)} of {n}"
                      + (f"; McNemar p {pair['p']:.2f}" if pair else "") + ")")
@@ -143,10 +150,7 @@ def worse_drifts(report: dict, baseline: str = "gaussian", model: str = "ADTR") 
     """The drift families (``Perturbation.drift``) of the conditions under which the model raises more
     false alarms than ``baseline``, in ``PERTURBATIONS``' order."""
     family = {label: p.drift for label, p, _ in conditions() if p is not None}
-    worse = [family.get(row["condition"]) for row in report["conditions"]
-             if (row.get(model) or {}).get("false_alarm_rate") is not None and (row.get(baseline) or {}).get("false_alarm_rate") is not None
-             and row[model]["false_alarm_rate"] > row[baseline]["false_alarm_rate"]]
-    return [d for d in dict.fromkeys(worse) if d]
+    return [d for d in dict.fromkeys(family.get(row["condition"]) for row in _above(report, baseline, model)) if d]
 
 
 # What was measured to bring each kind of false alarm to the Gaussian's or below on the held-out
@@ -167,20 +171,16 @@ def drift_advice(report: dict, ckpt, checkpoint: str = "MODEL", data: str = "DAT
 
     worse, model_cfg = worse_drifts(report), ckpt.model_config
     fitted, calibrated = set(head_drifts(ckpt)), set(threshold_drifts(ckpt.train_config.threshold_drift))
-    options = []
-    if "pose" in worse and "pose" not in fitted:
-        options.append(("--fit-drift", "pose"))
-    if any(d in CALM for d in worse):
-        if model_cfg.score == "nearest" and not fitted >= set(CALM):
-            options.append(("--fit-drift", ",".join(CALM)))
-        if not calibrated >= set(CALM):
-            options.append(("--threshold-drift", ",".join(CALM)))
-    if not options:
+    calm = any(d in CALM for d in worse)
+    fit = ["pose"] if "pose" in worse and "pose" not in fitted else []
+    if calm and model_cfg.score == "nearest" and not fitted >= set(CALM):
+        fit += CALM
+    flags = [f"--fit-drift {','.join(fit)}"] if fit else []
+    if calm and not calibrated >= set(CALM):
+        flags.append(f"--threshold-drift {','.join(CALM)}")
+    if not flags:
         return None
-    merged: dict[str, list[str]] = {}
-    for option, names in options:
-        merged.setdefault(option, []).extend(n for n in names.split(",") if n not in merged.get(option, []))
-    flags = " ".join(f"{o} {','.join(v)}" for o, v in merged.items())
+    flags = " ".join(flags)
     return (f"to calm the {', '.join(worse)} alarms: adtr-edge refit-head {checkpoint} {data} {flags} --out NEW, then "
             f"adtr-edge eval NEW {data} --perturb (each option trades some detection for it: eval prints what the new "
             f"threshold flags; the measured trade-offs are in docs/guides/training.md)")

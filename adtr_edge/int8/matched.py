@@ -63,24 +63,12 @@ def _qdq_features(session, imageset, indices, spec, drifts=(), batch: int = 16):
     (``data.camera.drifted``, the strength fixed by the file name as training fixes it), stacked."""
     import torch  # noqa: PLC0415
 
-    from ..data.camera import drifted  # noqa: PLC0415
+    from ..data.camera import drifted_image  # noqa: PLC0415
 
     if not drifts:
         return _session_features(session, [imageset.image(int(i)) for i in indices], spec, batch)
-    return torch.cat([_session_features(session, [drifted(imageset.image(int(i)), d, Path(imageset.paths[int(i)]).name)
-                                                  for i in indices], spec, batch) for d in drifts])
-
-
-def _synthetic(session, imageset, indices, spec, seed: int):
-    """The synthetic defects ``threshold_drift``'s cost is measured on (``head_select.synthetic_images``
-    pasted on the held-out normals), through the INT8 backbone the head is fitted on."""
-    from ..preprocessing import resize_mask  # noqa: PLC0415
-    from ..train.head_select import MIN_HELD_OUT, SyntheticSet, STRENGTH, synthetic_images  # noqa: PLC0415
-
-    if len(indices) < MIN_HELD_OUT:
-        return None
-    pasted, masks, labels = synthetic_images([imageset.image(int(i)) for i in indices], strength=STRENGTH, seed=seed)
-    return SyntheticSet(_session_features(session, pasted, spec), np.stack([resize_mask(m, spec) for m in masks]), labels, STRENGTH)
+    return torch.cat([_session_features(session, [drifted_image(imageset, int(i), d) for i in indices], spec, batch)
+                      for d in drifts])
 
 
 def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out: Path, *, calib_count: int = 64,
@@ -135,7 +123,7 @@ def quantize_matched(checkpoint: Path, train_data: Path, calib_images: Path, out
             held8 = _qdq_features(session, train_set, val_idx, spec, cal_drifts)
             thresholds, extra["threshold_drift"] = calibrate_with_drift(
                 model, tcfg, val8, held8, thresholds, cpu, train_set, val_idx,
-                _synthetic(session, train_set, val_idx, spec, tcfg.seed))
+                features=lambda images: _session_features(session, images, spec))  # the cost, measured through the INT8 graph
             log(f"  {extra['threshold_drift']['why']}")
         matched = save_checkpoint(staging / "checkpoint", model, replace(ckpt, thresholds=thresholds, extra=extra))
         result = quantize_export(export_checkpoint(matched, staging / "export-matched").folder, calib_images, staging / "out",

@@ -32,7 +32,7 @@ class FrameResult:
     source: str
     alarm: bool = False  # a debounced alarm is active at this frame
     fps: float | None = None  # smoothed current rate, for display
-    alarm_events: list = field(default_factory=list)  # AlarmEvents this frame caused, sent right after it
+    alarm_events: list = field(default_factory=list)  # AlarmEvents (and camera SourceEvents) this frame caused, sent right after it
     model: Optional[str] = None  # digest of the model that scored it (a running stream can swap models)
 
     @functools.cached_property

@@ -139,6 +139,7 @@ class Pipeline(ModelSwap):
             if item is _END:
                 break
             results, events = item
+            self._watch_cameras(results)
             for i, sink in enumerate(self.sinks):
                 if i in failed:
                     continue
@@ -156,6 +157,18 @@ class Pipeline(ModelSwap):
                     self.errors.append(msg)
                     log.error("%s", msg)
                     self.stop("sink error")
+
+    def _watch_cameras(self, results: list) -> None:
+        """Each frame's exposure and focus against the training normals' (``frame_quality``), here on
+        the sink thread rather than in the inference loop: a change goes out with the frame that
+        showed it, after that frame's alarm events."""
+        for r in results:
+            st = self.states[r.source]
+            changes = st.quality.update(r.frame.image) if st.quality is not None else []
+            if changes:
+                st.camera_changes += [{"event": kind, "measure": key, "frame": r.frame.index} for kind, key, _ in changes]
+                r.alarm_events = r.alarm_events + [SourceEvent(kind, st.name, key, reason, r.frame.timestamp, r.frame.index)
+                                                   for kind, key, reason in changes]
 
     # -- inference thread ------------------------------------------------------------------
     def _batches(self, in_flight: deque) -> Iterator[list]:
@@ -225,13 +238,6 @@ class Pipeline(ModelSwap):
                     e.extra["model"] = self.model["digest"]
                 results.append(FrameResult(frame, det, st.name, st.alarms.active, st.fps.current, events, self.model["digest"]))
                 self._newest[st.name] = frame.image
-                changes = st.quality.update(frame.image) if st.quality is not None else []
-                if changes:  # the camera changed (or came back): right after the frame that showed it
-                    st.camera_changes += [{"event": kind, "measure": key, "frame": frame.index} for kind, key, _ in changes]
-                    self.out_q.put((results, []))
-                    results = []
-                    self.out_q.put(([], [SourceEvent(kind, st.name, key, reason, frame.timestamp, frame.index)
-                                         for kind, key, reason in changes]))
             if results or notices:  # notices: inputs skipped after the item's last frame
                 # The sink thread never dies (it contains sink failures), so this put always returns.
                 self.out_q.put((results, notices))

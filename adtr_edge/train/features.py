@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.camera import DRIFTS, drifted
+from ..data.camera import DRIFTS, drifted_image
 from ..errors import AdtrError
 from ..preprocessing import PreprocessSpec, prepare_batch
 from ..progress import Task
@@ -101,7 +101,7 @@ def cached_raw_features(backbone, imageset, indices: Sequence[int], spec: Prepro
     def load(i):
         im = imageset.image(i)
         if view in DRIFTS:
-            return drifted(im, view, Path(imageset.paths[i]).name)
+            return drifted_image(imageset, i, view)
         return np.ascontiguousarray(VIEWS[view](im)) if view else im
 
     def compute():

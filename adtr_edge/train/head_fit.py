@@ -60,13 +60,13 @@ def fit_score(model, train_cfg: TrainConfig, feats: torch.Tensor, val_feats: tor
 
 
 def calibrate_with_drift(model, train_cfg: TrainConfig, val_feats: torch.Tensor, drifted: torch.Tensor, thresholds, device,
-                         train_set, val_idx, synthetic=None) -> tuple:
+                         train_set, val_idx, synthetic=None, features=None) -> tuple:
     """``threshold_drift``, where training and head refits end: (the threshold from the held-out normals
     and their ``drifted`` views together, the record of what it costs). The views raise it by what the
     drift does to a normal part's score, so a relit or compressed normal does not stop the line.
     ``thresholds``: the one from the held-out normals alone. The cost is measured on ``synthetic``,
     made from the held-out normals (``train_set`` at ``val_idx``) when the caller has none and there
-    are enough of them."""
+    are enough of them, through ``features`` where given (``head_select.synthetic_set``)."""
     from ..data.camera import threshold_drifts
     from ..preprocessing import preprocess_spec
     from .head_select import MIN_HELD_OUT, synthetic_set
@@ -75,7 +75,7 @@ def calibrate_with_drift(model, train_cfg: TrainConfig, val_feats: torch.Tensor,
         calibrate_on(model, torch.cat([val_feats, drifted.to(val_feats.device)]), device, train_cfg.threshold_quantile)
     if synthetic is None and len(val_idx) >= MIN_HELD_OUT:
         synthetic = synthetic_set(model.backbone, [train_set.image(i) for i in val_idx], preprocess_spec(model.cfg), device,
-                                  seed=train_cfg.seed)
+                                  seed=train_cfg.seed, features=features)
     record = threshold_drift_cost(model, threshold_drifts(train_cfg.threshold_drift), thresholds, calibrated, synthetic, device)
     record["why"] = why_threshold(record)
     return calibrated, record

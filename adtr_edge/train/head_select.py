@@ -82,14 +82,19 @@ def synthetic_images(images: list, *, copies: int | None = None, strength: float
 
 
 def synthetic_set(backbone, images: list, spec, device, *, copies: int | None = None, strength: float = STRENGTH,
-                  seed: int = 0) -> SyntheticSet:
-    """``synthetic_images`` through the backbone, standardised with its statistics."""
+                  seed: int = 0, features=None) -> SyntheticSet:
+    """``synthetic_images`` through the backbone, standardised with its statistics; or through
+    ``features`` (images -> standardised features) where the head reads another backbone graph
+    (``quantize-matched``: the INT8 one)."""
     from ..preprocessing import resize_mask
     from .features import extract_raw_features
 
     pasted, masks, labels = synthetic_images(images, copies=copies, strength=strength, seed=seed)
-    raw = extract_raw_features(backbone, lambda i: pasted[i], list(range(len(pasted))), spec, device=device)
-    feats = backbone.standardize(raw.to(device)).cpu()
+    if features is not None:
+        feats = features(pasted).cpu()
+    else:
+        raw = extract_raw_features(backbone, lambda i: pasted[i], list(range(len(pasted))), spec, device=device)
+        feats = backbone.standardize(raw.to(device)).cpu()
     return SyntheticSet(feats, np.stack([resize_mask(m, spec) for m in masks]), labels, strength)
 
 

@@ -10,7 +10,7 @@ labelled images in about a minute instead of a retraining, then ``adtr-edge eval
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import pool_clip_for
@@ -104,6 +104,7 @@ class RefitSource:
     fit_idx: list = None  # its fit normals
     feature_cache: object = None
     drift_feats: dict = None  # drift name -> standardised features of the fit normals' drifted views, made on first use
+    synthetic_sets: dict = field(default_factory=dict)  # seed -> the held-out normals with synthetic defects, made on first use
 
     @classmethod
     def load(cls, checkpoint: str | Path, data: str | Path, *, feature_cache: str | Path | None = None,
@@ -160,17 +161,23 @@ class RefitSource:
                 self.drift_feats[("held-out", d)] = self.model.backbone.standardize(raw.to(self.device))
         return torch.cat([self.drift_feats[("held-out", d)] for d in drifts]) if drifts else None
 
+    def synthetic(self, seed: int):
+        """The held-out normals with synthetic defects pasted on them (``head_select.synthetic_set``),
+        made once for the choices and costs that read it; None for fewer than ``MIN_HELD_OUT``."""
+        from .head_select import MIN_HELD_OUT, synthetic_set
+
+        if seed not in self.synthetic_sets and len(self.val_idx) >= MIN_HELD_OUT:
+            self.synthetic_sets[seed] = synthetic_set(
+                self.model.backbone, [self.train_set.image(i) for i in self.val_idx], preprocess_spec(self.ckpt.model_config),
+                self.device, seed=seed)
+        return self.synthetic_sets.get(seed)
+
     def _drift(self, model, tcfg, thresholds) -> tuple:
         """``--fit-drift auto`` on the head just fitted on the normals alone (``train.drift_choice``)."""
         from .drift_choice import choose_drift, why_drift
-        from .head_select import MIN_HELD_OUT, synthetic_set
 
-        synthetic = None
-        if len(self.val_idx) >= MIN_HELD_OUT:
-            synthetic = synthetic_set(model.backbone, [self.train_set.image(i) for i in self.val_idx], preprocess_spec(model.cfg),
-                                      self.device, seed=tcfg.seed)
         model.head, thresholds, choice = choose_drift(model, tcfg, self.fit_feats, self.drifted("auto"), self.val_feats, self.held_out_drift(),
-                                                      synthetic, thresholds, self.device)
+                                                      self.synthetic(tcfg.seed), thresholds, self.device)
         if choice is None:
             raise AdtrError(f"--fit-drift auto: {len(self.val_idx)} held-out normals, too few to choose from (name the drifts, or none)")
         choice["why"] = why_drift(choice)
@@ -222,7 +229,7 @@ class RefitSource:
         drifts = threshold_drifts(tcfg.threshold_drift)
         if drifts:
             thresholds, extra["threshold_drift"] = calibrate_with_drift(model, tcfg, self.val_feats, self.held_out_drift(drifts), thresholds,
-                                                                        self.device, self.train_set, self.val_idx)
+                                                                        self.device, self.train_set, self.val_idx, self.synthetic(tcfg.seed))
         extra["refit"]["changed"] = {k: list(v) for k, v in changed.items()}
         return model, replace(self.ckpt, model_config=cfg, train_config=tcfg, thresholds=thresholds, extra=extra), changed
 
