@@ -7,7 +7,7 @@ the test split's normal images stream through one watch per condition, each pert
 ``eval --perturb`` perturbs them (``adtr_edge.evaluation.robustness.PERTURBATIONS``), and the events
 the watch would send are listed. Last, the wall time of one frame's measures (the median of
 ``--rounds`` passes over the first 100 normals), beside nothing else: the stream pays it per frame
-on its inference thread.
+on its sink thread, beside the inference loop.
 """
 
 from __future__ import annotations
