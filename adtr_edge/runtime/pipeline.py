@@ -139,7 +139,10 @@ class Pipeline(ModelSwap):
             if item is _END:
                 break
             results, events = item
-            self._watch_cameras(results)
+            for r in results:  # the camera watch, here on the sink thread rather than in the inference loop
+                changes = self.states[r.source].camera_events(r.frame)
+                if changes:  # sent with the frame that showed them, after its alarm events
+                    r.alarm_events = r.alarm_events + changes
             for i, sink in enumerate(self.sinks):
                 if i in failed:
                     continue
@@ -157,18 +160,6 @@ class Pipeline(ModelSwap):
                     self.errors.append(msg)
                     log.error("%s", msg)
                     self.stop("sink error")
-
-    def _watch_cameras(self, results: list) -> None:
-        """Each frame's exposure and focus against the training normals' (``frame_quality``), here on
-        the sink thread rather than in the inference loop: a change goes out with the frame that
-        showed it, after that frame's alarm events."""
-        for r in results:
-            st = self.states[r.source]
-            changes = st.quality.update(r.frame.image) if st.quality is not None else []
-            if changes:
-                st.camera_changes += [{"event": kind, "measure": key, "frame": r.frame.index} for kind, key, _ in changes]
-                r.alarm_events = r.alarm_events + [SourceEvent(kind, st.name, key, reason, r.frame.timestamp, r.frame.index)
-                                                   for kind, key, reason in changes]
 
     # -- inference thread ------------------------------------------------------------------
     def _batches(self, in_flight: deque) -> Iterator[list]:

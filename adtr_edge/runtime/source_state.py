@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..frame_quality import QualityWatch
 from .alarms import AlarmTracker
+from .events import SourceEvent
 from .multisource import Feed
 from .stats import FpsMeter, LatencyStats
 
@@ -25,6 +26,14 @@ class SourceState:
         # model swaps: the camera is the same.
         self.quality = QualityWatch(quality_ranges) if quality_ranges else None
         self.camera_changes: list = []  # {"event", "measure", "frame"} of each camera_drift / camera_ok, for the summary
+
+    def camera_events(self, frame) -> list:
+        """The camera watch on ``frame``: a ``camera_drift`` / ``camera_ok`` SourceEvent for each measure
+        whose recent median this frame takes out of (or back into) the normals' range, recorded for
+        the summary; none for a model without the ranges."""
+        changes = self.quality.update(frame.image) if self.quality is not None else []
+        self.camera_changes += [{"event": kind, "measure": key, "frame": frame.index} for kind, key, _ in changes]
+        return [SourceEvent(kind, self.name, key, reason, frame.timestamp, frame.index) for kind, key, reason in changes]
 
     def counters(self) -> dict:
         c = self.source.counters()
